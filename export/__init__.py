@@ -1,0 +1,1 @@
+"""Export Hiera to ONNX (and TensorRT), optimize it, convert precisions and prove parity: to come."""

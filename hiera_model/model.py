@@ -1,0 +1,110 @@
+"""Hiera for export: one gather to unroll, plain reshapes inside, constant gathers to reroll."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .blocks import HieraBlock
+from .unroll import reroll_order, stage_grids, unroll_order
+from .variants import HieraConfig, check_task, window_sizes
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: HieraConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, config.patch_kernel, config.patch_stride,
+                              config.patch_padding)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # [batch, tokens in spatial order, dim]
+
+
+class Hiera(nn.Module):
+    """Hiera image model; `task` picks the output: "classify" gives logits, "features" a dict with
+    `last_hidden_state` (the final tokens, as transformers' `HieraModel`) and `pooler_output`.
+
+    The state dict uses FAIR's names, except that `head` is the classifier Linear itself (FAIR's
+    `head.projection`) and returns logits: FAIR applies softmax in eval mode, transformers and timm don't.
+    """
+
+    def __init__(self, config: HieraConfig, task: str = "classify"):
+        super().__init__()
+        self.config = config
+        self.task = check_task(task)
+        self.labels: tuple[str, ...] | None = None  # class names, when the checkpoint carries them
+        self.provenance: dict = {"source": "untrained"}  # where the weights came from; create() and load() set it
+
+        dims = config.stage_dims
+        self.patch_embed = PatchEmbed(config)
+        self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(config.tokens_spatial_shape), config.embed_dim))
+
+        grids = stage_grids(config)
+        self.register_buffer("unroll", torch.from_numpy(unroll_order(*grids[0])), persistent=False)
+        for stage, grid in enumerate(grids):
+            self.register_buffer(f"reroll{stage}", torch.from_numpy(reroll_order(*grid)), persistent=False)
+        self.stage_sizes = [size for size, _ in grids]
+
+        windows = window_sizes(config)
+        self.blocks = nn.ModuleList()
+        self.stage_ends = []
+        dim = config.embed_dim
+        for stage, depth in enumerate(config.depths):
+            for i in range(depth):
+                first = i == 0 and stage > 0
+                self.blocks.append(HieraBlock(
+                    dim=dim,
+                    dim_out=dims[stage],
+                    heads=config.num_heads[stage],
+                    mlp_ratio=config.mlp_ratio,
+                    q_stride=math.prod(config.q_stride) if first and stage <= config.q_pool else 1,
+                    window_size=windows[len(self.blocks)],
+                    # A stage's first block still attends within the previous stage's mask units.
+                    use_mask_unit_attn=config.mask_unit_attn[stage - 1 if first else stage],
+                    eps=config.layer_norm_eps,
+                ))
+                dim = dims[stage]
+            self.stage_ends.append(len(self.blocks) - 1)
+
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.head = nn.Linear(dim, config.num_classes) if task == "classify" else None
+
+    def forward_features(self, pixel_values: torch.Tensor, return_stages: bool = False):
+        """Final tokens [batch, tokens, dim] and, if asked, each stage's output rerolled to a
+        spatial map [batch, height, width, dim] (FAIR's `return_intermediates`)."""
+        x = self.patch_embed(pixel_values) + self.pos_embed
+        x = x.index_select(1, self.unroll)
+        stages = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if return_stages and i in self.stage_ends:
+                stage = len(stages)
+                rerolled = x.index_select(1, getattr(self, f"reroll{stage}"))
+                stages.append(rerolled.unflatten(1, self.stage_sizes[stage]))
+        return x, stages
+
+    def forward(self, pixel_values: torch.Tensor):
+        tokens, _ = self.forward_features(pixel_values)
+        pooled = self.norm(tokens.mean(dim=1))
+        if self.head is None:
+            return {"last_hidden_state": tokens, "pooler_output": pooled}
+        return self.head(pooled)
+
+
+@torch.no_grad()
+def init_weights(model: Hiera, seed: int) -> Hiera:
+    """Seeded random weights, drawn like transformers' `HieraPreTrainedModel._init_weights` (truncated
+    normal, std 0.02; biases 0.02) but from a private generator, so no global RNG state is touched."""
+    generator = torch.Generator().manual_seed(seed)
+    std = 0.02
+    nn.init.trunc_normal_(model.pos_embed, std=std, generator=generator)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=std, generator=generator)
+            nn.init.constant_(module.bias, std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.constant_(module.bias, std)
+    return model

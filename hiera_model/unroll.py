@@ -1,0 +1,64 @@
+"""Hiera's token orders as constant index vectors.
+
+Hiera "unrolls" the patch grid once so that query pooling and mask-unit attention become plain
+reshapes. The reference code does this with a chain of view/permute steps on the activations
+(up to rank 10 for video); for a fixed input size it is just a permutation of the tokens, computed
+here once from the config and applied in the model as a single gather on the token axis.
+
+A 4 x 4 token grid with one (2, 2) stride in the schedule:
+
+    spatial order           unrolled order (4 groups of 4 tokens)
+     0  1  2  3
+     4  5  6  7     ->      [0 2 8 10 | 1 3 9 11 | 4 6 12 14 | 5 7 13 15]
+     8  9 10 11              (y, x) even/even, even/odd, odd/even, odd/odd
+    12 13 14 15
+
+Each group holds one position of the 2 x 2 stride at every 2 x 2 window, so a max over the groups
+(``x.unflatten(1, (4, -1)).amax(1)``) is a 2 x 2 max-pool whose result is again in spatial order for
+the 2 x 2 grid. With k strides in the schedule, the first pooling consumes the outermost stride and
+leaves the rest unrolled; after all k, whole mask units are contiguous runs of the innermost axis.
+
+`reroll_order` goes back: for the tokens of a stage (after its poolings), the position in the
+sequence of each token of the stage's grid, in row-major spatial order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def unroll_order(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> np.ndarray:
+    """Index vector `idx` with ``unrolled[:, i] = spatial[:, idx[i]]`` for a token grid of `size`.
+
+    Built by applying the reference's reshape steps to a grid of token numbers instead of activations.
+    """
+    tokens = np.arange(math.prod(size)).reshape(1, *size)  # leading axis: the strides moved out so far
+    for strides in schedule:
+        size = [n // s for n, s in zip(size, strides)]
+        split = [d for pair in zip(size, strides) for d in pair]  # (n0 // s0, s0, n1 // s1, s1, ...)
+        tokens = tokens.reshape(tokens.shape[0], *split)
+        stride_axes = list(range(2, 2 * len(size) + 1, 2))
+        grid_axes = list(range(1, 2 * len(size), 2))
+        tokens = tokens.transpose(0, *stride_axes, *grid_axes).reshape(-1, *size)
+    return tokens.reshape(-1)
+
+
+def reroll_order(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> np.ndarray:
+    """Index vector `idx` with ``spatial[:, j] = unrolled[:, idx[j]]``: the inverse of `unroll_order`."""
+    return np.argsort(unroll_order(size, schedule))
+
+
+def stage_grids(config) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+    """For each stage of `config`: its token grid and the part of the unroll schedule still pending."""
+    size = config.tokens_spatial_shape
+    schedule = [tuple(config.q_stride)] * (len(config.depths) - 1)
+    grids = []
+    for stage in range(len(config.depths)):
+        if 0 < stage <= config.q_pool:
+            size = tuple(n // s for n, s in zip(size, config.q_stride))
+            schedule = schedule[1:]
+        grids.append((size, schedule))
+    return grids

@@ -1,0 +1,165 @@
+"""Hiera's architecture as data: `HieraConfig` (any valid Hiera) and `VARIANTS` (the published ones).
+
+Field names follow FAIR's `hiera.Hiera`, except that heads are listed per stage (transformers' style),
+which says plainly what FAIR derives from `num_heads * head_mul ** stage`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import HieraModelError
+
+TASKS = ("classify", "features")
+
+
+@dataclass(frozen=True)
+class HieraConfig:
+    embed_dim: int = 96
+    num_heads: tuple[int, ...] = (1, 2, 4, 8)
+    depths: tuple[int, ...] = (2, 3, 16, 3)
+    input_size: tuple[int, ...] = (224, 224)
+    in_chans: int = 3
+    num_classes: int = 1000
+    dim_mul: float = 2.0
+    q_pool: int = 3
+    q_stride: tuple[int, ...] = (2, 2)
+    mask_unit_size: tuple[int, ...] = (8, 8)
+    mask_unit_attn: tuple[bool, ...] = (True, True, False, False)
+    patch_kernel: tuple[int, ...] = (7, 7)
+    patch_stride: tuple[int, ...] = (4, 4)
+    patch_padding: tuple[int, ...] = (3, 3)
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        # Accept lists (JSON configs) but store tuples, so that configs stay hashable and comparable.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, list):
+                object.__setattr__(self, field.name, tuple(value))
+        self._validate()
+
+    def _validate(self):
+        def fail(message):
+            raise HieraModelError(f"invalid Hiera config: {message}")
+
+        stages = len(self.depths)
+        if stages < 1 or min(self.depths) < 1:
+            fail(f"depths {self.depths} must list at least one stage, each with at least one block")
+        for name in ("num_heads", "mask_unit_attn"):
+            if len(getattr(self, name)) != stages:
+                fail(f"{name} {getattr(self, name)} must have one entry per stage ({stages})")
+        if len(self.input_size) != 2:
+            fail(f"input_size {self.input_size} must be (height, width): video Hiera is not supported yet")
+        for name in ("q_stride", "mask_unit_size", "patch_kernel", "patch_stride", "patch_padding"):
+            if len(getattr(self, name)) != len(self.input_size):
+                fail(f"{name} {getattr(self, name)} must have one entry per input dimension")
+        if not 0 <= self.q_pool < stages:
+            fail(f"q_pool {self.q_pool} must be at least 0 and less than the number of stages ({stages})")
+        # After a global-attention stage, the reference implementations disagree on the first block
+        # of a later mask-unit stage (FAIR lags the previous stage's choice, transformers ORs it).
+        if any(not a and b for a, b in zip(self.mask_unit_attn, self.mask_unit_attn[1:])):
+            fail(f"mask_unit_attn {self.mask_unit_attn} turns mask-unit attention back on after a global stage")
+        for size, stride in zip(self.input_size, self.patch_stride):
+            if size % stride:
+                fail(f"input_size {self.input_size} is not divisible by patch_stride {self.patch_stride}")
+        unroll_factor = [s ** (stages - 1) for s in self.q_stride]
+        for tokens, factor, unit in zip(self.tokens_spatial_shape, unroll_factor, self.mask_unit_size):
+            if tokens % factor or tokens % unit:
+                fail(
+                    f"the token grid {self.tokens_spatial_shape} (input_size / patch_stride) must be divisible by "
+                    f"q_stride ** (stages - 1) = {tuple(unroll_factor)} and by mask_unit_size {self.mask_unit_size}"
+                )
+        for unit, factor in zip(self.mask_unit_size, unroll_factor):
+            if unit % factor:
+                fail(f"mask_unit_size {self.mask_unit_size} must be divisible by q_stride ** (stages - 1) = "
+                     f"{tuple(unroll_factor)}, so that each mask unit survives every pooling")
+        for stage, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
+            if dim != self.embed_dim * self.dim_mul ** stage or heads < 1 or dim % heads:
+                fail(f"stage {stage} has dim {self.embed_dim} * {self.dim_mul} ** {stage}, which must be a whole "
+                     f"number divisible by its {heads} heads")
+        for stage in range(1, self.q_pool + 1):
+            if self.stage_dims[stage] == self.stage_dims[stage - 1]:
+                fail(f"stage {stage} pools its queries, so its dim must differ from the previous stage's "
+                     f"(the residual is projected and pooled only where the dim changes); got dim_mul {self.dim_mul}")
+        if self.num_classes < 1:
+            fail(f"num_classes {self.num_classes} must be positive")
+
+    @property
+    def tokens_spatial_shape(self) -> tuple[int, ...]:
+        return tuple(s // p for s, p in zip(self.input_size, self.patch_stride))
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return tuple(int(self.embed_dim * self.dim_mul ** s) for s in range(len(self.depths)))
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_dims[-1]
+
+    def replace(self, **changes) -> HieraConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A published Hiera image model and the facts the paper and the model cards state about it."""
+
+    name: str
+    config: HieraConfig
+    params_m: float  # parameters of the classifier in millions, as published
+    flops_g: float  # GFLOPs at 224, as published
+    in1k_top1: float  # ImageNet-1k top-1 of the MAE-pretrained, in1k-finetuned checkpoint
+
+    @property
+    def transformers_id(self) -> str:
+        return f"facebook/hiera-{self.name.replace('_', '-')}-224-in1k-hf"
+
+    @property
+    def fair_name(self) -> str:
+        return f"hiera_{self.name}_224"
+
+
+def _variant(name, embed_dim, heads, depths, params_m, flops_g, in1k_top1) -> Variant:
+    config = HieraConfig(embed_dim=embed_dim, num_heads=tuple(heads * 2**s for s in range(4)), depths=depths)
+    return Variant(name, config, params_m, flops_g, in1k_top1)
+
+
+# Ryali et al. 2023, table 11 and the FAIR model zoo; all at 224 x 224, 1000 classes.
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        _variant("tiny", 96, 1, (1, 2, 7, 2), 28, 5, 82.8),
+        _variant("small", 96, 1, (1, 2, 11, 2), 35, 6, 83.8),
+        _variant("base", 96, 1, (2, 3, 16, 3), 52, 9, 84.5),
+        _variant("base_plus", 112, 2, (2, 3, 16, 3), 70, 13, 85.2),
+        _variant("large", 144, 2, (2, 6, 36, 4), 214, 40, 86.1),
+        _variant("huge", 256, 4, (2, 6, 36, 4), 673, 125, 86.9),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise HieraModelError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise HieraModelError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    return task
+
+
+def window_sizes(config: HieraConfig) -> list[int]:
+    """Flattened mask-unit size seen by each block (FAIR's rule: it shrinks only where q is pooled)."""
+    sizes, size = [], math.prod(config.mask_unit_size)
+    for stage, depth in enumerate(config.depths):
+        if 0 < stage <= config.q_pool:
+            size //= math.prod(config.q_stride)
+        sizes += [size] * depth
+    return sizes

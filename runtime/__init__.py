@@ -1,0 +1,1 @@
+"""Run exported Hiera models with onnxruntime or TensorRT, without torch: to come."""

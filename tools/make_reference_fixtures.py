@@ -1,0 +1,75 @@
+"""Write the golden fixtures for FAIR `hiera` and timm parity (tests/fixtures/reference/).
+
+Those packages need torchvision, which here works only with the large torch 2.14.1 + torchvision
+0.29.1 CUDA pair, so they stay out of the project's install. Run this once in a separate environment:
+
+    python3 -m venv /tmp/refenv
+    /tmp/refenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31 hiera-transformer==0.1.4 safetensors
+    /tmp/refenv/bin/python tools/make_reference_fixtures.py tests/fixtures/reference
+
+It builds one small seeded Hiera with FAIR's code, copies the same weights into timm's model through
+timm's own checkpoint filter, saves each with the library's own save function, and records both
+libraries' outputs on seeded inputs. The tests load the saved files with `hiera_model.load` and
+compare with these outputs.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import hiera
+import safetensors.torch
+import timm
+import torch
+from timm.models import save_for_hf
+from timm.models.hiera import checkpoint_filter_fn
+
+# Small, but with every feature of the published models: four stages, three query poolings,
+# mask-unit attention in two stages (and the lag into the third), a non-square input.
+FAIR_ARGS = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), input_size=(96, 128), num_classes=10)
+SEED = 0
+
+
+def main(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    torch.manual_seed(SEED)
+    fair = hiera.Hiera(**FAIR_ARGS)
+    # FAIR scales the fresh head by 1e-3; draw it like the other layers so that logits are not tiny.
+    torch.nn.init.trunc_normal_(fair.head.projection.weight, std=0.02)
+    fair.eval()
+
+    timm_args = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), img_size=(96, 128), num_classes=10)
+    tm = timm.create_model("hiera_tiny_224", pretrained=False, **timm_args)
+    tm.load_state_dict(checkpoint_filter_fn(fair.state_dict(), tm))
+    tm.eval()
+
+    # The checkpoints, each written by its library's own code.
+    torch.save({"model_state": fair.state_dict()}, out / "hiera_fair_small.pth")  # FAIR's .pth layout
+    fair.save_pretrained(out / "fair_hub")  # FAIR's PyTorchModelHubMixin: config.json + model.safetensors
+    save_for_hf(tm, out / "timm_hub", model_args=timm_args, safe_serialization=True)
+
+    inputs = torch.randn(3, 3, *FAIR_ARGS["input_size"], generator=torch.Generator().manual_seed(SEED))
+    with torch.no_grad():
+        fair_probs, fair_stages = fair(inputs, return_intermediates=True)  # eval: the head applies softmax
+        fair_logits = fair.train()(inputs)  # train mode skips that softmax (no dropout, no drop path here)
+        fair.eval()
+        timm_logits = tm(inputs)
+        timm_stages = tm.forward_intermediates(inputs, intermediates_only=True)  # NCHW
+    expected = {"pixel_values": inputs, "fair_logits": fair_logits, "fair_probs": fair_probs,
+                "timm_logits": timm_logits}
+    expected.update({f"fair_stage{i}": s for i, s in enumerate(fair_stages)})
+    expected.update({f"timm_stage{i}": s for i, s in enumerate(timm_stages)})
+    safetensors.torch.save_file({k: v.contiguous() for k, v in expected.items()}, out / "expected.safetensors")
+    about = {
+        "made_by": "tools/make_reference_fixtures.py",
+        "fair_args": FAIR_ARGS, "timm_args": timm_args, "seed": SEED,
+        "versions": {"torch": torch.__version__, "timm": timm.__version__, "hiera-transformer": "0.1.4"},
+    }
+    (out / "about.json").write_text(json.dumps(about, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/reference"))
