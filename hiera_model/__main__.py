@@ -16,7 +16,8 @@ from .variants import TASKS, VARIANTS
 
 def _info(args) -> None:
     names = args.variants or list(VARIANTS)
-    rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GFLOPs", "IN-1k top-1", "transformers id")]
+    rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GFLOPs", "IN-1k top-1",
+             "transformers id")]
     for name in names:
         v = VARIANTS.get(name)
         if v is None:
@@ -48,8 +49,7 @@ def _lock_verify(args) -> None:
         if not matched:
             raise HieraModelError(f"{path}: no models.lock entry names this file (sha256 {digest})")
         if matched[0].sha256 != digest:
-            raise HieraModelError(f"{path}: models.lock has no sha256 for {' or '.join(e.label for e in matched)} yet "
-                                  f"(this file's is {digest}); record it with `python -m hiera_model lock fill {path}`")
+            raise HieraModelError(lock.unrecorded(path, matched, digest))
         print(f"{path}: ok, {matched[0].label} sha256 {digest}")
 
 

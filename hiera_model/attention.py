@@ -30,7 +30,8 @@ class MaskUnitAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
         windows = tokens // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
-        # [batch, tokens_per_window, windows, 3, heads, head_dim] -> [3, batch, heads, windows, tokens_per_window, head_dim]
+        # [batch, tokens_per_window, windows, 3, heads, head_dim]
+        #   -> [3, batch, heads, windows, tokens_per_window, head_dim]
         qkv = self.qkv(x).reshape(batch, -1, windows, 3, self.heads, self.head_dim).permute(3, 0, 4, 2, 1, 5)
         q, k, v = qkv.unbind(0)
         if self.q_stride > 1:

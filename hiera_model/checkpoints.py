@@ -8,7 +8,6 @@ and otherwise from matching the weights' shapes against the published variants.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 

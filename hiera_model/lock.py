@@ -46,11 +46,12 @@ class Entry:
         if "://" in self.source:
             return True
         repo_dirs = {self.source.split("/")[-1], "models--" + self.source.replace("/", "--")}
-        return any(parent.name in repo_dirs for parent in file.resolve().parents)
+        return any(parent.name in repo_dirs for parent in file.absolute().parents)
 
 
 def default_path() -> Path:
-    return Path(os.environ.get(ENV_VAR) or Path(__file__).resolve().parent.parent / "models.lock")
+    """$HIERA_MODELS_LOCK, else the lock shipped in the package (in a checkout, a link to the repository's)."""
+    return Path(os.environ.get(ENV_VAR) or Path(__file__).parent / "models.lock")
 
 
 def read(lock_path=None) -> list[Entry]:
@@ -65,8 +66,8 @@ def read(lock_path=None) -> list[Entry]:
 
 
 def write(entries: list[Entry], lock_path=None) -> None:
-    """Rewrite the lock atomically: a temp file beside it, then a rename."""
-    path = Path(lock_path) if lock_path else default_path()
+    """Rewrite the lock atomically: a temp file beside it, then a rename (onto the file a link points to)."""
+    path = (Path(lock_path) if lock_path else default_path()).resolve()
     data = json.loads(path.read_text())
     data["checkpoints"] = [{k: getattr(e, k) for k in FIELDS} for e in entries]
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".models.lock.", delete=False) as tmp:
@@ -104,6 +105,12 @@ def match(file, entries: list[Entry]) -> tuple[list[Entry], str]:
     return named, digest
 
 
+def unrecorded(file, matched: list[Entry], digest: str) -> str:
+    labels = " or ".join(e.label for e in matched)
+    return (f"{file}: models.lock has no sha256 for {labels} yet (this file's is {digest}); "
+            f"compare it with the source's, then record it with `python -m hiera_model lock fill {file}`")
+
+
 def verify_files(files: list[Path], allow_unverified: bool = False, lock_path=None) -> dict:
     """Check checkpoint files against the lock and return their provenance for the model's metadata."""
     entries = read(lock_path)
@@ -119,8 +126,7 @@ def verify_files(files: list[Path], allow_unverified: bool = False, lock_path=No
             sources.append(entry.source if entry.revision is None else f"{entry.source}@{entry.revision}")
         else:
             labels = " or ".join(e.label for e in matched)
-            message = (f"{file}: models.lock has no sha256 for {labels} yet (this file's is {digest}); "
-                       f"compare it with the source's, then record it with `python -m hiera_model lock fill {file}`")
+            message = unrecorded(file, matched, digest)
             if not allow_unverified:
                 raise HieraModelError(message + ", or load with allow_unverified=True")
             warnings.warn(message, stacklevel=3)
@@ -141,7 +147,8 @@ def fill(file, lock_path=None) -> Entry:
         raise HieraModelError(f"{file}: no models.lock entry names this file (published checkpoints keep their file "
                               "name, or live in a directory named after their hub repository)")
     if len(matched) > 1:
-        raise HieraModelError(f"{file}: the path names several models.lock entries ({', '.join(e.label for e in matched)}); "
+        labels = ", ".join(e.label for e in matched)
+        raise HieraModelError(f"{file}: the path names several models.lock entries ({labels}); "
                               "load it from the hub cache path (models--ORG--NAME) to tell them apart")
     entry = matched[0]
     entry.sha256, entry.size = digest, file.stat().st_size

@@ -35,7 +35,8 @@ class Hiera(nn.Module):
         self.config = config
         self.task = check_task(task)
         self.labels: tuple[str, ...] | None = None  # class names, when the checkpoint carries them
-        self.provenance: dict = {"source": "untrained"}  # where the weights came from; create() and load() set it
+        # Where the weights came from (create() and load() set it): source, sha256, verified against models.lock.
+        self.provenance = {"source": "untrained", "sha256": None, "verified": False}
 
         dims = config.stage_dims
         self.patch_embed = PatchEmbed(config)

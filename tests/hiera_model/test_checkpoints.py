@@ -58,6 +58,16 @@ def test_unknown_shapes_list_the_candidates():
                           "matches no published variant", "pass variant=", "tiny (embed_dim 96, depths (1, 2, 7, 2))")
 
 
+def test_ambiguous_shapes_list_the_matches(monkeypatch):
+    import hiera_model.checkpoints as checkpoints
+    twin = VARIANTS["tiny"]
+    monkeypatch.setattr(checkpoints, "VARIANTS", {**VARIANTS, "tiny_twin": twin})
+    with torch.device("meta"):
+        state = Hiera(twin.config).state_dict()
+    assert_one_line_error(lambda: infer_config(state, "twin.pth"), "twin.pth", "matches several variants",
+                          "Candidates: tiny (embed_dim 96, depths (1, 2, 7, 2)); tiny (embed_dim 96")
+
+
 def test_weights_for_another_variant(tmp_path):
     assert_one_line_error(lambda: hiera_model.load(FAIR_FILE, variant="base"), FAIR_FILE,
                           "weights do not fit Hiera-base", "missing", "wrong shape (file vs model) ",
@@ -134,7 +144,8 @@ def test_bad_config_json(tmp_path):
     config.write_text("{oops")
     assert_one_line_error(lambda: hiera_model.load(tmp_path / "hub"), config, "not a readable JSON file")
     config.write_text('{"embed_dim": 16, "stages": [1, 2, 2, 1], "input_size": [96, 128], "num_heads": 3}')
-    assert_one_line_error(lambda: hiera_model.load(tmp_path / "hub"), "invalid Hiera config", "divisible by its 3 heads")
+    assert_one_line_error(lambda: hiera_model.load(tmp_path / "hub"), "invalid Hiera config",
+                          "divisible by its 3 heads")
     config.write_text('{"model_type": "bert"}')
     assert_one_line_error(lambda: hiera_model.load(tmp_path / "hub"), "config.json is not a Hiera config")
 

@@ -83,6 +83,23 @@ def test_hub_files_are_named_by_their_repository_directory(tmp_path, private_loc
     assert hiera_model.load(snapshot).provenance["source"] == "facebook/hiera_tiny_224.mae_in1k_ft_in1k@main"
 
 
+def test_fill_through_a_link_keeps_the_link(tmp_path, monkeypatch):
+    """In a checkout the package's lock links to the repository's: a fill must update that file."""
+    real = tmp_path / "repo" / "models.lock"
+    real.parent.mkdir()
+    shutil.copy(ROOT / "models.lock", real)
+    link = tmp_path / "models.lock"
+    link.symlink_to(real)
+    monkeypatch.setenv(lock.ENV_VAR, str(link))
+    entry = lock.fill(published_copy(tmp_path))
+    assert link.is_symlink()
+    assert entry.sha256 in real.read_text()
+
+
+def test_the_package_ships_the_repository_lock():
+    assert (ROOT / "hiera_model" / "models.lock").read_text() == (ROOT / "models.lock").read_text()
+
+
 def test_users_own_files_load_with_their_hash(private_lock):
     model = hiera_model.load(FAIR_FILE, variant=SMALL)
     assert model.provenance == {"source": "local:hiera_fair_small.pth", "sha256": lock.sha256(FAIR_FILE),
