@@ -16,7 +16,7 @@ from .variants import TASKS, VARIANTS
 
 def _info(args) -> None:
     names = args.variants or list(VARIANTS)
-    rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GFLOPs", "IN-1k top-1",
+    rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GMACs", "IN-1k top-1",
              "transformers id")]
     for name in names:
         v = VARIANTS.get(name)

@@ -78,9 +78,11 @@ class HieraConfig:
                 fail(f"mask_unit_size {self.mask_unit_size} must be divisible by q_stride ** (stages - 1) = "
                      f"{tuple(unroll_factor)}, so that each mask unit survives every pooling")
         for stage, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
-            if dim != self.embed_dim * self.dim_mul ** stage or heads < 1 or dim % heads:
-                fail(f"stage {stage} has dim {self.embed_dim} * {self.dim_mul} ** {stage}, which must be a whole "
-                     f"number divisible by its {heads} heads")
+            if dim != self.embed_dim * self.dim_mul ** stage:
+                fail(f"stage {stage}'s dim, embed_dim * dim_mul ** {stage} = {self.embed_dim * self.dim_mul ** stage}, "
+                     "must be a whole number")
+            if heads < 1 or dim % heads:
+                fail(f"stage {stage}'s dim {dim} must be divisible by its {heads} heads")
         for stage in range(1, self.q_pool + 1):
             if self.stage_dims[stage] == self.stage_dims[stage - 1]:
                 fail(f"stage {stage} pools its queries, so its dim must differ from the previous stage's "
@@ -111,7 +113,7 @@ class Variant:
     name: str
     config: HieraConfig
     params_m: float  # parameters of the classifier in millions, as published
-    flops_g: float  # GFLOPs at 224, as published
+    flops_g: float  # G multiply-adds at 224 (the paper's "FLOPs"), as published
     in1k_top1: float  # ImageNet-1k top-1 of the MAE-pretrained, in1k-finetuned checkpoint
 
     @property

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import hiera_model
 from hiera_model import HieraConfig, HieraModelError, VARIANTS
@@ -14,6 +15,15 @@ def test_parameter_counts_are_the_published_ones(name):
     assert round(params / 1e6) == variant.params_m
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_compute_is_the_published_one(name):
+    """The paper's "FLOPs" count multiply-adds: counted on meta tensors, they round to its figures."""
+    variant = VARIANTS[name]
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        Hiera(variant.config)(torch.empty(1, 3, 224, 224))
+    assert round(counter.get_total_flops() / 2e9) == variant.flops_g
+
+
 def test_published_variants_are_told_apart_by_their_weights():
     """Shape inference relies on this: embed dim or depths differ between any two variants."""
     keys = [(v.config.embed_dim, v.config.depths) for v in VARIANTS.values()]
@@ -24,12 +34,12 @@ def test_published_variants_are_told_apart_by_their_weights():
     (dict(input_size=(200, 224)), "token grid (50, 56)"),
     (dict(input_size=(226, 224)), "not divisible by patch_stride"),
     (dict(num_heads=(1, 2, 4)), "one entry per stage"),
-    (dict(num_heads=(1, 2, 5, 8)), "divisible by its 5 heads"),
+    (dict(num_heads=(1, 2, 5, 8)), "stage 2's dim 384 must be divisible by its 5 heads"),
     (dict(q_pool=4), "less than the number of stages"),
     (dict(mask_unit_attn=(True, False, True, False)), "back on after a global stage"),
     (dict(mask_unit_size=(4, 4)), "mask_unit_size (4, 4) must be divisible"),
     (dict(dim_mul=1.0), "dim must differ"),
-    (dict(dim_mul=1.5, embed_dim=90), "whole number"),
+    (dict(dim_mul=1.5, embed_dim=91), "embed_dim * dim_mul ** 1 = 136.5, must be a whole number"),
     (dict(input_size=(16, 224, 224)), "video Hiera is not supported yet"),
     (dict(depths=(2, 0, 16, 3)), "at least one block"),
 ])
