@@ -189,6 +189,13 @@ def from_transformers(state: dict) -> dict:
 
 def config_from_file(config: dict, path) -> tuple[HieraConfig, tuple[str, ...] | None]:
     """Our config (and class names) from a checkpoint directory's config.json, in any of the three layouts."""
+    try:
+        return _config_from_file(config, path)
+    except (TypeError, ValueError, AttributeError) as error:  # a value of the wrong type somewhere in the JSON
+        raise HieraModelError(f"{path}: config.json holds a value of the wrong type ({error})") from None
+
+
+def _config_from_file(config: dict, path) -> tuple[HieraConfig, tuple[str, ...] | None]:
     if config.get("model_type") == "hiera":
         return _config_from_transformers(config, path)
     if str(config.get("architecture", "")).startswith("hiera_"):  # timm's save_for_hf
@@ -222,8 +229,8 @@ def _config_from_transformers(c: dict, path) -> tuple[HieraConfig, tuple[str, ..
         raise HieraModelError(f"{path}: mask-unit attention after the last query pooling is computed differently "
                               "by transformers and FAIR; this config is not supported")
     id2label = c.get("id2label") or {}
-    labels = tuple(id2label[str(i)] for i in range(len(id2label))) if id2label else None
-    return config, labels
+    labels = tuple(id2label.get(str(i)) for i in range(len(id2label)))
+    return config, labels if labels and None not in labels else None
 
 
 def _config_from_fair(args: dict, path, base: HieraConfig) -> HieraConfig:

@@ -70,10 +70,17 @@ def write(entries: list[Entry], lock_path=None) -> None:
     path = (Path(lock_path) if lock_path else default_path()).resolve()
     data = json.loads(path.read_text())
     data["checkpoints"] = [{k: getattr(e, k) for k in FIELDS} for e in entries]
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".models.lock.", delete=False) as tmp:
-        json.dump(data, tmp, indent=1)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".models.lock.", delete=False) as file:
+            tmp = Path(file.name)
+            json.dump(data, file, indent=1)
+            file.write("\n")
+        os.replace(tmp, path)
+    except OSError as error:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise HieraModelError(f"{path}: cannot write models.lock ({error.strerror})") from None
 
 
 def sha256(file: Path) -> str:

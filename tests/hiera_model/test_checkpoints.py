@@ -146,6 +146,8 @@ def test_bad_config_json(tmp_path):
     config.write_text('{"embed_dim": 16, "stages": [1, 2, 2, 1], "input_size": [96, 128], "num_heads": 3}')
     assert_one_line_error(lambda: hiera_model.load(tmp_path / "hub"), "invalid Hiera config",
                           "divisible by its 3 heads")
+    config.write_text('{"embed_dim": "sixteen", "stages": [1, 2, 2, 1]}')
+    assert_one_line_error(lambda: hiera_model.load(tmp_path / "hub"), "config.json holds a value of the wrong type")
     config.write_text('{"model_type": "bert"}')
     assert_one_line_error(lambda: hiera_model.load(tmp_path / "hub"), "config.json is not a Hiera config")
 

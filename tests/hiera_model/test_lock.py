@@ -1,3 +1,4 @@
+import errno
 import json
 import re
 import shutil
@@ -94,6 +95,21 @@ def test_fill_through_a_link_keeps_the_link(tmp_path, monkeypatch):
     entry = lock.fill(published_copy(tmp_path))
     assert link.is_symlink()
     assert entry.sha256 in real.read_text()
+
+
+def test_a_failed_write_leaves_the_lock_as_it_was(tmp_path, private_lock, monkeypatch):
+    """A full disk halfway through: one clear error, the old lock intact, no temp file left."""
+    before = private_lock.read_text()
+
+    def dump_then_fail(data, file, **kwargs):
+        file.write('{"checkpoints": [')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock.json, "dump", dump_then_fail)
+    with pytest.raises(HieraModelError, match="cannot write models.lock .No space left on device"):
+        lock.fill(published_copy(tmp_path))
+    assert private_lock.read_text() == before
+    assert [p.name for p in private_lock.parent.iterdir() if p.name.startswith(".models.lock")] == []
 
 
 def test_the_package_ships_the_repository_lock():
