@@ -1,0 +1,77 @@
+"""Print the measured parity figures the README quotes: max abs diff of our model against transformers,
+FAIR `hiera` and timm, on the same configs, weights and inputs as the tests (which bound them by 1e-5).
+
+    python tools/parity_report.py
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hiera_model  # noqa: E402
+from tests.hiera_model import test_reference_fixtures as fixtures  # noqa: E402
+from tests.hiera_model.test_transformers_parity import (  # noqa: E402
+    CONFIGS, HieraForImageClassification, HieraModel, TransformersConfig, inputs_for)
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+@torch.no_grad()
+def transformers_rows():
+    for name, kwargs in CONFIGS.items():
+        config = TransformersConfig(**kwargs, num_labels=7)
+        worst = dict.fromkeys(["logits", "last_hidden_state", "pooler_output", "stage maps"], 0.0)
+        for task, cls in (("classify", HieraForImageClassification), ("features", HieraModel)):
+            torch.manual_seed(0)
+            reference = cls(config).eval()
+            with tempfile.TemporaryDirectory() as directory:
+                reference.save_pretrained(directory)
+                ours = hiera_model.load(directory, task=task)
+            for pixel_values in inputs_for(config):
+                expected, outputs = reference(pixel_values, output_hidden_states=True), ours(pixel_values)
+                if task == "classify":
+                    worst["logits"] = max(worst["logits"], max_diff(outputs, expected.logits))
+                    continue
+                for key in ("last_hidden_state", "pooler_output"):
+                    worst[key] = max(worst[key], max_diff(outputs[key], getattr(expected, key)))
+                _, stages = ours.forward_features(pixel_values, return_stages=True)
+                for ours_map, reference_map in zip(stages, expected.reshaped_hidden_states[1:]):
+                    worst["stage maps"] = max(worst["stage maps"], max_diff(ours_map, reference_map))
+        for output, diff in worst.items():
+            yield "transformers", name, output, diff
+
+
+@torch.no_grad()
+def fixture_rows():
+    expected = safetensors.torch.load_file(fixtures.REFERENCE / "expected.safetensors")
+    pixel_values = expected["pixel_values"]
+    model = hiera_model.load(fixtures.REFERENCE / "fair_hub")
+    logits = model(pixel_values)
+    _, stages = model.forward_features(pixel_values, return_stages=True)
+    yield "FAIR hiera", "fixture", "logits", max_diff(logits, expected["fair_logits"])
+    yield "FAIR hiera", "fixture", "eval softmax", max_diff(logits.softmax(-1), expected["fair_probs"])
+    yield "FAIR hiera", "fixture", "intermediates", max(max_diff(s, expected[f"fair_stage{i}"])
+                                                        for i, s in enumerate(stages))
+    yield "timm", "fixture", "logits", max_diff(logits, expected["timm_logits"])
+    yield "timm", "fixture", "intermediates", max(max_diff(s.permute(0, 3, 1, 2), expected[f"timm_stage{i}"])
+                                                  for i, s in enumerate(stages))
+
+
+def main() -> None:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    print(f"{'reference':<13} {'config':<14} {'output':<18} max abs diff")
+    for reference, config, output, diff in (*transformers_rows(), *fixture_rows()):
+        print(f"{reference:<13} {config:<14} {output:<18} {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
