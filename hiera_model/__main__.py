@@ -11,7 +11,7 @@ from . import lock
 from .checkpoints import load
 from .errors import HieraModelError
 from .model import Hiera
-from .variants import TASKS, VARIANTS
+from .variants import TASKS, VARIANTS, get_variant
 
 
 def _info(args) -> None:
@@ -19,14 +19,12 @@ def _info(args) -> None:
     rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GMACs", "IN-1k top-1",
              "transformers id")]
     for name in names:
-        v = VARIANTS.get(name)
-        if v is None:
-            raise HieraModelError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        v = get_variant(name)
         with torch.device("meta"):  # count parameters without allocating them
             params = sum(p.numel() for p in Hiera(v.config).parameters()) / 1e6
         c = v.config
         rows.append((name, str(c.embed_dim), "-".join(map(str, c.num_heads)), "-".join(map(str, c.depths)),
-                     f"{params:.2f}", f"{v.params_m:g}", f"{v.flops_g:g}", f"{v.in1k_top1:.1f}", v.transformers_id))
+                     f"{params:.2f}", f"{v.params_m:g}", f"{v.gmacs:g}", f"{v.in1k_top1:.1f}", v.transformers_id))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

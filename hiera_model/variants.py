@@ -113,7 +113,7 @@ class Variant:
     name: str
     config: HieraConfig
     params_m: float  # parameters of the classifier in millions, as published
-    flops_g: float  # G multiply-adds at 224 (the paper's "FLOPs"), as published
+    gmacs: float  # G multiply-adds at 224 (the paper's "FLOPs"), as published
     in1k_top1: float  # ImageNet-1k top-1 of the MAE-pretrained, in1k-finetuned checkpoint
 
     @property
@@ -125,9 +125,9 @@ class Variant:
         return f"hiera_{self.name}_224"
 
 
-def _variant(name, embed_dim, heads, depths, params_m, flops_g, in1k_top1) -> Variant:
+def _variant(name, embed_dim, heads, depths, params_m, gmacs, in1k_top1) -> Variant:
     config = HieraConfig(embed_dim=embed_dim, num_heads=tuple(heads * 2**s for s in range(4)), depths=depths)
-    return Variant(name, config, params_m, flops_g, in1k_top1)
+    return Variant(name, config, params_m, gmacs, in1k_top1)
 
 
 # Ryali et al. 2023, table 11 and the FAIR model zoo; all at 224 x 224, 1000 classes.
