@@ -7,35 +7,35 @@ from torch import nn
 
 
 class MaskUnitAttention(nn.Module):
-    """Attention within each mask unit (`use_mask_unit_attn`) or over all tokens.
+    """Attention within each mask unit (`use_mask_unit_attn`) or over all tokens of an image.
 
-    Tokens arrive unrolled (see `unroll`), so a mask unit's tokens are strided by the number of
-    windows: viewing the sequence as [tokens_per_window, num_windows] puts each unit in a column.
-    Query pooling is a max over the outermost stride, which in that view is a leading block of rows.
-    Every tensor stays at rank 6 or less.
+    Tokens arrive as rows [batch * tokens, dim], unrolled with each mask unit's `unit_tokens` rows
+    contiguous (see `unroll`), so mask-unit attention is ordinary batched attention over groups of
+    `unit_tokens` rows and every Linear is one GEMM. Query pooling is a max over the outermost stride
+    within each unit. Every tensor stays at rank 6 or less; the head split and merge are rank-4
+    transposes; only the leading axis depends on the batch.
     """
 
-    def __init__(self, dim: int, dim_out: int, heads: int, q_stride: int, window_size: int, use_mask_unit_attn: bool):
+    def __init__(self, dim: int, dim_out: int, heads: int, q_stride: int, unit_tokens: int, units: int,
+                 use_mask_unit_attn: bool):
         super().__init__()
         self.dim_out = dim_out
         self.heads = heads
         self.head_dim = dim_out // heads
         self.scale = self.head_dim**-0.5
         self.q_stride = q_stride
-        self.window_size = window_size
-        self.use_mask_unit_attn = use_mask_unit_attn
+        self.unit_tokens = unit_tokens
+        self.group_units = 1 if use_mask_unit_attn else units  # mask units per attention group
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        windows = tokens // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
-        # [batch, tokens_per_window, windows, 3, heads, head_dim]
-        #   -> [3, batch, heads, windows, tokens_per_window, head_dim]
-        qkv = self.qkv(x).reshape(batch, -1, windows, 3, self.heads, self.head_dim).permute(3, 0, 4, 2, 1, 5)
-        q, k, v = qkv.unbind(0)
-        if self.q_stride > 1:
-            q = q.unflatten(3, (self.q_stride, -1)).amax(dim=3)
+        # [groups, tokens, 3 * heads, head_dim] -> [groups, 3 * heads, tokens, head_dim]
+        group_tokens = self.group_units * self.unit_tokens
+        qkv = self.qkv(x).reshape(-1, group_tokens, 3 * self.heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=1)
+        if self.q_stride > 1:  # a group's tokens: [units, q_stride, tokens per unit / q_stride]
+            q = q.unflatten(2, (self.group_units, self.q_stride, -1)).amax(dim=3).flatten(2, 3)
         attn = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1)
-        x = (attn @ v).transpose(1, 3).reshape(batch, -1, self.dim_out)
+        x = (attn @ v).transpose(1, 2).reshape(-1, self.dim_out)
         return self.proj(x)

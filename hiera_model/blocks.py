@@ -8,9 +8,10 @@ from torch import nn
 from .attention import MaskUnitAttention
 
 
-def pool(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Max-pool unrolled tokens [batch, tokens, dim] over the outermost unroll stride (see `unroll`)."""
-    return x.unflatten(1, (stride, -1)).amax(dim=1) if stride > 1 else x
+def pool(x: torch.Tensor, stride: int, unit_tokens: int) -> torch.Tensor:
+    """Max-pool unrolled token rows [batch * tokens, dim] over the outermost unroll stride of each
+    mask unit of `unit_tokens` rows (see `unroll`)."""
+    return x.unflatten(0, (-1, stride, unit_tokens // stride)).amax(dim=1).flatten(0, 1) if stride > 1 else x
 
 
 class Mlp(nn.Module):
@@ -25,14 +26,16 @@ class Mlp(nn.Module):
 
 
 class HieraBlock(nn.Module):
-    """Pre-norm attention and MLP; the first block of a stage also projects (and pools) the residual."""
+    """Pre-norm attention and MLP on token rows [batch * tokens, dim]; the first block of a stage also
+    projects (and pools) the residual."""
 
-    def __init__(self, dim: int, dim_out: int, heads: int, mlp_ratio: float, q_stride: int, window_size: int,
-                 use_mask_unit_attn: bool, eps: float):
+    def __init__(self, dim: int, dim_out: int, heads: int, mlp_ratio: float, q_stride: int, unit_tokens: int,
+                 units: int, use_mask_unit_attn: bool, eps: float):
         super().__init__()
         self.q_stride = q_stride
+        self.unit_tokens = unit_tokens
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, window_size, use_mask_unit_attn)
+        self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, unit_tokens, units, use_mask_unit_attn)
         self.norm2 = nn.LayerNorm(dim_out, eps=eps)
         self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
         self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
@@ -40,6 +43,6 @@ class HieraBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_norm = self.norm1(x)
         if self.proj is not None:
-            x = pool(self.proj(x_norm), self.q_stride)
+            x = pool(self.proj(x_norm), self.q_stride, self.unit_tokens)
         x = x + self.attn(x_norm)
         return x + self.mlp(self.norm2(x))

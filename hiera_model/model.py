@@ -9,7 +9,7 @@ from torch import nn
 
 from .blocks import HieraBlock
 from .unroll import reroll_order, stage_grids, unroll_order
-from .variants import HieraConfig, check_task, window_sizes
+from .variants import HieraConfig, check_task
 
 
 class PatchEmbed(nn.Module):
@@ -42,54 +42,64 @@ class Hiera(nn.Module):
         self.patch_embed = PatchEmbed(config)
         self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(config.tokens_spatial_shape), config.embed_dim))
 
+        # Token orders (see `unroll`): ours keeps each mask unit contiguous; the reference's strides them.
         grids = stage_grids(config)
-        self.register_buffer("unroll", torch.from_numpy(unroll_order(*grids[0])), persistent=False)
+        units = config.mask_units
+        self.register_buffer("unroll", torch.from_numpy(unroll_order(*grids[0], units)), persistent=False)
         for stage, grid in enumerate(grids):
-            self.register_buffer(f"reroll{stage}", torch.from_numpy(reroll_order(*grid)), persistent=False)
+            self.register_buffer(f"reroll{stage}", torch.from_numpy(reroll_order(*grid, units)), persistent=False)
         self.stage_sizes = [size for size, _ in grids]
+        # `last_hidden_state` is in the reference's order: a gather, unless the orders agree at the end
+        # (one token per unit, as in every published variant).
+        to_reference = reroll_order(*grids[-1], units)[unroll_order(*grids[-1])]
+        self.to_reference = None if (to_reference == range(len(to_reference))).all() else torch.from_numpy(to_reference)
 
-        windows = window_sizes(config)
         self.blocks = nn.ModuleList()
         self.stage_ends = []
-        dim = config.embed_dim
+        dim, tokens = config.embed_dim, math.prod(self.stage_sizes[0])  # per image, at the block's input
         for stage, depth in enumerate(config.depths):
             for i in range(depth):
                 first = i == 0 and stage > 0
+                q_stride = math.prod(config.q_stride) if first and stage <= config.q_pool else 1
                 self.blocks.append(HieraBlock(
                     dim=dim,
                     dim_out=dims[stage],
                     heads=config.num_heads[stage],
                     mlp_ratio=config.mlp_ratio,
-                    q_stride=math.prod(config.q_stride) if first and stage <= config.q_pool else 1,
-                    window_size=windows[len(self.blocks)],
+                    q_stride=q_stride,
+                    unit_tokens=tokens // units,
+                    units=units,
                     # A stage's first block still attends within the previous stage's mask units.
                     use_mask_unit_attn=config.mask_unit_attn[stage - 1 if first else stage],
                     eps=config.layer_norm_eps,
                 ))
-                dim = dims[stage]
+                dim, tokens = dims[stage], tokens // q_stride
             self.stage_ends.append(len(self.blocks) - 1)
 
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.head = nn.Linear(dim, config.num_classes) if task == "classify" else None
 
     def forward_features(self, pixel_values: torch.Tensor, return_stages: bool = False):
-        """Final tokens [batch, tokens, dim] and, if asked, each stage's output rerolled to a
-        spatial map [batch, height, width, dim] (FAIR's `return_intermediates`)."""
+        """Final tokens [batch, tokens, dim] in the model's own order and, if asked, each stage's output
+        rerolled to a spatial map [batch, height, width, dim] (FAIR's `return_intermediates`)."""
         x = self.patch_embed(pixel_values) + self.pos_embed
-        x = x.index_select(1, self.unroll)
+        x = x.index_select(1, self.unroll).flatten(0, 1)  # the blocks work on rows [batch * tokens, dim]
         stages = []
         for i, block in enumerate(self.blocks):
             x = block(x)
             if return_stages and i in self.stage_ends:
                 stage = len(stages)
-                rerolled = x.index_select(1, getattr(self, f"reroll{stage}"))
-                stages.append(rerolled.unflatten(1, self.stage_sizes[stage]))
-        return x, stages
+                size = self.stage_sizes[stage]
+                rerolled = x.unflatten(0, (-1, math.prod(size))).index_select(1, getattr(self, f"reroll{stage}"))
+                stages.append(rerolled.unflatten(1, size))
+        return x.unflatten(0, (-1, math.prod(self.stage_sizes[-1]))), stages
 
     def forward(self, pixel_values: torch.Tensor):
         tokens, _ = self.forward_features(pixel_values)
         pooled = self.norm(tokens.mean(dim=1))
         if self.head is None:
+            if self.to_reference is not None:
+                tokens = tokens.index_select(1, self.to_reference)
             return {"last_hidden_state": tokens, "pooler_output": pooled}
         return self.head(pooled)
 

@@ -18,6 +18,12 @@ Each group holds one position of the 2 x 2 stride at every 2 x 2 window, so a ma
 the 2 x 2 grid. With k strides in the schedule, the first pooling consumes the outermost stride and
 leaves the rest unrolled; after all k, whole mask units are contiguous runs of the innermost axis.
 
+In that order (FAIR's and transformers'), a mask unit's tokens are strided by the number of units.
+The model keeps them contiguous instead (``windows=`` the number of mask units): the same tokens as a
+[tokens per unit, units] matrix, transposed. Attention within a unit is then a plain batched attention
+over [batch * units, tokens per unit], and its head split a rank-4 transpose; pooling is a max over the
+outermost stride inside each unit. Everything else in the model is per token and ignores the order.
+
 `reroll_order` goes back: for the tokens of a stage (after its poolings), the position in the
 sequence of each token of the stage's grid, in row-major spatial order.
 """
@@ -30,8 +36,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def unroll_order(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> np.ndarray:
-    """Index vector `idx` with ``unrolled[:, i] = spatial[:, idx[i]]`` for a token grid of `size`.
+def unroll_order(size: Sequence[int], schedule: Sequence[Sequence[int]], windows: int = 1) -> np.ndarray:
+    """Index vector `idx` with ``unrolled[:, i] = spatial[:, idx[i]]`` for a token grid of `size`; with
+    `windows` mask units, each unit's tokens made contiguous (1: the reference's order).
 
     Built by applying the reference's reshape steps to a grid of token numbers instead of activations.
     """
@@ -43,12 +50,12 @@ def unroll_order(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> np.n
         stride_axes = list(range(2, 2 * len(size) + 1, 2))
         grid_axes = list(range(1, 2 * len(size), 2))
         tokens = tokens.transpose(0, *stride_axes, *grid_axes).reshape(-1, *size)
-    return tokens.reshape(-1)
+    return tokens.reshape(-1, windows).T.reshape(-1)
 
 
-def reroll_order(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> np.ndarray:
+def reroll_order(size: Sequence[int], schedule: Sequence[Sequence[int]], windows: int = 1) -> np.ndarray:
     """Index vector `idx` with ``spatial[:, j] = unrolled[:, idx[j]]``: the inverse of `unroll_order`."""
-    return np.argsort(unroll_order(size, schedule))
+    return np.argsort(unroll_order(size, schedule, windows))
 
 
 def stage_grids(config) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:

@@ -95,6 +95,11 @@ class HieraConfig:
         return tuple(s // p for s, p in zip(self.input_size, self.patch_stride))
 
     @property
+    def mask_units(self) -> int:
+        """How many mask units tile the token grid (it stays the same through every pooling)."""
+        return math.prod(self.tokens_spatial_shape) // math.prod(self.mask_unit_size)
+
+    @property
     def stage_dims(self) -> tuple[int, ...]:
         return tuple(int(self.embed_dim * self.dim_mul ** s) for s in range(len(self.depths)))
 
@@ -155,13 +160,3 @@ def check_task(task: str) -> str:
     if task not in TASKS:
         raise HieraModelError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     return task
-
-
-def window_sizes(config: HieraConfig) -> list[int]:
-    """Flattened mask-unit size seen by each block (FAIR's rule: it shrinks only where q is pooled)."""
-    sizes, size = [], math.prod(config.mask_unit_size)
-    for stage, depth in enumerate(config.depths):
-        if 0 < stage <= config.q_pool:
-            size //= math.prod(config.q_stride)
-        sizes += [size] * depth
-    return sizes

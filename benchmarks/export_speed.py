@@ -1,0 +1,206 @@
+"""Speed and size of our ONNX export against transformers', in one run on one machine.
+
+Times (median and p90 of wall-clock latency) at batch 1 and 8 with 2 threads, on the same seeded weights
+(a transformers checkpoint written with `save_pretrained`, which our export loads):
+  transformers eager           HieraForImageClassification in PyTorch
+  ours eager                   hiera_model in PyTorch
+  transformers ONNX            transformers' model through torch.onnx.export (opset 17), in onnxruntime
+  ours fp32, traced            our graph as torch exports it (--no-optimize), in onnxruntime
+  ours fp32                    the fp32 artifact (fused), in onnxruntime
+  ours int8                    the int8 artifact, in onnxruntime
+and the fp32 floor: the model's FLOPs at the best rate any of its own linear layers' GEMMs (constant
+weights, as in the graph) reaches here in onnxruntime. Candidates are timed in interleaved rounds, so
+that a machine whose speed drifts during the run treats them alike.
+
+    python benchmarks/export_speed.py --variant base            # table on stdout, JSON in benchmarks/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import hiera_model  # noqa: E402
+from export import Options, run  # noqa: E402
+
+THREADS = 2
+
+
+def timed(call, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):  # the first runs after another candidate's pay for its threads and cold caches
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": len(times)}
+
+
+def onnx_session(model) -> ort.InferenceSession:
+    """A CPU session on a file path or serialized model bytes."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    model = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def linear_shapes(model, input_size) -> set[tuple[int, int, int]]:
+    """(rows, in, out) of every Linear of `model` at batch 1."""
+    shapes = set()
+    hooks = [m.register_forward_hook(lambda m, args, out: shapes.add((args[0].numel() // m.in_features,
+                                                                      m.in_features, m.out_features)))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *input_size))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def gemm_gflops(shape: tuple[int, int, int]) -> float:
+    """The rate of one fp32 GEMM [rows, in] x [in, out] with constant weights in onnxruntime."""
+    rows, k, n = shape
+    rng = np.random.default_rng(0)
+    weight = onnx.numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "w"], ["c"])], "gemm",
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [rows, k])],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [rows, n])], [weight])
+    session = onnx_session(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+                           .SerializeToString())
+    a = rng.standard_normal((rows, k), dtype=np.float32)
+    times = timed(lambda: session.run(None, {"a": a}), runs=max(5, int(2e9 / (2 * rows * k * n))), warmup=3)
+    return 2 * rows * k * n / (statistics.median(times) / 1000) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="base", choices=list(hiera_model.VARIANTS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--runs", type=int, default=8, help="timed runs per candidate and round at batch 1, "
+                        "after 3 untimed (default 8; divided by the batch size, at least 2, after 1 untimed)")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results/export_speed_<variant>.json")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    transformers.logging.set_verbosity_error()
+
+    config = hiera_model.get_variant(args.variant).config
+    reference = transformers.HieraForImageClassification(transformers.HieraConfig(
+        embed_dim=config.embed_dim, num_heads=list(config.num_heads), depths=list(config.depths))).eval()
+    tmp = Path(tempfile.mkdtemp(prefix="hiera-bench-"))
+    reference.save_pretrained(tmp / "weights")
+    ours = hiera_model.load(tmp / "weights")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        ours(torch.zeros(1, 3, *config.input_size))
+    flops = counter.get_total_flops()
+    print("measuring the GEMM rate of each linear layer's shape", file=sys.stderr, flush=True)
+    rate = max(gemm_gflops(shape) for shape in linear_shapes(ours, config.input_size))
+
+    rows: dict[str, dict] = {}
+    for batch in args.batches:
+        x = np.random.default_rng(batch).standard_normal((batch, 3, *config.input_size), dtype=np.float32)
+        tx = torch.from_numpy(x)
+        print(f"batch {batch}: exporting", file=sys.stderr, flush=True)
+        files = {}
+        for name, optimize in (("ours fp32, traced", False), ("ours fp32", True)):
+            out = tmp / f"{batch}-{optimize}"
+            run(Options(weights=str(tmp / "weights"), out_dir=out, batch=batch, optimize=optimize, validate=False,
+                        precisions=("fp32", "int8") if optimize else ("fp32",)))
+            files[name] = next(out.glob("*_classify.onnx"))
+            if optimize:
+                files["ours int8"] = next(out.glob("*_classify.int8.onnx"))
+        theirs = tmp / f"transformers-{batch}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(Logits(reference), (tx,), theirs, opset_version=17, dynamo=False,
+                              input_names=["pixel_values"], output_names=["logits"])
+        files = {"transformers ONNX": theirs, **files}
+
+        sessions = {name: onnx_session(path) for name, path in files.items()}
+        candidates = {"transformers eager": lambda t=tx: reference(t).logits, "ours eager": lambda t=tx: ours(t)}
+        candidates.update({name: lambda s=session, feed={"pixel_values": x}: s.run(None, feed)
+                           for name, session in sessions.items()})
+        times = {name: [] for name in candidates}
+        runs, warmup = max(2, args.runs // batch), 3 if batch == 1 else 1
+        with torch.inference_mode():
+            for round_ in range(args.rounds):
+                print(f"batch {batch}: timing round {round_ + 1}/{args.rounds}", file=sys.stderr, flush=True)
+                for name, call in candidates.items():
+                    times[name] += timed(call, runs, warmup)
+        for name in candidates:
+            nodes = len(onnx.load(files[name]).graph.node) if name in files else None
+            rows.setdefault(name, {"nodes": nodes})[f"batch {batch}"] = summary(times[name])
+        del sessions, candidates
+
+    floor_ms = flops / (rate * 1e9) * 1000
+    result = {
+        "variant": args.variant, "threads": THREADS, "gflop_batch1": flops / 1e9, "gemm_gflops": rate,
+        "fp32_floor_ms_batch1": floor_ms, "rows": rows,
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "torch": torch.__version__, "onnxruntime": ort.__version__,
+                    "transformers": transformers.__version__},
+    }
+    print(table(result, args.batches))
+    path = args.json or ROOT / "benchmarks" / "results" / f"export_speed_{args.variant}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+class Logits(torch.nn.Module):
+    """transformers' classifier returning the logits tensor, as its users export it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values).logits
+
+
+def table(result: dict, batches) -> str:
+    base = result["rows"]["transformers eager"]["batch 1"]["median_ms"]
+    header = ["", "nodes"] + [f"b{b} median / p90 ms" for b in batches] + ["b1 vs transformers eager"]
+    lines = [header]
+    for name, row in result["rows"].items():
+        cells = [name, str(row["nodes"] or "-")]
+        cells += [f"{row[f'batch {b}']['median_ms']:.1f} / {row[f'batch {b}']['p90_ms']:.1f}" for b in batches]
+        cells.append(f"{base / row['batch 1']['median_ms']:.2f}x")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines)
+    rule = "| " + " | ".join("-" * w for w in widths) + " |"
+    first, *rest = text.splitlines()
+    return "\n".join([
+        f"Hiera-{result['variant']}, {result['gflop_batch1']:.1f} GFLOP per image, {result['threads']} threads",
+        "", first, rule, *rest, "",
+        f"fp32 floor at batch 1: {result['fp32_floor_ms_batch1']:.1f} ms; ours fp32 takes "
+        f"{result['rows']['ours fp32']['batch 1']['median_ms'] / result['fp32_floor_ms_batch1']:.2f}x that "
+        f"(the fastest of the model's own GEMM shapes reaches {result['gemm_gflops']:.0f} GFLOP/s in onnxruntime here)",
+    ])
+
+
+if __name__ == "__main__":
+    main()

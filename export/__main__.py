@@ -1,0 +1,95 @@
+"""python -m export --variant base --opset 17: write the ONNX artifacts, their report and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from hiera_model import TASKS, VARIANTS
+
+from .errors import ExportError
+from .pipeline import PRECISIONS, Options, run
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error of the command
+        self.exit(2, f"error: {message} (see python -m export --help)\n")
+
+
+def parse(argv) -> Options:
+    p = Parser(prog="python -m export", description=__doc__.split(":")[1].strip())
+    p.add_argument("--variant", help="published variant: " + ", ".join(VARIANTS)
+                   + " (optional with --weights PATH: taken from the checkpoint)")
+    p.add_argument("--task", default="classify", help="classify (logits) or features (last_hidden_state, "
+                   "pooler_output); default classify")
+    p.add_argument("--weights", help="a local checkpoint (transformers directory, FAIR .pth, timm file), "
+                   "'random' for seeded random weights, or 'hub[:REPO_ID]' (default: the variant's transformers "
+                   "checkpoint from the hub)")
+    p.add_argument("--allow-unverified", action="store_true", help="accept a published checkpoint whose sha256 "
+                   "models.lock does not record yet (a warning is printed; record it with python -m hiera_model "
+                   "lock fill FILE)")
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="output directory (default artifacts/)")
+    p.add_argument("--opset", type=int, default=17)
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="make the batch axis dynamic")
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), metavar="P",
+                   help="any of fp32 fp16 int8 (default: all three)")
+    p.add_argument("--no-optimize", action="store_true", help="write the graph as traced, without fusions")
+    p.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
+    a = p.parse_args(argv)
+    if a.task not in TASKS:
+        p.error(f"--task {a.task}: choose from {', '.join(TASKS)}")
+    return Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
+                   out_dir=a.out, opset=a.opset,
+                   batch=None if a.dynamic_batch else a.batch, precisions=tuple(a.precision),
+                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed)
+
+
+def summary(report: dict) -> str:
+    rows = [("artifact", "MB", "nodes", "max abs diff", "min cosine", "top-1 agree", "parity")]
+    for entry in report["artifacts"].values():
+        checked = entry.get("parity")
+        first = next(iter(checked.values())) if checked else {}
+        rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(entry["nodes"]),
+                     f"{first['max_abs']:.2e}" if first else "-", f"{first['cosine']:.6f}" if first else "-",
+                     f"{first['top1_agreement']:.0%}" if "top1_agreement" in first else "-",
+                     ("ok" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])) if checked else
+                     "not checked"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def main(argv=None) -> int:
+    options = parse(argv)
+    started = time.perf_counter()
+
+    def progress(step: str, message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {step:9s} {message}", file=sys.stderr, flush=True)
+
+    try:
+        report = run(options, progress)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no finished artifact was left half-written", file=sys.stderr)
+        return 130
+    if report["weights"]["source"].startswith("random:"):
+        print(f"note: random weights ({report['weights']['source']}): the graph and its speed are real, "
+              "its outputs mean nothing", file=sys.stderr)
+    print(summary(report))
+    print(f"report: {report['report_file']}")
+    if report["passed"] is False:
+        print("error: parity checks failed (see the table and the report); the artifacts are kept, flagged in the "
+              "report", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

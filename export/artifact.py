@@ -1,0 +1,99 @@
+"""The artifact contract (../shared/ARCHITECTURE.md): file names, metadata_props, atomic writes.
+
+Every `.onnx` carries the same metadata, as JSON strings under `hiera.*` keys, so the runtime needs
+nothing else: what the model is, how to preprocess its input, what its outputs mean, where its
+weights came from and what produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from .errors import ExportError
+
+METADATA_VERSION = 1
+OUTPUTS = {"classify": ["logits"], "features": ["last_hidden_state", "pooler_output"]}
+# Beyond this, protobuf cannot hold the weights in one file (Hiera-H in fp32 is 2.7 GB).
+EXTERNAL_DATA_BYTES = 1_900_000_000
+
+
+def artifact_path(out_dir: Path, name: str, task: str, precision: str) -> Path:
+    suffix = "" if precision == "fp32" else f".{precision}"
+    return out_dir / f"hiera_{name}_{task}{suffix}.onnx"
+
+
+def report_path(out_dir: Path, name: str, task: str) -> Path:
+    return out_dir / f"hiera_{name}_{task}.report.json"
+
+
+def metadata(*, variant: str, task: str, input_size, preprocessing: dict, labels, weights: dict, opset: int,
+             precision: str, batch, versions: dict) -> dict[str, str]:
+    """The `metadata_props` of an artifact: every value a JSON document."""
+    values = {
+        "format_version": METADATA_VERSION,
+        "variant": variant,
+        "task": task,
+        "input_size": list(input_size),
+        "batch": batch,  # an int, or "dynamic"
+        "outputs": OUTPUTS[task],
+        "preprocessing": preprocessing,
+        "labels": list(labels) if labels else None,
+        "weights": weights,  # {"source", "sha256", "verified"}; source "random:SEED" for random weights
+        "opset": opset,
+        "precision": precision,
+        "producer": versions,
+    }
+    return {f"hiera.{key}": json.dumps(value) for key, value in values.items()}
+
+
+def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def read_artifact(path) -> dict:
+    """The `hiera.*` metadata of an artifact file, decoded (weights are not read)."""
+    model = onnx.load(path, load_external_data=False)
+    return {p.key.removeprefix("hiera."): json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith("hiera.")}
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Write a model atomically; weights too large for one protobuf go to `<file>.data` next to it
+    (renamed into place before the `.onnx`, which appears last)."""
+    external = model.ByteSize() > EXTERNAL_DATA_BYTES
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
+            tmp = Path(staging) / path.name
+            onnx.save_model(model, tmp, save_as_external_data=external, location=f"{path.name}.data")
+            if external:
+                os.replace(tmp.with_name(f"{path.name}.data"), path.with_name(f"{path.name}.data"))
+            os.replace(tmp, path)
+    except OSError as error:
+        raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a temporary file next to `path`, renamed over it once complete."""
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
+            tmp = Path(staging) / path.name
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            os.replace(tmp, path)
+    except OSError as error:
+        raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None

@@ -1,0 +1,88 @@
+"""PyTorch to ONNX: torch's dynamo exporter, static shapes except an optional batch axis."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import onnx
+import onnx.numpy_helper
+import torch
+
+from .artifact import OUTPUTS
+from .errors import ExportError
+
+MIN_OPSET = 17  # LayerNormalization
+TRACE_OPSET = 18  # torch's exporter writes 18 or later; older opsets are converted from its folded graph
+
+
+def check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: the graph needs opset {MIN_OPSET} or later (LayerNormalization)")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ExportError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to "
+                          f"{onnx.defs.onnx_opset_version()}")
+
+
+def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
+    """Trace `model` and return its ONNX graph at `opset`; `batch` None makes the batch axis dynamic."""
+    check_opset(opset)
+    example = torch.zeros(batch or 2, model.config.in_chans, *model.config.input_size)
+    dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=1024)}} if batch is None else None
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, TRACE_OPSET),
+                                    input_names=["pixel_values"], output_names=OUTPUTS[model.task],
+                                    dynamic_shapes=dynamic, optimize=True, verbose=False)
+    proto = program.model_proto
+    if opset < TRACE_OPSET:
+        to_opset_17(proto)
+    return proto
+
+
+def to_opset_17(model: onnx.ModelProto) -> None:
+    """Rewrite, in place, the opset-18 forms this graph uses into their opset-13..17 forms: reductions
+    take `axes` as an attribute instead of an input, and Split has no `num_outputs` (it splits evenly
+    into its outputs). onnx's own version converter has no downgrade for Split."""
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type.startswith("Reduce") and len(node.input) > 1:
+            axes = constants.get(node.input[1])
+            if axes is None:
+                raise ExportError(f"cannot write opset 17: node {node.name} ({node.op_type}) has computed axes")
+            kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]  # 18's: axes are explicit here
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(onnx.helper.make_attribute("axes", onnx.numpy_helper.to_array(axes).tolist()))
+            del node.input[1:]
+        elif node.op_type == "Split":
+            kept = [a for a in node.attribute if a.name != "num_outputs"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+        elif onnx.defs.get_schema(node.op_type, TRACE_OPSET).since_version == TRACE_OPSET:
+            raise ExportError(f"cannot write opset 17: node {node.name} uses the opset-18 form of {node.op_type}")
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 17
+    used = {node.input[i] for node in model.graph.node for i in range(len(node.input))}
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for tensor in unused:
+        model.graph.initializer.remove(tensor)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter logs and prints notes about its own internals (torchvision absent, passes run)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)

@@ -1,0 +1,58 @@
+"""Graph optimization for onnxruntime: fusions into the kernels its CPU provider runs fastest, then
+constant folding and dead-code removal.
+
+- Attention: each block's qkv Gemm, head split, scaled q @ k^T, softmax, @ v and head merge become
+  one `com.microsoft.Attention` (the blocks that pool their queries keep the plain form).
+- GELU: the exact erf form becomes `com.microsoft.Gelu`.
+onnxruntime adds its own fusions when it loads the graph. Measured on Hiera-B (benchmarks/export_speed.py,
+2 threads), these two pay; fusing the residual into `SkipLayerNormalization` was slower on CPU, so it
+is not done. The result uses contrib ops: it is for onnxruntime. The fp16 artifact and
+`--no-optimize` keep the standard-op graph that other runtimes (TensorRT) build from.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxscript.optimizer
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
+
+
+def _attention_pattern(op, x, weight, bias, head_shape, scale, row_shape):
+    """`hiera_model.attention.MaskUnitAttention` without query pooling, as torch exports it."""
+    qkv = op.Reshape(op.Gemm(x, weight, bias, transB=1), head_shape)  # [groups, tokens, 3 * heads, head_dim]
+    q, k, v = op.Split(op.Transpose(qkv, perm=[0, 2, 1, 3]), axis=1, _outputs=3)
+    attn = op.Softmax(op.MatMul(op.Mul(q, scale), op.Transpose(k, perm=[0, 1, 3, 2])), axis=-1)
+    return op.Reshape(op.Transpose(op.MatMul(attn, v), perm=[0, 2, 1, 3]), row_shape)
+
+
+def _is_constant(context, weight, bias, head_shape, scale, row_shape, **_) -> bool:
+    return all(value.const_value is not None for value in (weight, bias, head_shape, scale, row_shape))
+
+
+def _attention(op, x, weight, bias, head_shape, scale, row_shape):
+    _, tokens, three_heads, _ = head_shape.const_value.numpy().tolist()
+    w = weight.const_value.numpy()  # [3 * dim, dim_in]; Attention wants [dim_in, 3 * dim], columns q | k | v
+    groups = op.Reshape(x, op.Constant(value=ir.tensor(np.array([-1, tokens, w.shape[1]], np.int64))))
+    out = op.Attention(groups, op.Constant(value=ir.tensor(np.ascontiguousarray(w.T))), bias,
+                       num_heads=three_heads // 3, scale=float(scale.const_value.numpy()), _domain="com.microsoft")
+    return op.Reshape(out, row_shape)
+
+
+ATTENTION = pattern.RewriteRule(_attention_pattern, _attention, _is_constant)
+
+
+def optimize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The optimized graph and how many of each fusion were made."""
+    graph = ir.from_proto(model)
+    fused = {"attention": ATTENTION.apply_to_model(graph), "gelu": fuse_erfgelu(graph)}
+    onnxscript.optimizer.optimize(graph)
+    return ir.to_proto(graph), fused
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(collections.Counter(node.op_type for node in model.graph.node).most_common())

@@ -1,0 +1,91 @@
+"""Parity of exported artifacts with the PyTorch fp32 model: what is compared with what, in numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+
+from runtime.preprocess import Preprocessing
+
+# Checks by precision: the largest absolute difference allowed (fp32), the smallest cosine similarity
+# per sample (fp16, int8).
+THRESHOLDS = {"fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}}
+RANDOM_INPUTS = 4
+
+
+def photographs() -> dict[str, Image.Image]:
+    """Real photographs that scikit-learn ships (a Chinese temple and a flower, both 640 x 427)."""
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images()
+    return {Path(name).name: Image.fromarray(array) for name, array in zip(images.filenames, images.images)}
+
+
+def validation_inputs(config, preprocessing: Preprocessing, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Seeded normal noise and the photographs, preprocessed as the runtime will: [n, C, H, W] and names."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((RANDOM_INPUTS, config.in_chans, *config.input_size), dtype=np.float32)
+    names = [f"random:{seed}:{i}" for i in range(RANDOM_INPUTS)]
+    if config.in_chans == 3:
+        photos = photographs()
+        noise = np.concatenate([noise, np.stack([preprocessing(image) for image in photos.values()])])
+        names += list(photos)
+    return noise, names
+
+
+@torch.no_grad()
+def run_torch(model, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    out = model(torch.from_numpy(inputs))
+    out = out if isinstance(out, dict) else {"logits": out}
+    return {name: value.numpy() for name, value in out.items()}
+
+
+def run_onnx(path: Path, inputs: np.ndarray, batch: int | None, threads: int = 2) -> dict[str, np.ndarray]:
+    """Run an artifact on onnxruntime's CPU provider; a static batch gets padded chunks."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    step = batch or len(inputs)
+    chunks = []
+    for start in range(0, len(inputs), step):
+        chunk = inputs[start:start + step]
+        padded = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
+        chunks.append([out[:len(chunk)] for out in session.run(names, {"pixel_values": padded})])
+    return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
+
+
+def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:
+    """Per output: max and mean absolute difference, the smallest per-sample cosine similarity; for
+    logits also the share of samples whose top-1 class, and whose set of top-5 classes, agree."""
+    result = {}
+    for name, ref in reference.items():
+        out = got[name].astype(np.float64)
+        ref = ref.astype(np.float64)
+        diff = np.abs(out - ref)
+        a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+        cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        entry = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "cosine": float(cosine.min())}
+        if name == "logits":
+            k = min(5, ref.shape[1])
+            top_ref, top_out = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
+            entry["top1_agreement"] = float((top_ref[:, 0] == top_out[:, 0]).mean())
+            entry["top5_agreement"] = float(np.mean([set(r) == set(o) for r, o in zip(top_ref, top_out)]))
+        result[name] = entry
+    return result
+
+
+def failures(precision: str, parity: dict) -> list[str]:
+    """The checks an artifact of `precision` fails, each as a short sentence."""
+    limits = THRESHOLDS[precision]
+    found = []
+    for name, entry in parity.items():
+        if "max_abs" in limits and entry["max_abs"] > limits["max_abs"]:
+            found.append(f"{name} max abs diff {entry['max_abs']:.3g} > {limits['max_abs']:g}")
+        if "cosine" in limits and entry["cosine"] < limits["cosine"]:
+            found.append(f"{name} cosine {entry['cosine']:.6f} < {limits['cosine']}")
+    return found

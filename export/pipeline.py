@@ -1,0 +1,165 @@
+"""The export, step by step: weights, torch -> ONNX, optimize, convert precisions, validate, report.
+
+`run` is the whole job; the CLI (`python -m export`) only parses arguments and shows progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from . import artifact, convert, parity
+from .errors import ExportError
+from .onnx_export import check_opset, to_onnx
+from .optimize import op_histogram, optimize
+from .weights import load_weights, preprocessing_for
+
+PRECISIONS = ("fp32", "fp16", "int8")
+PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime")
+
+
+@dataclass
+class Options:
+    variant: str | None = None
+    task: str = "classify"
+    weights: str | None = None  # a path, "random", "hub" or "hub:REPO_ID"; None: the hub
+    allow_unverified: bool = False  # accept a published file whose sha256 models.lock does not record yet
+    out_dir: Path = Path("artifacts")
+    opset: int = 17
+    batch: int | None = 1  # None: dynamic
+    precisions: tuple[str, ...] = PRECISIONS
+    optimize: bool = True
+    validate: bool = True
+    seed: int = 0
+
+
+def run(options: Options, progress=lambda step, message: None) -> dict:
+    """Export, write the artifacts and their report; return the report. Raises `ExportError` on bad
+    input. Failed parity does not raise: the report's `passed` is False and says why."""
+    unknown = set(options.precisions) - set(PRECISIONS)
+    if unknown or not options.precisions:
+        raise ExportError(f"--precision {' '.join(options.precisions)}: choose from {', '.join(PRECISIONS)}")
+    if options.batch is not None and options.batch < 1:
+        raise ExportError(f"--batch {options.batch}: must be at least 1")
+    check_opset(options.opset)
+    _check_writable(options.out_dir)
+    timings = {}
+
+    start = time.perf_counter()
+    progress("weights", "loading " + (options.weights or "from the hub"))
+    model, name, weights_path = load_weights(options.weights, options.variant, options.task, options.seed,
+                                             options.allow_unverified)
+    config = model.config
+    preprocessing = preprocessing_for(weights_path, config.input_size)
+    timings["weights"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    progress("export", f"tracing Hiera-{name} ({options.task}) to ONNX opset {options.opset}")
+    exported = to_onnx(model, options.opset, options.batch)
+    timings["export"] = time.perf_counter() - start
+    graphs = {"exported": {"nodes": len(exported.graph.node), "ops": op_histogram(exported)}}
+
+    start = time.perf_counter()
+    fp32 = exported
+    if options.optimize:
+        progress("optimize", "fusing and folding")
+        fp32, fused = optimize(exported)
+        graphs["optimized"] = {"nodes": len(fp32.graph.node), "ops": op_histogram(fp32), "fusions": fused}
+    timings["optimize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    models = {}
+    for precision in options.precisions:
+        progress("convert", precision)
+        if precision == "fp32":
+            models[precision] = fp32
+        elif precision == "fp16":  # for GPUs, whose providers fuse on their own: the standard graph
+            models[precision] = convert.to_fp16(exported)
+        else:
+            models[precision] = convert.to_int8(fp32)
+    timings["convert"] = time.perf_counter() - start
+
+    weights, versions = dict(model.provenance), _versions()
+    props = dict(variant=name, task=options.task, input_size=config.input_size,
+                 preprocessing=preprocessing.to_dict(), labels=model.labels, weights=weights, opset=options.opset,
+                 batch=options.batch or "dynamic", versions=versions)
+    for precision, graph in models.items():
+        artifact.set_metadata(graph, artifact.metadata(precision=precision, **props))
+        _check(graph, precision)
+    files = {}
+    for precision, graph in models.items():
+        path = artifact.artifact_path(options.out_dir, name, options.task, precision)
+        progress("write", str(path))
+        artifact.save(graph, path)
+        files[precision] = path
+
+    report = {
+        "variant": name, "task": options.task, "opset": options.opset, "batch": options.batch or "dynamic",
+        "weights": weights, "input_size": list(config.input_size), "graphs": graphs, "artifacts": {},
+        "producer": versions,
+    }
+    for precision, path in files.items():
+        report["artifacts"][precision] = {"file": path.name, "bytes": _size(path), "sha256": artifact.sha256(path),
+                                          "nodes": len(models[precision].graph.node)}
+
+    start = time.perf_counter()
+    report["passed"] = None
+    if options.validate:
+        inputs, names = parity.validation_inputs(config, preprocessing, options.seed)
+        report["validation"] = {"inputs": names, "reference": "PyTorch fp32 (this package's model, same weights)",
+                                "runtime": "onnxruntime CPUExecutionProvider", "thresholds": parity.THRESHOLDS}
+        reference = parity.run_torch(model, inputs)
+        report["passed"] = True
+        for precision, path in files.items():
+            progress("validate", f"{precision} against PyTorch fp32 on {len(names)} inputs")
+            result = parity.compare(reference, parity.run_onnx(path, inputs, options.batch))
+            failed = parity.failures(precision, result)
+            report["artifacts"][precision].update(parity=result, passed=not failed, failures=failed)
+            report["passed"] &= not failed
+    timings["validate"] = time.perf_counter() - start
+    report["timings_s"] = {step: round(seconds, 2) for step, seconds in timings.items()}
+
+    report_file = artifact.report_path(options.out_dir, name, options.task)
+    artifact.write_json(report_file, report)
+    report["report_file"] = str(report_file)
+    return report
+
+
+def _check(model: onnx.ModelProto, precision: str) -> None:
+    """onnx's full check (with strict shape inference) on every artifact before it is written."""
+    try:
+        if model.ByteSize() < artifact.EXTERNAL_DATA_BYTES:
+            onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise ExportError(f"the {precision} graph fails onnx's checker: {str(error).splitlines()[0]}") from None
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test."):
+            pass
+    except OSError as error:
+        raise ExportError(f"{out_dir}: output directory is not writable ({error.strerror or error})") from None
+
+
+def _size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in PRODUCER_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
+
+

@@ -1,0 +1,89 @@
+"""Where the weights of an export come from: a local checkpoint, the hub, or a seeded random draw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hiera_model
+from hiera_model import HieraModelError, get_variant
+from runtime.preprocess import Preprocessing
+
+from .errors import ExportError
+
+HUB_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
+PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL's enum values
+
+
+def load_weights(weights: str | None, variant: str | None, task: str, seed: int, allow_unverified: bool = False):
+    """The model to export, the name its artifacts carry (the variant, else the checkpoint's name) and
+    the checkpoint's path (None for random weights).
+
+    `weights`: a local checkpoint path, "random", or "hub[:REPO_ID]"; None means the hub. A published
+    file whose sha256 models.lock does not record yet is refused unless `allow_unverified`.
+    """
+    try:
+        if variant is not None:
+            get_variant(variant)
+        if weights == "random":
+            if variant is None:
+                raise ExportError("--weights random needs --variant (one of: " + ", ".join(hiera_model.VARIANTS) + ")")
+            return hiera_model.create(variant, task, seed), variant, None
+        if weights is None or weights == "hub" or weights.startswith("hub:"):
+            path = _download(weights, variant, task)
+        else:
+            path = Path(weights)
+        model = hiera_model.load(path, task=task, allow_unverified=allow_unverified)
+    except HieraModelError as error:
+        raise ExportError(str(error).replace("load with allow_unverified=True", "pass --allow-unverified")) from None
+    name = _check_variant(model, variant, path)
+    return model, name, path
+
+
+def _check_variant(model, variant: str | None, path: Path) -> str:
+    # A fine-tuned checkpoint keeps its variant's name whatever its number of classes.
+    config = model.config.replace(num_classes=1000)
+    match = next((v.name for v in hiera_model.VARIANTS.values() if v.config == config), None)
+    if variant is not None and match != variant:
+        found = f"Hiera-{match}" if match else "a custom Hiera config"
+        raise ExportError(f"{path}: these weights are for {found}, not --variant {variant}")
+    return match or (path.stem if path.is_file() else path.resolve().name).removeprefix("hiera_").replace("-", "_")
+
+
+def _download(weights: str | None, variant: str | None, task: str) -> Path:
+    if weights and weights.startswith("hub:"):
+        repo_id = weights[4:]
+    elif variant is not None:
+        repo_id = get_variant(variant).transformers_id
+    else:
+        raise ExportError("no weights given: pass --variant (to fetch its checkpoint from the hub), "
+                          "--weights PATH, or --weights random")
+    howto = (f"download it where there is a network (huggingface-cli download {repo_id} --local-dir DIR), "
+             "copy DIR here and pass --weights DIR; or pass --weights random for a seeded random model "
+             "(graph and speed work only)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ExportError(f"cannot fetch {repo_id}: huggingface_hub is not installed; {howto}") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as error:  # the hub client raises many types; all mean the same here
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ExportError(f"cannot fetch {repo_id} ({reason[:120]}); {howto}") from None
+
+
+def preprocessing_for(path: Path | None, input_size) -> Preprocessing:
+    """The checkpoint's own `preprocessor_config.json` (transformers' image processor), if it has one;
+    otherwise the ImageNet recipe at the model's input size."""
+    file = path / "preprocessor_config.json" if path is not None and path.is_dir() else None
+    if file is None or not file.is_file():
+        return Preprocessing.for_input_size(input_size)
+    try:
+        c = json.loads(file.read_text())
+        size, crop = c["size"], c.get("crop_size") or {"height": input_size[0], "width": input_size[1]}
+        edge = size["shortest_edge"] if "shortest_edge" in size else min(size["height"], size["width"])
+        return Preprocessing(resize_shortest_edge=int(edge), crop_size=(int(crop["height"]), int(crop["width"])),
+                             resample=PIL_RESAMPLE_NAMES[int(c.get("resample", 3))],
+                             mean=tuple(c["image_mean"]), std=tuple(c["image_std"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ExportError(f"{file}: not an image processor config this export understands ({error!r})") from None

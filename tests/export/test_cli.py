@@ -1,0 +1,93 @@
+"""`python -m export` as a user runs it: bad input gets one line and a non-zero exit, nothing half-written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+import export.__main__ as cli
+from export import Options, parity, run
+
+from ..conftest import ROOT
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # as on a machine without network, and fast
+    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+
+
+def one_error_line(result) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_bad_arguments(tmp_path, transformers_checkpoint):
+    (tmp_path / "file").write_text("")
+    directory, _ = transformers_checkpoint("small_q_pool")
+    # A file models.lock names as a published checkpoint (by its hub directory) but has no hash for yet.
+    published = tmp_path / "hiera-tiny-224-in1k-hf"
+    published.mkdir()
+    for file in transformers_checkpoint("tiny")[0].iterdir():
+        (published / file.name).symlink_to(file)
+    cases = {
+        ("--variant", "gigantic", "--weights", "random"): "gigantic",
+        ("--variant", "tiny", "--task", "segment"): "--task segment",
+        ("--variant", "tiny", "--weights", "random", "--opset", "16"): "opset 17 or later",
+        ("--variant", "tiny", "--weights", "random", "--out", tmp_path / "file" / "out"): "not writable",
+        ("--variant", "tiny", "--weights", "random", "--precision", "int4"): "int4",
+        ("--variant", "tiny", "--weights", tmp_path / "absent"): "absent",
+        ("--variant", "base", "--weights", directory): "not --variant base",
+        ("--weights", published): "pass --allow-unverified",
+    }
+    for args, expected in cases.items():
+        out = () if "--out" in args else ("--out", tmp_path / "out")
+        line = one_error_line(run_cli(*args, *out))
+        assert expected in line, (args, line)
+    assert not any((tmp_path / "out").glob("*.onnx"))
+
+
+def test_without_weights_or_network_it_says_how_to_get_them(tmp_path):
+    line = one_error_line(run_cli("--variant", "tiny", "--out", tmp_path))
+    assert "facebook/hiera-tiny-224-in1k-hf" in line and "--weights DIR" in line and "--weights random" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_random_weights_are_labelled_as_such(tmp_path, capsys):
+    assert cli.main(["--variant", "tiny", "--weights", "random", "--seed", "3", "--precision", "fp32",
+                     "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "random weights (random:3)" in out.err and "hiera_tiny_classify.onnx" in out.out
+    report = json.loads((tmp_path / "hiera_tiny_classify.report.json").read_text())
+    assert report["weights"]["source"] == "random:3" and report["passed"]
+
+
+def test_failed_parity_keeps_the_artifact_flagged_and_exits_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(parity.THRESHOLDS, "fp32", {"max_abs": 0.0})
+    code = cli.main(["--variant", "tiny", "--weights", "random", "--precision", "fp32", "--out", str(tmp_path)])
+    assert code == 1
+    report = json.loads((tmp_path / "hiera_tiny_classify.report.json").read_text())
+    assert report["passed"] is False and report["artifacts"]["fp32"]["failures"]
+    assert (tmp_path / "hiera_tiny_classify.onnx").exists()
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_an_interrupted_write_leaves_no_finished_looking_file(tmp_path, monkeypatch):
+    real_save = onnx.save_model
+
+    def interrupted(model, path, *args, **kwargs):
+        real_save(model, path, *args, **kwargs)
+        with open(path, "r+b") as f:  # half of it on disk, then Ctrl-C
+            f.truncate(os.path.getsize(path) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(Options(variant="tiny", weights="random", out_dir=tmp_path, precisions=("fp32",), validate=False))
+    assert list(tmp_path.iterdir()) == []

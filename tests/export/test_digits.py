@@ -1,0 +1,26 @@
+"""The trained digits model (tools/digits.py, models/digits/): what each precision costs in accuracy."""
+
+import json
+import subprocess
+import sys
+
+from export import Options, run
+
+from ..conftest import ROOT
+
+CHECKPOINT = ROOT / "models" / "digits"
+
+
+def test_int8_loses_at_most_one_point(tmp_path):
+    report = run(Options(weights=str(CHECKPOINT), out_dir=tmp_path))
+    assert report["passed"], report
+    assert report["variant"] == "digits"
+    scores = tmp_path / "accuracy.json"
+    subprocess.run([sys.executable, ROOT / "tools" / "digits.py", "evaluate", *sorted(tmp_path.glob("*.onnx")),
+                    "--json", scores], check=True, capture_output=True)
+    top1 = json.loads(scores.read_text())["top1"]
+    torch_fp32 = top1["PyTorch fp32"]
+    assert torch_fp32 >= 0.97
+    assert top1["hiera_digits_classify.onnx"] == torch_fp32
+    assert top1["hiera_digits_classify.fp16.onnx"] >= torch_fp32 - 0.005
+    assert top1["hiera_digits_classify.int8.onnx"] >= torch_fp32 - 0.01

@@ -1,0 +1,80 @@
+"""Exported graphs, run in onnxruntime, against transformers' own Hiera on the same weights.
+
+Checkpoints are written by transformers' `save_pretrained`, exported with `export.run` as a user's
+`python -m export --weights DIR` would, and both models see the same inputs.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export import Options, read_artifact, run
+
+FP32_TOLERANCE = 1e-4  # max abs diff of every fp32 output against transformers
+
+
+def inputs(config, batch: int) -> np.ndarray:
+    generator = np.random.default_rng(batch)
+    return generator.standard_normal((batch, 3, *config.image_size), dtype=np.float32)
+
+
+def onnx_outputs(path, pixel_values) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"pixel_values": pixel_values})))
+
+
+@torch.no_grad()
+def reference_outputs(model, pixel_values) -> dict[str, np.ndarray]:
+    out = model(torch.from_numpy(pixel_values))
+    if hasattr(out, "logits"):
+        return {"logits": out.logits.numpy()}
+    return {"last_hidden_state": out.last_hidden_state.numpy(), "pooler_output": out.pooler_output.numpy()}
+
+
+@pytest.mark.parametrize("name", ["tiny", "base"])
+def test_classifier_matches_transformers(name, transformers_checkpoint, tmp_path):
+    directory, reference = transformers_checkpoint(name)
+    report = run(Options(weights=str(directory), variant=name, out_dir=tmp_path, precisions=("fp32", "int8")))
+    assert report["passed"], report
+    fp32 = tmp_path / f"hiera_{name}_classify.onnx"
+    pixel_values = inputs(reference.config, 1)
+    expected = reference_outputs(reference, pixel_values)["logits"]
+    got = onnx_outputs(fp32, pixel_values)["logits"]
+    assert np.abs(got - expected).max() <= FP32_TOLERANCE
+    int8 = onnx_outputs(tmp_path / f"hiera_{name}_classify.int8.onnx", pixel_values)["logits"]
+    cosine = (int8 * expected).sum() / np.linalg.norm(int8) / np.linalg.norm(expected)
+    assert cosine >= 0.99
+    assert read_artifact(fp32)["labels"] == [f"class {i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("task", ["classify", "features"])
+def test_dynamic_batch_matches_transformers(task, transformers_checkpoint, tmp_path):
+    directory, reference = transformers_checkpoint("small_q_pool", task)
+    report = run(Options(weights=str(directory), task=task, out_dir=tmp_path, batch=None, precisions=("fp32",)))
+    assert report["passed"], report
+    (artifact,) = tmp_path.glob("*.onnx")
+    for batch in (1, 3):
+        pixel_values = inputs(reference.config, batch)
+        expected, got = reference_outputs(reference, pixel_values), onnx_outputs(artifact, pixel_values)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key].shape == expected[key].shape
+            assert np.abs(got[key] - expected[key]).max() <= FP32_TOLERANCE, key
+
+
+def test_fp16_keeps_the_sensitive_ops_in_fp32(transformers_checkpoint, tmp_path):
+    directory, reference = transformers_checkpoint("small_q_pool")
+    report = run(Options(weights=str(directory), out_dir=tmp_path, precisions=("fp16",)))
+    assert report["passed"], report
+    assert report["artifacts"]["fp16"]["parity"]["logits"]["cosine"] >= 0.999
+
+    (artifact,) = tmp_path.glob("*.fp16.onnx")
+    graph = onnx.load(artifact).graph
+    fp16_inputs = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    for node in graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert not fp16_inputs & set(node.input), node.name
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

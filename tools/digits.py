@@ -1,0 +1,161 @@
+"""A small Hiera trained on real data, to measure what export precisions cost in accuracy.
+
+Random weights say nothing about accuracy after quantization, so this trains transformers' own
+`HieraForImageClassification` on scikit-learn's bundled handwritten digits (8 x 8, upscaled to 64 x 64
+by the same preprocessing the runtime applies), saves it with `save_pretrained` next to its image
+processor, and evaluates PyTorch and the exported artifacts on the held-out split.
+
+    python tools/digits.py train                       # ~1 min on 2 cores; writes models/digits/
+    python -m export --weights models/digits --out artifacts
+    python tools/digits.py evaluate artifacts/hiera_digits_classify*.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime.preprocess import Preprocessing  # noqa: E402
+
+CHECKPOINT = ROOT / "models" / "digits"
+SIZE = 64
+PREPROCESSING = Preprocessing(resize_shortest_edge=SIZE, crop_size=(SIZE, SIZE), resample="bicubic",
+                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+SEED = 0
+LOCK_SOURCE = "hiera-deploy/digits"  # names models/digits/ in models.lock (see hiera_model.lock.Entry.names)
+
+
+def split() -> dict[str, tuple[list[Image.Image], np.ndarray]]:
+    """The digits as 8 x 8 grayscale images (0..16 scaled to 0..255), 75% train, 25% held out, stratified."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = np.round(digits.images * 255 / 16).astype(np.uint8)
+    train, test = train_test_split(np.arange(len(pixels)), test_size=0.25, stratify=digits.target, random_state=SEED)
+    return {name: ([Image.fromarray(pixels[i], mode="L") for i in index], digits.target[index])
+            for name, index in (("train", train), ("test", test))}
+
+
+def preprocess(images) -> np.ndarray:
+    return np.stack([PREPROCESSING(image) for image in images])
+
+
+def train(args) -> None:
+    import torch
+    from transformers import BitImageProcessor, HieraConfig, HieraForImageClassification
+
+    torch.manual_seed(SEED)
+    data = split()
+    x, y = torch.from_numpy(preprocess(data["train"][0])), torch.from_numpy(data["train"][1])
+    config = HieraConfig(embed_dim=16, image_size=[SIZE, SIZE], num_heads=[1, 2, 4, 8], depths=[1, 1, 2, 1],
+                         num_labels=10, id2label={i: str(i) for i in range(10)},
+                         label2id={str(i): i for i in range(10)})
+    model = HieraForImageClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    steps = args.epochs * -(-len(x) // args.batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    started = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(x))
+        total = 0.0
+        for start in range(0, len(x), args.batch):
+            index = order[start:start + args.batch]
+            # Shift each image by up to 4 pixels: the digits are centered, held-out ones less exactly.
+            shift = torch.randint(-4, 5, (2,)).tolist()
+            batch = torch.roll(x[index], shifts=shift, dims=(2, 3))
+            loss = torch.nn.functional.cross_entropy(model(batch).logits, y[index], label_smoothing=0.1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(index)
+        print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {total / len(x):.4f}  {time.time() - started:5.0f}s",
+              flush=True)
+    model.eval()
+    with torch.no_grad():
+        test_x = torch.from_numpy(preprocess(data["test"][0]))
+        accuracy = (model(test_x).logits.argmax(1).numpy() == data["test"][1]).mean()
+    print(f"held-out top-1: {accuracy:.2%}")
+    model.save_pretrained(args.out)
+    BitImageProcessor(do_resize=True, size={"shortest_edge": SIZE}, resample=Image.Resampling.BICUBIC,
+                      do_center_crop=True, crop_size={"height": SIZE, "width": SIZE}, do_rescale=True,
+                      do_normalize=True, image_mean=list(PREPROCESSING.mean), image_std=list(PREPROCESSING.std),
+                      do_convert_rgb=True).save_pretrained(args.out)
+    record_in_lock(args.out / "model.safetensors")
+    print(f"saved {args.out}, recorded in models.lock as {LOCK_SOURCE}")
+
+
+def record_in_lock(weights: Path) -> None:
+    """The checkpoint's provenance: models.lock's entry for it, with the new file's size and sha256."""
+    from hiera_model import lock
+
+    entries = [e for e in lock.read() if e.source != LOCK_SOURCE]
+    entries.append(lock.Entry(variant="digits", task="classify", format="transformers", source=LOCK_SOURCE,
+                              revision=None, file=weights.name, size=weights.stat().st_size,
+                              sha256=lock.sha256(weights)))
+    lock.write(entries)
+
+
+def evaluate(args) -> None:
+    """Top-1 on the held-out split: PyTorch fp32 (this package's model) and each artifact."""
+    images, labels = split()["test"]
+    inputs = preprocess(images)
+    results = {}
+    if args.checkpoint:
+        import torch
+
+        import hiera_model
+
+        with torch.no_grad():
+            logits = hiera_model.load(args.checkpoint)(torch.from_numpy(inputs)).numpy()
+        results["PyTorch fp32"] = float((logits.argmax(1) == labels).mean())
+    import onnxruntime as ort
+
+    for file in args.artifacts:
+        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        batch = session.get_inputs()[0].shape[0]
+        batch = batch if isinstance(batch, int) else len(inputs)
+        predictions = []
+        for start in range(0, len(inputs), batch):
+            chunk = inputs[start:start + batch]
+            padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.float32)])
+            predictions.append(session.run(["logits"], {"pixel_values": padded})[0][:len(chunk)].argmax(1))
+        results[Path(file).name] = float((np.concatenate(predictions) == labels).mean())
+    width = max(map(len, results))
+    print(f"{'model':{width}s}  held-out top-1 ({len(labels)} images)")
+    for name, accuracy in results.items():
+        print(f"{name:{width}s}  {accuracy:.2%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"images": len(labels), "top1": results}, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="train and save models/digits/")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--out", type=Path, default=CHECKPOINT)
+    p.set_defaults(run=train)
+    p = commands.add_parser("evaluate", help="held-out top-1 of the checkpoint and of exported artifacts")
+    p.add_argument("artifacts", nargs="*", type=Path)
+    p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    p.add_argument("--json", type=Path, help="also write the accuracies here")
+    p.set_defaults(run=evaluate)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
