@@ -19,7 +19,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse(argv) -> Options:
-    p = Parser(prog="python -m export", description=__doc__.split(":")[1].strip())
+    p = Parser(prog="python -m export", description="Export Hiera to ONNX (fp32, fp16, int8), optimized for "
+               "onnxruntime, with a parity report against PyTorch.")
     p.add_argument("--variant", help="published variant: " + ", ".join(VARIANTS)
                    + " (optional with --weights PATH: taken from the checkpoint)")
     p.add_argument("--task", default="classify", help="classify (logits) or features (last_hidden_state, "
@@ -31,7 +32,7 @@ def parse(argv) -> Options:
                    "models.lock does not record yet (a warning is printed; record it with python -m hiera_model "
                    "lock fill FILE)")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="output directory (default artifacts/)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or later (default 17)")
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="make the batch axis dynamic")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,7 +53,8 @@ class Hiera(nn.Module):
         # `last_hidden_state` is in the reference's order: a gather, unless the orders agree at the end
         # (one token per unit, as in every published variant).
         to_reference = reroll_order(*grids[-1], units)[unroll_order(*grids[-1])]
-        self.to_reference = None if (to_reference == range(len(to_reference))).all() else torch.from_numpy(to_reference)
+        in_order = (to_reference == np.arange(len(to_reference))).all()
+        self.register_buffer("to_reference", None if in_order else torch.from_numpy(to_reference), persistent=False)
 
         self.blocks = nn.ModuleList()
         self.stage_ends = []

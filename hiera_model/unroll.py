@@ -20,9 +20,13 @@ leaves the rest unrolled; after all k, whole mask units are contiguous runs of t
 
 In that order (FAIR's and transformers'), a mask unit's tokens are strided by the number of units.
 The model keeps them contiguous instead (``windows=`` the number of mask units): the same tokens as a
-[tokens per unit, units] matrix, transposed. Attention within a unit is then a plain batched attention
-over [batch * units, tokens per unit], and its head split a rank-4 transpose; pooling is a max over the
-outermost stride inside each unit. Everything else in the model is per token and ignores the order.
+[tokens per unit, units] matrix, transposed. With 2 x 2 mask units on the grid above:
+
+    [0 1 4 5 | 2 3 6 7 | 8 9 12 13 | 10 11 14 15]     each group one mask unit, in unrolled order
+
+Attention within a unit is then a plain batched attention over [batch * units, tokens per unit], and
+its head split a rank-4 transpose; pooling is a max over the outermost stride inside each unit.
+Everything else in the model is per token and ignores the order.
 
 `reroll_order` goes back: for the tokens of a stage (after its poolings), the position in the
 sequence of each token of the stage's grid, in row-major spatial order.

@@ -11,6 +11,8 @@ from hiera_model.unroll import reroll_order, stage_grids, unroll_order
 
 def test_docstring_example():
     assert unroll_order((4, 4), [(2, 2)]).tolist() == [0, 2, 8, 10, 1, 3, 9, 11, 4, 6, 12, 14, 5, 7, 13, 15]
+    # The model's order: each 2 x 2 mask unit contiguous.
+    assert unroll_order((4, 4), [(2, 2)], windows=4).tolist() == [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]
 
 
 @pytest.mark.parametrize("image_size, schedule", [
