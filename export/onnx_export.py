@@ -52,24 +52,25 @@ def to_opset_17(model: onnx.ModelProto) -> None:
             axes = constants.get(node.input[1])
             if axes is None:
                 raise ExportError(f"cannot write opset 17: node {node.name} ({node.op_type}) has computed axes")
-            kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]  # 18's: axes are explicit here
-            del node.attribute[:]
-            node.attribute.extend(kept)
+            _drop_attribute(node, "noop_with_empty_axes")  # new in 18; moot with explicit axes
             node.attribute.append(onnx.helper.make_attribute("axes", onnx.numpy_helper.to_array(axes).tolist()))
             del node.input[1:]
         elif node.op_type == "Split":
-            kept = [a for a in node.attribute if a.name != "num_outputs"]
-            del node.attribute[:]
-            node.attribute.extend(kept)
+            _drop_attribute(node, "num_outputs")
         elif onnx.defs.get_schema(node.op_type, TRACE_OPSET).since_version == TRACE_OPSET:
             raise ExportError(f"cannot write opset 17: node {node.name} uses the opset-18 form of {node.op_type}")
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             entry.version = 17
-    used = {node.input[i] for node in model.graph.node for i in range(len(node.input))}
-    unused = [t for t in model.graph.initializer if t.name not in used]
-    for tensor in unused:
+    used = {name for node in model.graph.node for name in node.input}  # the axes moved into attributes
+    for tensor in [t for t in model.graph.initializer if t.name not in used]:
         model.graph.initializer.remove(tensor)
+
+
+def _drop_attribute(node: onnx.NodeProto, name: str) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
                 raise ExportError("--weights random needs --variant (one of: " + ", ".join(hiera_model.VARIANTS) + ")")
             return hiera_model.create(variant, task, seed), variant, None
         if weights is None or weights == "hub" or weights.startswith("hub:"):
-            path = _download(weights, variant, task)
+            path = _download(weights, variant)
         else:
             path = Path(weights)
         model = hiera_model.load(path, task=task, allow_unverified=allow_unverified)
@@ -50,7 +50,8 @@ def _check_variant(model, variant: str | None, path: Path) -> str:
     return match or (path.stem if path.is_file() else path.resolve().name).removeprefix("hiera_").replace("-", "_")
 
 
-def _download(weights: str | None, variant: str | None, task: str) -> Path:
+def _download(weights: str | None, variant: str | None) -> Path:
+    """The hub checkpoint (REPO_ID, else the variant's transformers classifier) in the local hub cache."""
     if weights and weights.startswith("hub:"):
         repo_id = weights[4:]
     elif variant is not None:

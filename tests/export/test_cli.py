@@ -91,3 +91,24 @@ def test_an_interrupted_write_leaves_no_finished_looking_file(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         run(Options(variant="tiny", weights="random", out_dir=tmp_path, precisions=("fp32",), validate=False))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hub_weights_come_from_the_cache_and_are_checked_against_the_lock(tmp_path, transformers_checkpoint):
+    """`--variant tiny` fetches facebook/hiera-tiny-224-in1k-hf through huggingface_hub: offline, from its
+    cache. The lock names that repository but records no hash yet, so it takes --allow-unverified."""
+    snapshot = tmp_path / "hub" / "models--facebook--hiera-tiny-224-in1k-hf" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    for file in transformers_checkpoint("tiny")[0].iterdir():
+        (snapshot / file.name).symlink_to(file)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    args = [sys.executable, "-m", "export", "--variant", "tiny", "--precision", "fp32", "--no-validate",
+            "--out", tmp_path / "out"]
+    refused = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert "pass --allow-unverified" in one_error_line(refused)
+    accepted = subprocess.run([*args, "--allow-unverified"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert accepted.returncode == 0, accepted.stderr
+    weights = json.loads((tmp_path / "out" / "hiera_tiny_classify.report.json").read_text())["weights"]
+    assert weights["source"] == "facebook/hiera-tiny-224-in1k-hf/model.safetensors (unverified)"
+    assert weights["verified"] is False

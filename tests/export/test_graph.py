@@ -56,6 +56,7 @@ def test_optimized_graph_fuses_attention_and_gelu(tiny):
     assert len(optimized.graph.node) == report["graphs"]["optimized"]["nodes"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript exporter, as transformers users run it
 def test_at_most_a_third_of_transformers_node_count(tiny, transformers_checkpoint):
     """transformers' model, exported as its users do (torch.onnx.export, opset 17), on the same config."""
     _, reference = transformers_checkpoint("tiny")
