@@ -28,13 +28,13 @@ def photographs() -> dict[str, Image.Image]:
 def validation_inputs(config, preprocessing: Preprocessing, seed: int) -> tuple[np.ndarray, list[str]]:
     """Seeded normal noise and the photographs, preprocessed as the runtime will: [n, C, H, W] and names."""
     rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((RANDOM_INPUTS, config.in_chans, *config.input_size), dtype=np.float32)
+    inputs = rng.standard_normal((RANDOM_INPUTS, config.in_chans, *config.input_size), dtype=np.float32)
     names = [f"random:{seed}:{i}" for i in range(RANDOM_INPUTS)]
     if config.in_chans == 3:
         photos = photographs()
-        noise = np.concatenate([noise, np.stack([preprocessing(image) for image in photos.values()])])
+        inputs = np.concatenate([inputs, np.stack([preprocessing(image) for image in photos.values()])])
         names += list(photos)
-    return noise, names
+    return inputs, names
 
 
 @torch.no_grad()

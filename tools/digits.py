@@ -19,11 +19,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import hiera_model  # noqa: E402
+from export import read_artifact  # noqa: E402
+from export.parity import run_onnx  # noqa: E402
+from hiera_model import lock  # noqa: E402
 from runtime.preprocess import Preprocessing  # noqa: E402
 
 CHECKPOINT = ROOT / "models" / "digits"
@@ -36,9 +43,6 @@ LOCK_SOURCE = "hiera-deploy/digits"  # names models/digits/ in models.lock (see 
 
 def split() -> dict[str, tuple[list[Image.Image], np.ndarray]]:
     """The digits as 8 x 8 grayscale images (0..16 scaled to 0..255), 75% train, 25% held out, stratified."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     pixels = np.round(digits.images * 255 / 16).astype(np.uint8)
     train, test = train_test_split(np.arange(len(pixels)), test_size=0.25, stratify=digits.target, random_state=SEED)
@@ -51,7 +55,7 @@ def preprocess(images) -> np.ndarray:
 
 
 def train(args) -> None:
-    import torch
+    # transformers (the test extra): the reference model, and the processor whose config the export reads
     from transformers import BitImageProcessor, HieraConfig, HieraForImageClassification
 
     torch.manual_seed(SEED)
@@ -92,14 +96,15 @@ def train(args) -> None:
                       do_center_crop=True, crop_size={"height": SIZE, "width": SIZE}, do_rescale=True,
                       do_normalize=True, image_mean=list(PREPROCESSING.mean), image_std=list(PREPROCESSING.std),
                       do_convert_rgb=True).save_pretrained(args.out)
-    record_in_lock(args.out / "model.safetensors")
-    print(f"saved {args.out}, recorded in models.lock as {LOCK_SOURCE}")
+    if args.out.resolve() == CHECKPOINT:  # the repository's copy: its provenance goes into models.lock
+        record_in_lock(args.out / "model.safetensors")
+        print(f"saved {args.out}, recorded in models.lock as {LOCK_SOURCE}")
+    else:
+        print(f"saved {args.out}")
 
 
 def record_in_lock(weights: Path) -> None:
     """The checkpoint's provenance: models.lock's entry for it, with the new file's size and sha256."""
-    from hiera_model import lock
-
     entries = [e for e in lock.read() if e.source != LOCK_SOURCE]
     entries.append(lock.Entry(variant="digits", task="classify", format="transformers", source=LOCK_SOURCE,
                               revision=None, file=weights.name, size=weights.stat().st_size,
@@ -111,27 +116,13 @@ def evaluate(args) -> None:
     """Top-1 on the held-out split: PyTorch fp32 (this package's model) and each artifact."""
     images, labels = split()["test"]
     inputs = preprocess(images)
-    results = {}
-    if args.checkpoint:
-        import torch
-
-        import hiera_model
-
-        with torch.no_grad():
-            logits = hiera_model.load(args.checkpoint)(torch.from_numpy(inputs)).numpy()
-        results["PyTorch fp32"] = float((logits.argmax(1) == labels).mean())
-    import onnxruntime as ort
-
+    with torch.no_grad():
+        logits = hiera_model.load(args.checkpoint)(torch.from_numpy(inputs)).numpy()
+    results = {"PyTorch fp32": float((logits.argmax(1) == labels).mean())}
     for file in args.artifacts:
-        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-        batch = session.get_inputs()[0].shape[0]
-        batch = batch if isinstance(batch, int) else len(inputs)
-        predictions = []
-        for start in range(0, len(inputs), batch):
-            chunk = inputs[start:start + batch]
-            padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.float32)])
-            predictions.append(session.run(["logits"], {"pixel_values": padded})[0][:len(chunk)].argmax(1))
-        results[Path(file).name] = float((np.concatenate(predictions) == labels).mean())
+        batch = read_artifact(file)["batch"]
+        logits = run_onnx(file, inputs, None if batch == "dynamic" else batch)["logits"]
+        results[file.name] = float((logits.argmax(1) == labels).mean())
     width = max(map(len, results))
     print(f"{'model':{width}s}  held-out top-1 ({len(labels)} images)")
     for name, accuracy in results.items():
