@@ -11,6 +11,8 @@ import onnx_ir as ir
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from .artifact import EXTERNAL_DATA_BYTES
+
 # Kept in fp32: normalizations and softmax accumulate sums that overflow or lose precision in fp16.
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
 
@@ -29,10 +31,17 @@ def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """Dynamic quantization (onnxruntime): int8 weights per output channel, activations quantized at
     run time, for the Gemm/MatMul layers and the fused Attention (its qkv projection), which hold
     nearly all of the compute. On CPUs with VNNI these run as integer dot products."""
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES  # the quantizer works on files; these need external data
+    root = logging.getLogger()
+    level = root.level
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
-        onnx.save_model(model, src)
-        logging.getLogger().setLevel(logging.ERROR)  # it advises shape-inference preprocessing we don't need
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm", "Attention"], extra_options={"MatMulConstBOnly": True})
+        onnx.save_model(model, src, save_as_external_data=large)
+        root.setLevel(logging.ERROR)  # it advises shape-inference preprocessing we don't need
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large,
+                             op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                             extra_options={"MatMulConstBOnly": True})
+        finally:
+            root.setLevel(level)
         return onnx.load(dst)
