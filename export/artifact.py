@@ -7,7 +7,6 @@ weights came from and what produced it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -78,14 +77,6 @@ def save(model: onnx.ModelProto, path: Path) -> None:
             os.replace(tmp, path)
     except OSError as error:
         raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, data: dict) -> None:

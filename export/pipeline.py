@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnx
 
+from hiera_model.lock import sha256
+
 from . import artifact, convert, parity
 from .errors import ExportError
 from .onnx_export import check_opset, to_onnx
@@ -105,7 +107,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
         "producer": versions,
     }
     for precision, path in files.items():
-        report["artifacts"][precision] = {"file": path.name, "bytes": _size(path), "sha256": artifact.sha256(path),
+        report["artifacts"][precision] = {"file": path.name, "bytes": _size(path), "sha256": sha256(path),
                                           "nodes": len(models[precision].graph.node)}
 
     start = time.perf_counter()

@@ -6,11 +6,11 @@ Checkpoints are written by transformers' `save_pretrained`, exported with `expor
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from export import Options, read_artifact, run
+from export.parity import run_onnx
 
 FP32_TOLERANCE = 1e-4  # max abs diff of every fp32 output against transformers
 
@@ -21,9 +21,7 @@ def inputs(config, batch: int) -> np.ndarray:
 
 
 def onnx_outputs(path, pixel_values) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"pixel_values": pixel_values})))
+    return run_onnx(path, pixel_values, batch=None)  # the whole array in one run
 
 
 @torch.no_grad()
