@@ -1,5 +1,14 @@
-"""Run exported Hiera models with onnxruntime or TensorRT, without torch.
+"""Run exported Hiera models on images with onnxruntime or TensorRT, without torch.
 
-So far: `runtime.preprocess`, the image preprocessing an artifact's metadata describes (the export
-validates its artifacts through it). Sessions, the API and the CLI are to come.
+    from runtime import Classifier
+    model = Classifier.load("artifacts/hiera_base_classify.onnx")
+    model.predict(["cat.jpg", "dog.png"], top_k=5)
+
+Everything a model needs (preprocessing, labels, task) comes from the artifact's metadata.
 """
+
+from .errors import HieraRuntimeError
+from .model import Classifier, FeatureExtractor, Prediction, load
+from .preprocess import Preprocessing, load_image
+
+__all__ = ["Classifier", "FeatureExtractor", "HieraRuntimeError", "Prediction", "Preprocessing", "load", "load_image"]

@@ -1,18 +1,109 @@
-"""Image preprocessing in numpy and Pillow, as the artifact's metadata describes it.
+"""Images in, model input out: decoding, color conversion and the preprocessing an artifact describes.
 
 The published checkpoints were trained with transformers' `BitImageProcessor` settings: resize the
-shortest edge (bicubic), center crop, scale to [0, 1], normalize with the mean and std, RGB.
+shortest edge (bicubic), center crop, scale to [0, 1], normalize with the mean and std, RGB. Color
+conversion follows the same processor (transparency composited onto white), with two additions a file
+needs and the processor leaves to its caller: the EXIF orientation is applied, as transformers'
+`load_image` does, and 16-bit grayscale is scaled to 8 bits where Pillow's conversion would clip it.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import HieraRuntimeError
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+# What a directory is searched for; any file named on the command line is tried whatever its name.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".avif")
+# Decompression-bomb guard: a 64-megapixel RGB image already takes 192 MB once decoded. Pillow's own
+# guard only warns below 179 megapixels.
+MAX_PIXELS = 64_000_000
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def open_image(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file completely, upright (EXIF orientation applied), in its own mode."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise HieraRuntimeError(f"{path}: {width} x {height} is {width * height / 1e6:.0f} megapixels, "
+                                            f"above the limit of {max_pixels / 1e6:.0f} (a decompression-bomb guard)")
+                image.load()
+                return ImageOps.exif_transpose(image)  # a new image, also when there is nothing to rotate
+    except FileNotFoundError:
+        raise HieraRuntimeError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise HieraRuntimeError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise HieraRuntimeError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        what = "empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
+        raise HieraRuntimeError(f"{path}: {what}") from None
+    except Image.DecompressionBombError as error:
+        raise HieraRuntimeError(f"{path}: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # what Pillow's decoders raise on bad data
+        raise HieraRuntimeError(f"{path}: cannot decode ({error})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB, as transformers' `convert_to_rgb` does (transparency onto white)."""
+    if image.mode in SIXTEEN_BIT:
+        # Pillow converts 16-bit to 8-bit by clipping at 255, which turns most of a real image white.
+        image = Image.fromarray(np.round(np.asarray(image, np.float64) / 257).astype(np.uint8))
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def array_to_rgb(array: np.ndarray) -> Image.Image:
+    """An HWC (or HW) uint8 array with 1, 3 or 4 channels to an RGB image, as transformers converts arrays."""
+    if array.dtype != np.uint8:
+        raise HieraRuntimeError(f"an array of {array.dtype}: expected uint8 pixels (0..255), height x width x channels")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise HieraRuntimeError(f"an array of shape {array.shape}: expected height x width x 1, 3 or 4 channels")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    elif array.shape[-1] == 4:
+        alpha = array[..., 3:] / 255
+        array = np.round(alpha * array[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A path, a Pillow image or a uint8 array, as an upright RGB image."""
+    if isinstance(source, np.ndarray):
+        return array_to_rgb(source)
+    if isinstance(source, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(source))
+    if isinstance(source, (str, Path)):
+        return to_rgb(open_image(source, max_pixels))
+    raise HieraRuntimeError(f"an image of type {type(source).__name__}: expected a path, a PIL image or a numpy array")
+
+
+def find_images(path) -> list[Path]:
+    """A file as itself; a directory as the image files under it (recursively, sorted, hidden ones skipped)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]  # a missing or unreadable file is reported when it is opened
+    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not found:
+        raise HieraRuntimeError(f"{path}: no images in this directory (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return found
 
 
 @dataclass(frozen=True)
@@ -35,12 +126,14 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(int(d["resize_shortest_edge"]), tuple(d["crop_size"]), d["resample"], tuple(d["mean"]),
-                   tuple(d["std"]))
+        if d["resample"] not in RESAMPLE:
+            raise ValueError(f"resample {d['resample']!r} is not one of {', '.join(RESAMPLE)}")
+        return cls(int(d["resize_shortest_edge"]), tuple(int(x) for x in d["crop_size"]), d["resample"],
+                   tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """One RGB PIL image to a normalized float32 array [3, height, width]."""
-        image = image.convert("RGB")
+        """One PIL image to a normalized float32 array [3, height, width]."""
+        image = to_rgb(image)
         width, height = image.size
         scale = self.resize_shortest_edge / min(width, height)
         # transformers rounds the long edge down (int()), so do we, to get the same pixels.

@@ -3,6 +3,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
+from transformers import HieraConfig as TransformersConfig
+from transformers import HieraForImageClassification, HieraModel
+
+transformers.logging.set_verbosity_error()
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -15,3 +21,32 @@ def private_lock(tmp_path, monkeypatch) -> Path:
     shutil.copy(ROOT / "models.lock", path)
     monkeypatch.setenv("HIERA_MODELS_LOCK", os.fspath(path))
     return path
+
+
+# transformers configs of published variants and of a small one that exports in seconds.
+CONFIGS = {
+    "tiny": dict(embed_dim=96, depths=[1, 2, 7, 2], num_heads=[1, 2, 4, 8]),
+    "base": dict(embed_dim=96, depths=[2, 3, 16, 3], num_heads=[1, 2, 4, 8]),
+    # Fewer query poolings than stages - 1: the last stage's tokens are still in unit order.
+    "small_q_pool": dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], image_size=[64, 96],
+                         num_query_pool=2),
+}
+
+
+@pytest.fixture(scope="session")
+def transformers_checkpoint(tmp_path_factory):
+    """`(config name, task) -> (directory, model)`: a seeded transformers model saved with `save_pretrained`."""
+    cache = {}
+
+    def make(name: str, task: str = "classify"):
+        if (name, task) not in cache:
+            torch.manual_seed(0)
+            config = TransformersConfig(**CONFIGS[name], num_labels=10, id2label={i: f"class {i}" for i in range(10)},
+                                        label2id={f"class {i}": i for i in range(10)})
+            model = (HieraForImageClassification if task == "classify" else HieraModel)(config).eval()
+            directory = tmp_path_factory.mktemp(f"{name}-{task}")
+            model.save_pretrained(directory)
+            cache[name, task] = directory, model
+        return cache[name, task]
+
+    return make

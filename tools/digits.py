@@ -8,6 +8,8 @@ processor, and evaluates PyTorch and the exported artifacts on the held-out spli
     python tools/digits.py train                       # ~1 min on 2 cores; writes models/digits/
     python -m export --weights models/digits --out artifacts
     python tools/digits.py evaluate artifacts/hiera_digits_classify*.onnx
+    python tools/digits.py images heldout/             # the held-out split as PNGs, one folder per class
+    python -m runtime predict heldout/ --model artifacts/hiera_digits_classify.onnx --json
 """
 
 from __future__ import annotations
@@ -131,6 +133,15 @@ def evaluate(args) -> None:
         Path(args.json).write_text(json.dumps({"images": len(labels), "top1": results}, indent=2) + "\n")
 
 
+def write_images(args) -> None:
+    """The held-out split as 8 x 8 grayscale PNGs under `<out>/<class>/`, to run through the runtime's CLI."""
+    images, labels = split()["test"]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (args.out / str(label)).mkdir(parents=True, exist_ok=True)
+        image.save(args.out / str(label) / f"{i:03d}.png")
+    print(f"wrote {len(images)} images to {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +155,9 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     p.add_argument("--json", type=Path, help="also write the accuracies here")
     p.set_defaults(run=evaluate)
+    p = commands.add_parser("images", help="write the held-out split as PNG files, a folder per class")
+    p.add_argument("out", type=Path)
+    p.set_defaults(run=write_images)
     args = parser.parse_args()
     args.run(args)
 

@@ -1,0 +1,26 @@
+"""Latency and throughput of a callable, as `python -m runtime bench` and the benchmarks report them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def time_calls(call, runs: int, warmup: int = 2) -> list[float]:
+    """Seconds per call, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def summarize(seconds: list[float], batch: int) -> dict:
+    """Median and 90th-percentile latency in ms, and images per second at the median."""
+    median = float(np.median(seconds))
+    return {"batch": batch, "runs": len(seconds), "median_ms": median * 1e3,
+            "p90_ms": float(np.percentile(seconds, 90)) * 1e3, "images_per_s": batch / median}

@@ -1,0 +1,198 @@
+"""python -m runtime predict IMAGE... --model FILE | bench --model FILE --batch N | info --model FILE.
+
+A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
+images, and prints. Exit status: 0 when every image was classified, 1 when some could not be, 2 for
+bad arguments or a model that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .bench import summarize, time_calls
+from .errors import HieraRuntimeError
+from .model import Classifier, load
+from .preprocess import MAX_PIXELS, Preprocessing, find_images, load_image
+from .session import PROVIDERS
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error of the command
+        self.exit(2, f"error: {message} (see python -m runtime --help)\n")
+
+
+def crop_size(text: str) -> tuple[int, int]:
+    """`224` or `224x320` (height x width)."""
+    sizes = [int(part) for part in text.lower().split("x")]
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise ValueError(text)
+    return (sizes * 2)[:2] if len(sizes) == 1 else tuple(sizes)
+
+
+def parse(argv) -> argparse.Namespace:
+    p = Parser(prog="python -m runtime", description="Run exported Hiera models (ONNX or TensorRT) on images.")
+    commands = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def model_options(command):
+        command.add_argument("--model", required=True, type=Path, help="an exported .onnx, or a TensorRT engine "
+                             "(.engine/.plan) with its sidecar .json")
+        command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
+                             help="onnxruntime execution provider (default: the fastest available)")
+        command.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
+        command.add_argument("--cache-dir", type=Path, help="where the TensorRT provider caches its engines and "
+                             "timing (default ~/.cache/hiera-deploy/tensorrt)")
+        command.add_argument("--crop-size", type=crop_size, metavar="N|HxW", help="run an ONNX file without Hiera "
+                             "metadata, with ImageNet preprocessing to this size (shortest edge to the crop's / 0.875, "
+                             "bicubic, center crop)")
+
+    predict = commands.add_parser("predict", help="classify images")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or directories "
+                         "(searched recursively)")
+    model_options(predict)
+    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--batch-size", type=int, default=8, help="images per call for a dynamic-batch model "
+                         "(a static one takes its own batch size; default 8)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    predict.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
+                         help=f"refuse larger images, a decompression-bomb guard (default {MAX_PIXELS / 1e6:g})")
+    predict.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                         help="show progress on stderr (default: when it is a terminal)")
+
+    bench = commands.add_parser("bench", help="latency and throughput on random input")
+    model_options(bench)
+    bench.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    bench.add_argument("--runs", type=int, default=20, help="timed calls (default 20)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
+    info = commands.add_parser("info", help="what an artifact says about itself")
+    model_options(info)
+    args = p.parse_args(argv)
+    for name in ("top_k", "batch_size", "batch", "runs", "threads"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def open_model(args, model_class=None):
+    """`model_class` (Classifier) loaded from the arguments, or whichever class the artifact's task needs."""
+    preprocessing = Preprocessing.for_input_size(args.crop_size) if args.crop_size else None
+    max_pixels = int(args.max_megapixels * 1e6) if "max_megapixels" in args else MAX_PIXELS
+    return (model_class.load if model_class else load)(args.model, provider=args.provider, threads=args.threads,
+                                                       cache_dir=args.cache_dir, preprocessing=preprocessing,
+                                                       max_pixels=max_pixels)
+
+
+class Progress:
+    """`done/total images` on one rewritten stderr line."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.done, self.failed = total, enabled, 0, 0
+
+    def step(self, done: int, failed: int) -> None:
+        self.done, self.failed = self.done + done, self.failed + failed
+        if self.enabled:
+            failed = f", {self.failed} failed" if self.failed else ""
+            print(f"\r{self.done}/{self.total} images{failed}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def predict(args) -> int:
+    model = open_model(args, Classifier)
+    items = []  # (path, error): the images to classify, and arguments already known to be bad, in order
+    for argument in args.images:
+        try:
+            items += [(path, None) for path in find_images(argument)]
+        except HieraRuntimeError as error:
+            items.append((argument, str(error)))
+    step = model.info.batch or args.batch_size
+    progress = Progress(len(items), sys.stderr.isatty() if args.progress is None else args.progress)
+    failed = 0
+    for start in range(0, len(items), step):
+        chunk, inputs, errors = items[start:start + step], [], {}
+        for path, error in chunk:
+            try:
+                if error:
+                    raise HieraRuntimeError(error)
+                inputs.append(model.info.preprocessing(load_image(path, model.max_pixels)))
+            except HieraRuntimeError as bad:
+                errors[path] = str(bad)
+        predictions = iter(model.predict_arrays(np.stack(inputs), args.top_k) if inputs else [])
+        progress.step(len(chunk), len(errors))
+        for path, _ in chunk:
+            report(args, path, error=errors.get(path), top_k=None if path in errors else next(predictions))
+        failed += len(errors)
+    progress.close()
+    return 1 if failed else 0
+
+
+def report(args, path: Path, error: str | None = None, top_k=None) -> None:
+    if args.json:
+        entry = {"image": str(path), "error": error} if error else \
+            {"image": str(path), "top_k": [p.to_dict() for p in top_k]}
+        print(json.dumps(entry), flush=True)
+    elif error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    else:
+        print(path)
+        for p in top_k:
+            print(f"  {p.score:.4f}  {p.label if p.label is not None else '-'}  (class {p.index})")
+
+
+def bench(args) -> int:
+    model = open_model(args)
+    height, width = model.info.input_size
+    pixel_values = np.random.default_rng(0).standard_normal((args.batch, 3, height, width), dtype=np.float32)
+    # A classifier is timed with its softmax and top-k, a feature extractor with its outputs' copy: the
+    # whole call a user makes, less the image decoding, which is timed on its own below.
+    call = (lambda: model.predict_arrays(pixel_values)) if isinstance(model, Classifier) else \
+        (lambda: model.run(pixel_values))
+    figures = summarize(time_calls(call, args.runs, args.warmup), args.batch)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    preprocessing = summarize(time_calls(lambda: model.info.preprocessing(photo), args.runs, args.warmup), 1)
+    result = {"model": str(args.model), "providers": model.providers, "artifact_batch": model.info.batch or "dynamic",
+              "inference": figures, "preprocess_640x480": preprocessing}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.model}  ({', '.join(model.providers)}; artifact batch {result['artifact_batch']})")
+    print(f"{'':22s}{'median ms':>10s}{'p90 ms':>10s}{'images/s':>10s}")
+    for name, row in ((f"inference, batch {args.batch}", figures), ("preprocess, 640x480", preprocessing)):
+        print(f"{name:22s}{row['median_ms']:10.2f}{row['p90_ms']:10.2f}{row['images_per_s']:10.1f}")
+    return 0
+
+
+def info(args) -> int:
+    model = open_model(args)
+    details = {"file": str(args.model), "api": type(model).__name__, "providers": model.providers,
+               "input": model.session.input_shape, "outputs": model.session.output_names,
+               **{key.removeprefix("hiera."): json.loads(value) for key, value in model.session.metadata.items()
+                  if key.startswith("hiera.") and key != "hiera.labels"},
+               "labels": len(model.info.labels) if model.info.labels else None}
+    print(json.dumps(details, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        return {"predict": predict, "bench": bench, "info": info}[args.command](args)
+    except HieraRuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader stopped (`| head`): quietly, as a killed pipeline would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141

@@ -1,0 +1,118 @@
+"""onnxruntime sessions: provider choice, session options, and IO binding on GPUs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HieraRuntimeError
+
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+# An explicit choice keeps the providers after it as fallbacks: onnxruntime places each node the first
+# provider does not support (e.g. TensorRT and our contrib-op Attention) on the next one.
+FALLBACKS = {"tensorrt": ["tensorrt", "cuda", "cpu"], "cuda": ["cuda", "cpu"], "cpu": ["cpu"]}
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise HieraRuntimeError("onnxruntime is not installed: pip install 'hiera-deploy[cpu]' (or [gpu] for CUDA "
+                                "and TensorRT)") from None
+    return onnxruntime
+
+
+def choose_providers(requested: str, available: list[str]) -> list[str]:
+    """onnxruntime provider names for `auto` (the fastest available) or an explicit tensorrt, cuda or cpu."""
+    if requested == "auto":
+        return [name for name in PROVIDERS.values() if name in available]
+    if requested not in PROVIDERS:
+        raise HieraRuntimeError(f"provider {requested!r}: choose from auto, {', '.join(PROVIDERS)}")
+    if PROVIDERS[requested] not in available:
+        raise HieraRuntimeError(f"provider {requested} is not available in this onnxruntime (it has "
+                                f"{', '.join(available)}); install onnxruntime-gpu: pip install 'hiera-deploy[gpu]'")
+    return [PROVIDERS[name] for name in FALLBACKS[requested] if PROVIDERS[name] in available]
+
+
+def default_cache_dir() -> Path:
+    """Where the TensorRT provider keeps its engines and timing cache: building them takes minutes."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hiera-deploy" / "tensorrt"
+
+
+class OnnxSession:
+    """One onnxruntime session on an ONNX file: `run(pixel_values)` returns the outputs by name."""
+
+    def __init__(self, path, provider: str = "auto", threads: int | None = None, optimization: str = "all",
+                 cache_dir=None, io_binding: bool | None = None):
+        ort = import_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise HieraRuntimeError(f"{self.path}: no such file")
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise HieraRuntimeError(f"optimization {optimization!r}: choose from {', '.join(OPTIMIZATION_LEVELS)}")
+        providers = choose_providers(provider, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: provider placement notes are not the user's concern
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+        provider_options = [self._options(name, cache_dir) for name in providers]
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers,
+                                                provider_options=provider_options)
+        except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph, ...)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise HieraRuntimeError(f"{self.path}: onnxruntime cannot load this model ({reason})") from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        model_input = self.session.get_inputs()[0]
+        self.input_name, self.input_shape = model_input.name, model_input.shape
+        self.input_dtype = DTYPES.get(model_input.type, np.float32)
+        self.output_names = [output.name for output in self.session.get_outputs()]
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if self.providers[0] in (PROVIDERS["tensorrt"], PROVIDERS["cuda"]) else "cpu"
+        # On a GPU, binding a device buffer per batch size saves onnxruntime a staging copy and an allocation
+        # per call; on the CPU onnxruntime reads the numpy array in place, so plain run() is already best.
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
+        self._bound = {}  # batch size -> (IOBinding, input OrtValue)
+        self._ort = ort
+
+    @staticmethod
+    def _options(provider: str, cache_dir) -> dict:
+        if provider != PROVIDERS["tensorrt"]:
+            return {}
+        cache = str(Path(cache_dir) if cache_dir else default_cache_dir())
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
+
+    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        pixel_values = np.ascontiguousarray(pixel_values, dtype=self.input_dtype)
+        try:
+            if not self.io_binding:
+                outputs = self.session.run(self.output_names, {self.input_name: pixel_values})
+                return dict(zip(self.output_names, outputs))
+            binding, device_input = self._binding(pixel_values.shape)
+            device_input.update_inplace(pixel_values)
+            self.session.run_with_iobinding(binding)
+            return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+        except Exception as error:  # e.g. an input shape a foreign model does not take, or device memory
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise HieraRuntimeError(f"{self.path}: onnxruntime failed on input {list(pixel_values.shape)} "
+                                    f"({reason})") from None
+
+    def _binding(self, shape):
+        if shape not in self._bound:
+            device_input = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, self.input_dtype, self.device, 0)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(self.input_name, device_input)
+            for name in self.output_names:
+                binding.bind_output(name, self.device, 0)
+            self._bound[shape] = binding, device_input
+        return self._bound[shape]

@@ -1,0 +1,144 @@
+"""TensorRT engines: the sidecar that says where an engine can run, and a thin session over `tensorrt`.
+
+An engine is tied to the TensorRT version and the GPU it was built for. `python -m export --trt`
+writes `<engine>.json` next to it: the TensorRT version, the GPU and its compute capability, the build
+options, the sha256 of the source ONNX and of the engine, and the artifact's `hiera.*` metadata. The
+runtime checks the sidecar before it deserializes anything, so a mismatch is a message saying what to
+rebuild rather than a TensorRT error.
+
+Running an engine needs the `tensorrt` and `cuda-python` packages (`pip install 'hiera-deploy[tensorrt]'`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HieraRuntimeError
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+# Engines built with the hardware-compatibility level "ampere_plus" run on any GPU from Ampere (8.0) on.
+AMPERE = (8, 0)
+
+
+def sidecar_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def read_sidecar(engine: Path) -> dict:
+    path = sidecar_path(engine)
+    if not engine.is_file():
+        raise HieraRuntimeError(f"{engine}: no such file")
+    try:
+        sidecar = json.loads(path.read_text())
+        for key in ("tensorrt_version", "compute_capability", "metadata"):
+            sidecar[key]  # noqa: B018 (only its presence is checked)
+    except FileNotFoundError:
+        raise HieraRuntimeError(f"{engine}: no sidecar {path.name} next to the engine (python -m export --trt "
+                                "writes it; the runtime needs it to check the engine and to preprocess)") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise HieraRuntimeError(f"{path}: damaged engine sidecar ({type(error).__name__}: {error})") from None
+    return sidecar
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def check_compatible(engine: Path, sidecar: dict, tensorrt_version: str, compute_capability: tuple[int, int]) -> None:
+    """Refuse an engine that this TensorRT or this GPU cannot run, saying what to rebuild."""
+    rebuild = (f"rebuild it on this machine from {sidecar.get('onnx', 'its ONNX file')} (python -m export --trt, or "
+               "trtexec)")
+    built = sidecar["tensorrt_version"]
+    if sidecar.get("version_compatible"):  # runs on the same major version, the one it was built with or later
+        runs = (version_tuple(tensorrt_version)[:1] == version_tuple(built)[:1]
+                and version_tuple(tensorrt_version) >= version_tuple(built))
+    else:
+        runs = version_tuple(tensorrt_version) == version_tuple(built)
+    if not runs:
+        raise HieraRuntimeError(f"{engine}: built with TensorRT {built}, this machine has {tensorrt_version}; "
+                                f"{rebuild}")
+    built_cc = tuple(version_tuple(str(sidecar["compute_capability"])))
+    runs = compute_capability >= AMPERE if sidecar.get("hardware_compatible") else compute_capability == built_cc
+    if not runs:
+        gpu = ".".join(map(str, compute_capability))
+        raise HieraRuntimeError(f"{engine}: built for compute capability {sidecar['compute_capability']} "
+                                f"({sidecar.get('gpu', 'another GPU')}), this GPU is {gpu}; {rebuild}")
+
+
+def _import(engine: Path):
+    try:
+        import tensorrt
+        from cuda.bindings import runtime as cudart
+    except ImportError as error:
+        raise HieraRuntimeError(f"{engine}: running a TensorRT engine needs {error.name} "
+                                "(pip install 'hiera-deploy[tensorrt]'); or run the .onnx with --provider "
+                                "tensorrt") from None
+    return tensorrt, cudart
+
+
+def _cuda(result):
+    """cuda-python returns (error, *values): raise on an error, else the values."""
+    error, *values = result
+    if int(error) != 0:
+        raise HieraRuntimeError(f"CUDA error {error}")
+    return values[0] if len(values) == 1 else values
+
+
+class EngineSession:
+    """A TensorRT engine with the same interface as `OnnxSession`: `run(pixel_values)` -> outputs by name."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        sidecar = read_sidecar(self.path)
+        trt, self._cudart = _import(self.path)
+        properties = _cuda(self._cudart.cudaGetDeviceProperties(0))
+        check_compatible(self.path, sidecar, trt.__version__, (properties.major, properties.minor))
+        self.metadata = sidecar["metadata"]
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise HieraRuntimeError(f"{self.path}: TensorRT cannot deserialize this engine (damaged, or built "
+                                    "with other options than its sidecar says)")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.input_name, self.output_names = inputs[0], [n for n in names if n not in inputs]
+        self.input_shape = [d if d >= 0 else "batch" for d in self.engine.get_tensor_shape(self.input_name)]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.providers = [f"TensorRT {trt.__version__}"]
+        self.context = self.engine.create_execution_context()
+        self.stream = _cuda(self._cudart.cudaStreamCreate())
+        self._device = {}  # tensor name -> (device pointer, bytes): grown, never shrunk
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        pointer, size = self._device.get(name, (None, 0))
+        if size < nbytes:
+            if pointer is not None:
+                _cuda(self._cudart.cudaFree(pointer))
+            pointer = _cuda(self._cudart.cudaMalloc(nbytes))
+            self._device[name] = pointer, nbytes
+            self.context.set_tensor_address(name, int(pointer))
+        return pointer
+
+    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        cudart = self._cudart
+        host_input = np.ascontiguousarray(pixel_values, dtype=self.dtypes[self.input_name])
+        self.context.set_input_shape(self.input_name, host_input.shape)
+        _cuda(cudart.cudaMemcpyAsync(self._buffer(self.input_name, host_input.nbytes), host_input.ctypes.data,
+                                     host_input.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        outputs = {name: np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
+                   for name in self.output_names}
+        for name, host in outputs.items():
+            self._buffer(name, host.nbytes)
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise HieraRuntimeError(f"{self.path}: TensorRT failed to run the engine")
+        for name, host in outputs.items():
+            _cuda(cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name][0], host.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+        _cuda(cudart.cudaStreamSynchronize(self.stream))
+        return outputs
+
+    def __del__(self):
+        for pointer, _ in getattr(self, "_device", {}).values():
+            self._cudart.cudaFree(pointer)

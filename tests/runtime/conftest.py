@@ -1,0 +1,42 @@
+import pytest
+from PIL import Image
+
+from export import Options, run
+from export.parity import photographs
+
+from .test_preprocess import hiera_processor
+
+
+@pytest.fixture(scope="session")
+def exported(transformers_checkpoint, tmp_path_factory):
+    """`(config name, task, batch) -> (artifact, transformers directory, transformers model)`: the fp32
+    export of a seeded transformers checkpoint, saved with `save_pretrained` next to Hiera's image
+    processor config, as a published checkpoint directory holds it."""
+    cache = {}
+
+    def make(name: str, task: str = "classify", batch: int | None = 1):
+        if (name, task, batch) not in cache:
+            directory, model = transformers_checkpoint(name, task)
+            if name == "tiny":
+                hiera_processor().save_pretrained(directory)
+            out = tmp_path_factory.mktemp(f"artifact-{name}-{task}-{batch}")
+            report = run(Options(weights=str(directory), task=task, batch=batch, out_dir=out, precisions=("fp32",),
+                                 validate=False))
+            cache[name, task, batch] = out / report["artifacts"]["fp32"]["file"], directory, model
+        return cache[name, task, batch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def photo_files(tmp_path_factory) -> list:
+    """scikit-learn's two photographs as JPEG files, and a portrait PNG with transparency."""
+    directory = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name, image in photographs().items():
+        image.save(directory / name, quality=95)
+        paths.append(directory / name)
+    portrait = photographs()["flower.jpg"].rotate(90, expand=True)
+    portrait.putalpha(Image.linear_gradient("L").resize(portrait.size))
+    portrait.save(directory / "flower-portrait.png")
+    return [*paths, directory / "flower-portrait.png"]
