@@ -81,7 +81,7 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
-def open_model(args, model_class=None):
+def load_from_args(args, model_class=None):
     """`model_class` (Classifier) loaded from the arguments, or whichever class the artifact's task needs."""
     preprocessing = Preprocessing.for_input_size(args.crop_size) if args.crop_size else None
     max_pixels = int(args.max_megapixels * 1e6) if "max_megapixels" in args else MAX_PIXELS
@@ -108,7 +108,7 @@ class Progress:
 
 
 def predict(args) -> int:
-    model = open_model(args, Classifier)
+    model = load_from_args(args, Classifier)
     items = []  # (path, error): the images to classify, and arguments already known to be bad, in order
     for argument in args.images:
         try:
@@ -119,19 +119,20 @@ def predict(args) -> int:
     progress = Progress(len(items), sys.stderr.isatty() if args.progress is None else args.progress)
     failed = 0
     for start in range(0, len(items), step):
-        chunk, inputs, errors = items[start:start + step], [], {}
+        chunk, inputs, errors = items[start:start + step], [], []
         for path, error in chunk:
-            try:
-                if error:
-                    raise HieraRuntimeError(error)
-                inputs.append(model.info.preprocessing(load_image(path, model.max_pixels)))
-            except HieraRuntimeError as bad:
-                errors[path] = str(bad)
+            if error is None:
+                try:
+                    inputs.append(model.info.preprocessing(load_image(path, model.max_pixels)))
+                except HieraRuntimeError as bad:
+                    error = str(bad)
+            errors.append(error)
         predictions = iter(model.predict_arrays(np.stack(inputs), args.top_k) if inputs else [])
-        progress.step(len(chunk), len(errors))
-        for path, _ in chunk:
-            report(args, path, error=errors.get(path), top_k=None if path in errors else next(predictions))
-        failed += len(errors)
+        bad = sum(error is not None for error in errors)
+        progress.step(len(chunk), bad)
+        for (path, _), error in zip(chunk, errors):
+            report(args, path, error=error, top_k=None if error else next(predictions))
+        failed += bad
     progress.close()
     return 1 if failed else 0
 
@@ -150,7 +151,7 @@ def report(args, path: Path, error: str | None = None, top_k=None) -> None:
 
 
 def bench(args) -> int:
-    model = open_model(args)
+    model = load_from_args(args)
     height, width = model.info.input_size
     pixel_values = np.random.default_rng(0).standard_normal((args.batch, 3, height, width), dtype=np.float32)
     # A classifier is timed with its softmax and top-k, a feature extractor with its outputs' copy: the
@@ -173,7 +174,7 @@ def bench(args) -> int:
 
 
 def info(args) -> int:
-    model = open_model(args)
+    model = load_from_args(args)
     details = {"file": str(args.model), "api": type(model).__name__, "providers": model.providers,
                "input": model.session.input_shape, "outputs": model.session.output_names,
                **{key.removeprefix("hiera."): json.loads(value) for key, value in model.session.metadata.items()

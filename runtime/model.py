@@ -106,6 +106,8 @@ class Classifier(_Model):
 
     def predict_arrays(self, pixel_values: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """`predict` for input already preprocessed, [n, 3, height, width]."""
+        if top_k < 1:
+            raise HieraRuntimeError(f"top_k {top_k}: must be at least 1")
         outputs = self.run(pixel_values)
         logits = outputs.get("logits", next(iter(outputs.values()))).astype(np.float64)
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
