@@ -11,6 +11,7 @@ from hiera_model import TASKS, VARIANTS
 
 from .errors import ExportError
 from .pipeline import PRECISIONS, Options, run
+from .trt_check import DEFAULT_TARGET, check_file, target
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,23 +42,27 @@ def parse(argv) -> Options:
     p.add_argument("--no-optimize", action="store_true", help="write the graph as traced, without fusions")
     p.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
+    p.add_argument("--trt-version", default=DEFAULT_TARGET, metavar="X.Y", help="the TensorRT version whose ONNX "
+                   f"parser every artifact is checked against (8.5, 8.6, 10 or 10.x; default {DEFAULT_TARGET})")
     a = p.parse_args(argv)
     if a.task not in TASKS:
         p.error(f"--task {a.task}: choose from {', '.join(TASKS)}")
     return Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
                    out_dir=a.out, opset=a.opset,
                    batch=None if a.dynamic_batch else a.batch, precisions=tuple(a.precision),
-                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed)
+                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version)
 
 
 def summary(report: dict) -> str:
-    rows = [("artifact", "MB", "nodes", "max abs diff", "min cosine", "top-1 agree", "parity")]
+    trt = f"TensorRT {next(iter(report['artifacts'].values()))['tensorrt_check']['version']}"
+    rows = [("artifact", "MB", "nodes", "max abs diff", "min cosine", "top-1 agree", trt, "parity")]
     for entry in report["artifacts"].values():
         checked = entry.get("parity")
         first = next(iter(checked.values())) if checked else {}
         rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(entry["nodes"]),
                      f"{first['max_abs']:.2e}" if first else "-", f"{first['cosine']:.6f}" if first else "-",
                      f"{first['top1_agreement']:.0%}" if "top1_agreement" in first else "-",
+                     "ok" if not entry["tensorrt_check"]["findings"] else "no (see report)",
                      ("ok" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])) if checked else
                      "not checked"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -65,7 +70,36 @@ def summary(report: dict) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
+def check_trt(argv) -> int:
+    """python -m export check-trt FILE.onnx [--trt-version X.Y]: exit 0 when TensorRT's parser takes the graph."""
+    p = Parser(prog="python -m export check-trt", description="Check, without TensorRT, that an ONNX file is one "
+               "TensorRT's ONNX parser builds: operators, opset, ranks, static shapes, types, weight sizes.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--trt-version", default=DEFAULT_TARGET, metavar="X.Y",
+                   help=f"8.5 (JetPack 5), 8.6, 10 or 10.x (default {DEFAULT_TARGET})")
+    a = p.parse_args(argv)
+    try:
+        target(a.trt_version)
+    except ValueError as error:
+        p.error(f"--trt-version: {error}")
+    failed = False
+    for file in a.files:
+        try:
+            findings = check_file(file, a.trt_version)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        failed |= bool(findings)
+        print(f"{file}: {'ok' if not findings else 'not buildable'} for TensorRT {a.trt_version}")
+        for finding in findings:
+            print(f"  {finding}")
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check-trt"]:
+        return check_trt(argv[1:])
     options = parse(argv)
     started = time.perf_counter()
 

@@ -19,7 +19,9 @@ FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Weights and matmuls in fp16, `FP32_OPS` in fp32; `pixel_values` and outputs stay float32."""
-    converted = ir.from_proto(convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
+    source = onnx.ModelProto()
+    source.CopyFrom(model)  # the converter rewrites its argument, which may be the fp32 artifact (--no-optimize)
+    converted = ir.from_proto(convert_float_to_float16(source, keep_io_types=True, op_block_list=FP32_OPS,
                                                        disable_shape_infer=True))
     converted.graph.sort()  # the converter appends the output casts after their consumers
     proto = ir.to_proto(converted)

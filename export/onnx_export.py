@@ -13,13 +13,14 @@ import torch
 from .artifact import OUTPUTS
 from .errors import ExportError
 
-MIN_OPSET = 17  # LayerNormalization
+MIN_OPSET = 16  # 16 writes LayerNormalization (opset 17) as primitive operators, for TensorRT 8.5 (JetPack 5)
 TRACE_OPSET = 18  # torch's exporter writes 18 or later; older opsets are converted from its folded graph
 
 
 def check_opset(opset: int) -> None:
     if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset}: the graph needs opset {MIN_OPSET} or later (LayerNormalization)")
+        raise ExportError(f"--opset {opset}: the graph needs opset {MIN_OPSET} or later (17 for LayerNormalization, "
+                          "16 with it decomposed)")
     if opset > onnx.defs.onnx_opset_version():
         raise ExportError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to "
                           f"{onnx.defs.onnx_opset_version()}")
@@ -65,6 +66,47 @@ def to_opset_17(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input}  # the axes moved into attributes
     for tensor in [t for t in model.graph.initializer if t.name not in used]:
         model.graph.initializer.remove(tensor)
+
+
+def to_opset_16(model: onnx.ModelProto) -> None:
+    """Rewrite, in place, an opset-17 graph as opset 16: each LayerNormalization (new in 17, and unknown to
+    TensorRT 8.5's parser) becomes the primitive operators it is defined by, in its own input type (which
+    the fp16 conversion keeps fp32: the squares would overflow in fp16)."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attributes.get("axis", -1) != -1 or len([o for o in node.output if o]) > 1:
+            raise ExportError(f"cannot write opset 16: node {node.name} normalizes other than the last axis, or "
+                              "uses the mean and inverse deviation outputs")
+        x, scale, bias = (list(node.input) + [""])[:3]
+        scale_type = initializers[scale].data_type if scale in initializers else onnx.TensorProto.FLOAT
+        eps = f"{node.name}_epsilon"
+        model.graph.initializer.append(onnx.helper.make_tensor(eps, scale_type, [], [attributes.get("epsilon", 1e-5)]))
+        names = {step: f"{node.name}_{step}" for step in ("mean", "centered", "squared", "variance", "shifted",
+                                                            "deviation", "normalized", "scaled")}
+        make = onnx.helper.make_node
+        nodes += [
+            make("ReduceMean", [x], [names["mean"]], axes=[-1], name=names["mean"]),
+            make("Sub", [x, names["mean"]], [names["centered"]], name=names["centered"]),
+            make("Mul", [names["centered"], names["centered"]], [names["squared"]], name=names["squared"]),
+            make("ReduceMean", [names["squared"]], [names["variance"]], axes=[-1], name=names["variance"]),
+            make("Add", [names["variance"], eps], [names["shifted"]], name=names["shifted"]),
+            make("Sqrt", [names["shifted"]], [names["deviation"]], name=names["deviation"]),
+            make("Div", [names["centered"], names["deviation"]], [names["normalized"]], name=names["normalized"]),
+            make("Mul", [names["normalized"], scale], [names["scaled"] if bias else node.output[0]],
+                 name=names["scaled"]),
+        ]
+        if bias:
+            nodes.append(make("Add", [names["scaled"], bias], [node.output[0]], name=f"{node.name}_biased"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 16
 
 
 def _drop_attribute(node: onnx.NodeProto, name: str) -> None:

@@ -16,9 +16,9 @@ import onnx
 
 from hiera_model.lock import sha256
 
-from . import artifact, convert, parity
+from . import artifact, convert, parity, trt_check
 from .errors import ExportError
-from .onnx_export import check_opset, to_onnx
+from .onnx_export import check_opset, to_onnx, to_opset_16
 from .optimize import op_histogram, optimize
 from .weights import load_weights, preprocessing_for
 
@@ -36,6 +36,7 @@ class Options:
     opset: int = 17
     batch: int | None = 1  # None: dynamic
     precisions: tuple[str, ...] = PRECISIONS
+    trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check of every artifact targets
     optimize: bool = True
     validate: bool = True
     seed: int = 0
@@ -50,6 +51,10 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     if options.batch is not None and options.batch < 1:
         raise ExportError(f"--batch {options.batch}: must be at least 1")
     check_opset(options.opset)
+    try:
+        trt_check.target(options.trt_version)
+    except ValueError as error:
+        raise ExportError(f"--trt-version: {error}") from None
     _check_writable(options.out_dir)
     timings = {}
 
@@ -85,6 +90,9 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
             models[precision] = convert.to_fp16(exported)
         else:
             models[precision] = convert.to_int8(fp32)
+    if options.opset == 16:  # once every conversion is done: fp16's keeps LayerNormalization's inputs in fp32
+        for graph in models.values():
+            to_opset_16(graph)
     timings["convert"] = time.perf_counter() - start
 
     weights, versions = dict(model.provenance), _versions()
@@ -107,8 +115,10 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
         "producer": versions,
     }
     for precision, path in files.items():
+        findings = trt_check.check(models[precision], options.trt_version)
         report["artifacts"][precision] = {"file": path.name, "bytes": _size(path), "sha256": sha256(path),
-                                          "nodes": len(models[precision].graph.node)}
+                                          "nodes": len(models[precision].graph.node),
+                                          "tensorrt_check": {"version": options.trt_version, "findings": findings}}
 
     start = time.perf_counter()
     report["passed"] = None

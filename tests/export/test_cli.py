@@ -39,7 +39,7 @@ def test_bad_arguments(tmp_path, transformers_checkpoint):
     cases = {
         ("--variant", "gigantic", "--weights", "random"): "gigantic",
         ("--variant", "tiny", "--task", "segment"): "--task segment",
-        ("--variant", "tiny", "--weights", "random", "--opset", "16"): "opset 17 or later",
+        ("--variant", "tiny", "--weights", "random", "--opset", "15"): "opset 16 or later",
         ("--variant", "tiny", "--weights", "random", "--out", tmp_path / "file" / "out"): "not writable",
         ("--variant", "tiny", "--weights", "random", "--precision", "int4"): "int4",
         ("--variant", "tiny", "--weights", tmp_path / "absent"): "absent",
