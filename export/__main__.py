@@ -11,6 +11,7 @@ from hiera_model import TASKS, VARIANTS
 
 from .errors import ExportError
 from .pipeline import PRECISIONS, Options, run
+from .tensorrt import EngineOptions
 from .trt_check import DEFAULT_TARGET, check_file, target
 
 
@@ -42,15 +43,33 @@ def parse(argv) -> Options:
     p.add_argument("--no-optimize", action="store_true", help="write the graph as traced, without fusions")
     p.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
-    p.add_argument("--trt-version", default=DEFAULT_TARGET, metavar="X.Y", help="the TensorRT version whose ONNX "
-                   f"parser every artifact is checked against (8.5, 8.6, 10 or 10.x; default {DEFAULT_TARGET})")
+    trt = p.add_argument_group("TensorRT", "every export checks its artifacts against TensorRT's ONNX parser and "
+                               "puts the trtexec command that builds the engine into the report")
+    trt.add_argument("--trt", action="store_true", help="also build the engine here (needs TensorRT and a GPU)")
+    trt.add_argument("--trt-version", default=DEFAULT_TARGET, metavar="X.Y", help="the TensorRT the check and the "
+                     f"trtexec command target: 8.5 (JetPack 5), 8.6, 10 or 10.x (default {DEFAULT_TARGET})")
+    trt.add_argument("--trt-precision", default="fp16", help="fp16 (default: strongly typed from the fp16 "
+                     "artifact on TensorRT 10), fp32, bf16; int8, fp8 and best need a Q/DQ graph")
+    trt.add_argument("--max-batch", type=int, default=8, help="the largest batch of a --dynamic-batch engine "
+                     "(default 8)")
+    trt.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
+    trt.add_argument("--timing-cache", type=Path, help="a timing cache file, read and updated: rebuilds are faster")
+    trt.add_argument("--hardware-compatible", action="store_true", help="an engine for any GPU from Ampere on")
+    trt.add_argument("--version-compatible", action="store_true", help="an engine later TensorRT releases of the "
+                     "same major version can run")
     a = p.parse_args(argv)
+    if a.max_batch < 1 or a.workspace <= 0:
+        p.error("--max-batch and --workspace must be positive")
     if a.task not in TASKS:
         p.error(f"--task {a.task}: choose from {', '.join(TASKS)}")
     return Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
                    out_dir=a.out, opset=a.opset,
                    batch=None if a.dynamic_batch else a.batch, precisions=tuple(a.precision),
-                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version)
+                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version,
+                   engine=EngineOptions(precision=a.trt_precision, max_batch=a.max_batch, workspace_gb=a.workspace,
+                                        timing_cache=a.timing_cache, hardware_compatible=a.hardware_compatible,
+                                        version_compatible=a.version_compatible),
+                   build_engine=a.trt)
 
 
 def summary(report: dict) -> str:
@@ -118,6 +137,14 @@ def main(argv=None) -> int:
         print(f"note: random weights ({report['weights']['source']}): the graph and its speed are real, "
               "its outputs mean nothing", file=sys.stderr)
     print(summary(report))
+    engine = report["tensorrt"]
+    if "engine" in engine:
+        print(f"engine: {engine['engine']} (TensorRT {engine['version']})")
+    elif "plan_error" in engine:
+        print(f"TensorRT {engine['version']}: {engine['plan_error']}")
+    else:  # a weakly typed build names every fp32 layer: too long for a terminal
+        command = engine["trtexec"] if len(engine["trtexec"]) < 400 else "see tensorrt.trtexec in the report"
+        print(f"TensorRT {engine['version']}: build on the GPU machine with  {command}")
     print(f"report: {report['report_file']}")
     if report["passed"] is False:
         print("error: parity checks failed (see the table and the report); the artifacts are kept, flagged in the "

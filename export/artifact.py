@@ -27,6 +27,10 @@ def artifact_path(out_dir: Path, name: str, task: str, precision: str) -> Path:
     return out_dir / f"hiera_{name}_{task}{suffix}.onnx"
 
 
+def engine_path(out_dir: Path, name: str, task: str, precision: str) -> Path:
+    return out_dir / f"hiera_{name}_{task}.{precision}.engine"
+
+
 def report_path(out_dir: Path, name: str, task: str) -> Path:
     return out_dir / f"hiera_{name}_{task}.report.json"
 

@@ -13,6 +13,8 @@ import torch
 from .artifact import OUTPUTS
 from .errors import ExportError
 
+# The steps a decomposed LayerNormalization's nodes are named by: "<LayerNormalization node>/<step>".
+LAYER_NORM_STEPS = ("mean", "centered", "squared", "variance", "shifted", "deviation", "normalized", "scaled", "biased")
 MIN_OPSET = 16  # 16 writes LayerNormalization (opset 17) as primitive operators, for TensorRT 8.5 (JetPack 5)
 TRACE_OPSET = 18  # torch's exporter writes 18 or later; older opsets are converted from its folded graph
 
@@ -84,10 +86,9 @@ def to_opset_16(model: onnx.ModelProto) -> None:
                               "uses the mean and inverse deviation outputs")
         x, scale, bias = (list(node.input) + [""])[:3]
         scale_type = initializers[scale].data_type if scale in initializers else onnx.TensorProto.FLOAT
-        eps = f"{node.name}_epsilon"
+        eps = f"{node.name}/epsilon"
         model.graph.initializer.append(onnx.helper.make_tensor(eps, scale_type, [], [attributes.get("epsilon", 1e-5)]))
-        names = {step: f"{node.name}_{step}" for step in ("mean", "centered", "squared", "variance", "shifted",
-                                                            "deviation", "normalized", "scaled")}
+        names = {step: f"{node.name}/{step}" for step in LAYER_NORM_STEPS}
         make = onnx.helper.make_node
         nodes += [
             make("ReduceMean", [x], [names["mean"]], axes=[-1], name=names["mean"]),
@@ -101,7 +102,7 @@ def to_opset_16(model: onnx.ModelProto) -> None:
                  name=names["scaled"]),
         ]
         if bias:
-            nodes.append(make("Add", [names["scaled"], bias], [node.output[0]], name=f"{node.name}_biased"))
+            nodes.append(make("Add", [names["scaled"], bias], [node.output[0]], name=names["biased"]))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     for entry in model.opset_import:

@@ -59,6 +59,21 @@ def run_onnx(path: Path, inputs: np.ndarray, batch: int | None, threads: int = 2
     return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
 
+def run_engine(path, inputs: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - needs TensorRT
+    """Run a TensorRT engine through the runtime's engine session, in chunks its profile takes."""
+    from runtime.tensorrt import EngineSession, read_sidecar
+
+    session, profile = EngineSession(path), read_sidecar(Path(path)).get("profile")
+    step = profile["max"][0] if profile else session.input_shape[0]
+    chunks = []
+    for start in range(0, len(inputs), step):
+        chunk = inputs[start:start + step]
+        if not profile:  # a static batch: pad
+            chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
+        chunks.append({name: out[:len(inputs[start:start + step])] for name, out in session.run(chunk).items()})
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:
     """Per output: max and mean absolute difference, the smallest per-sample cosine similarity; for
     logits also the share of samples whose top-1 class, and whose set of top-5 classes, agree."""

@@ -9,14 +9,14 @@ import contextlib
 import importlib.metadata
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
 
 from hiera_model.lock import sha256
 
-from . import artifact, convert, parity, trt_check
+from . import artifact, convert, parity, tensorrt, trt_check
 from .errors import ExportError
 from .onnx_export import check_opset, to_onnx, to_opset_16
 from .optimize import op_histogram, optimize
@@ -36,7 +36,9 @@ class Options:
     opset: int = 17
     batch: int | None = 1  # None: dynamic
     precisions: tuple[str, ...] = PRECISIONS
-    trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check of every artifact targets
+    trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check and the trtexec command target
+    engine: tensorrt.EngineOptions = field(default_factory=tensorrt.EngineOptions)  # the report's trtexec command
+    build_engine: bool = False  # build that engine here (needs TensorRT and a GPU)
     optimize: bool = True
     validate: bool = True
     seed: int = 0
@@ -55,6 +57,10 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
         trt_check.target(options.trt_version)
     except ValueError as error:
         raise ExportError(f"--trt-version: {error}") from None
+    installed_trt = tensorrt.tensorrt_version()
+    if options.build_engine and installed_trt is None:
+        raise ExportError("--trt: TensorRT is not installed here (its wheels come from NVIDIA's package index); "
+                          "export without --trt and build on the GPU machine with the trtexec command in the report")
     _check_writable(options.out_dir)
     timings = {}
 
@@ -120,6 +126,8 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
                                           "nodes": len(models[precision].graph.node),
                                           "tensorrt_check": {"version": options.trt_version, "findings": findings}}
 
+    report["tensorrt"] = _engine(options, installed_trt, files, models, name, progress)
+
     start = time.perf_counter()
     report["passed"] = None
     if options.validate:
@@ -134,6 +142,12 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
             failed = parity.failures(precision, result)
             report["artifacts"][precision].update(parity=result, passed=not failed, failures=failed)
             report["passed"] &= not failed
+        if "engine" in report["tensorrt"]:
+            progress("validate", f"the TensorRT engine against PyTorch fp32 on {len(names)} inputs")
+            result = parity.compare(reference, parity.run_engine(report["tensorrt"]["engine"], inputs))
+            failed = parity.failures("fp16", result)  # TensorRT's fp32 uses TF32 matmuls: held to fp16's bound
+            report["tensorrt"].update(parity=result, passed=not failed, failures=failed)
+            report["passed"] &= not failed
     timings["validate"] = time.perf_counter() - start
     report["timings_s"] = {step: round(seconds, 2) for step, seconds in timings.items()}
 
@@ -141,6 +155,24 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     artifact.write_json(report_file, report)
     report["report_file"] = str(report_file)
     return report
+
+
+def _engine(options: Options, installed_trt: str | None, files: dict, models: dict, name: str, progress) -> dict:
+    """The TensorRT plan of this export and its trtexec command; with `options.engine`, the engine itself."""
+    version = installed_trt if options.build_engine else options.trt_version
+    engine = artifact.engine_path(options.out_dir, name, options.task, options.engine.precision)
+    try:
+        plan = tensorrt.plan(files, models, options.engine, version)
+    except ExportError as error:
+        if options.build_engine:
+            raise
+        return {"version": version, "plan_error": str(error)}
+    entry = {"version": version, "plan": asdict(plan), "trtexec": tensorrt.trtexec_command(plan, engine)}
+    if options.build_engine:
+        progress("tensorrt", f"building {engine.name} with TensorRT {installed_trt} (minutes)")
+        entry["sidecar"] = tensorrt.build(plan, engine)
+        entry["engine"] = str(engine)
+    return entry
 
 
 def _check(model: onnx.ModelProto, precision: str) -> None:

@@ -21,6 +21,7 @@ from .errors import HieraRuntimeError
 from .model import Classifier, load
 from .preprocess import MAX_PIXELS, Preprocessing, find_images, load_image
 from .session import PROVIDERS
+from .tensorrt import sidecar_for_trtexec
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,6 +75,13 @@ def parse(argv) -> argparse.Namespace:
 
     info = commands.add_parser("info", help="what an artifact says about itself")
     model_options(info)
+
+    sidecar = commands.add_parser("sidecar", help="write the sidecar of an engine trtexec built here from our ONNX")
+    sidecar.add_argument("engine", type=Path, help="the engine trtexec wrote (--saveEngine)")
+    sidecar.add_argument("--onnx", type=Path, required=True, help="the exported .onnx it was built from")
+    sidecar.add_argument("--hardware-compatible", action="store_true", help="built with "
+                         "--hardwareCompatibilityLevel=ampere+")
+    sidecar.add_argument("--version-compatible", action="store_true", help="built with --versionCompatible")
     args = p.parse_args(argv)
     for name in ("top_k", "batch_size", "batch", "runs", "threads"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
@@ -184,10 +192,16 @@ def info(args) -> int:
     return 0
 
 
+def sidecar(args) -> int:
+    path = sidecar_for_trtexec(args.engine, args.onnx, args.hardware_compatible, args.version_compatible)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        return {"predict": predict, "bench": bench, "info": info}[args.command](args)
+        return {"predict": predict, "bench": bench, "info": info, "sidecar": sidecar}[args.command](args)
     except HieraRuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

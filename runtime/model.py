@@ -83,7 +83,8 @@ class _Model:
     def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """The model's raw outputs for preprocessed input, whatever its length: a static batch is filled in
         chunks, the last one padded with zeros (and the padding's outputs dropped)."""
-        count, step = len(pixel_values), self.info.batch or len(pixel_values)
+        count = len(pixel_values)
+        step = self.info.batch or getattr(self.session, "max_batch", None) or count  # an engine's profile limits it
         if count == step:
             return self.session.run(pixel_values)
         chunks = []

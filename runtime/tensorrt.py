@@ -11,7 +11,10 @@ Running an engine needs the `tensorrt` and `cuda-python` packages (`pip install 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,58 @@ def read_sidecar(engine: Path) -> dict:
     except (ValueError, KeyError, TypeError) as error:
         raise HieraRuntimeError(f"{path}: damaged engine sidecar ({type(error).__name__}: {error})") from None
     return sidecar
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_sidecar(engine: Path, onnx_file: Path, metadata: dict[str, str], *, tensorrt_version: str, gpu: str,
+                 compute_capability: str, build: dict) -> dict:
+    """The sidecar of `engine`, built from `onnx_file` (whose `hiera.*` metadata it carries) on this GPU;
+    `build` holds the build options (precision, profile, hardware_compatible, version_compatible, ...)."""
+    return {"tensorrt_version": tensorrt_version, "gpu": gpu, "compute_capability": compute_capability,
+            "onnx": onnx_file.name, "onnx_sha256": file_sha256(onnx_file), "engine_sha256": file_sha256(engine),
+            "metadata": metadata, **build}
+
+
+def write_sidecar(engine: Path, sidecar: dict) -> Path:
+    """Atomically, as `<engine>.json`."""
+    path = sidecar_path(engine)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(tmp.name, path)
+    return path
+
+
+def this_gpu(cudart) -> tuple[str, str]:
+    """The name and compute capability ("8.9") of GPU 0."""
+    properties = _cuda(cudart.cudaGetDeviceProperties(0))
+    name = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
+    return name.rstrip("\x00"), f"{properties.major}.{properties.minor}"
+
+
+def sidecar_for_trtexec(engine: Path, onnx_file: Path, hardware_compatible: bool = False,
+                        version_compatible: bool = False) -> Path:  # pragma: no cover - needs TensorRT and a GPU
+    """Write the sidecar of an engine that `trtexec` built on this machine from our `onnx_file`."""
+    from .session import OnnxSession
+
+    if not engine.is_file():
+        raise HieraRuntimeError(f"{engine}: no such file")
+    trt, cudart = _import(engine)
+    gpu, capability = this_gpu(cudart)
+    metadata = OnnxSession(onnx_file, provider="cpu").metadata
+    if not any(key.startswith("hiera.") for key in metadata):
+        raise HieraRuntimeError(f"{onnx_file}: no Hiera metadata (hiera.* metadata_props): not exported by python "
+                                "-m export")
+    return write_sidecar(engine, make_sidecar(
+        engine, onnx_file, metadata, tensorrt_version=trt.__version__, gpu=gpu, compute_capability=capability,
+        build={"built_by": "trtexec", "hardware_compatible": hardware_compatible,
+               "version_compatible": version_compatible}))
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -94,8 +149,8 @@ class EngineSession:
         self.path = Path(path)
         sidecar = read_sidecar(self.path)
         trt, self._cudart = _import(self.path)
-        properties = _cuda(self._cudart.cudaGetDeviceProperties(0))
-        check_compatible(self.path, sidecar, trt.__version__, (properties.major, properties.minor))
+        _, capability = this_gpu(self._cudart)
+        check_compatible(self.path, sidecar, trt.__version__, tuple(version_tuple(capability)))
         self.metadata = sidecar["metadata"]
         self.engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -105,6 +160,9 @@ class EngineSession:
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.input_name, self.output_names = inputs[0], [n for n in names if n not in inputs]
         self.input_shape = [d if d >= 0 else "batch" for d in self.engine.get_tensor_shape(self.input_name)]
+        # A dynamic batch runs up to its optimization profile's largest batch.
+        self.max_batch = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0] \
+            if self.input_shape[0] == "batch" else None
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.providers = [f"TensorRT {trt.__version__}"]
         self.context = self.engine.create_execution_context()

@@ -101,3 +101,14 @@ def test_the_tensorrt_provider_of_onnxruntime(transformers_checkpoint, tmp_path)
     assert got.providers[0] == "TensorrtExecutionProvider"
     expected = Classifier.load(onnx_file, provider="cpu").predict(image)
     assert np.abs(np.array([p.score for p in got.predict(image)]) - [p.score for p in expected]).max() <= 1e-3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
+def test_the_sidecar_command_for_trtexec_engines_needs_tensorrt(tmp_path):
+    from runtime.cli import main
+
+    engine = tmp_path / "m.engine"
+    assert main(["sidecar", str(engine), "--onnx", "m.onnx"]) == 2  # a missing engine
+    engine.write_bytes(b"engine")
+    assert main(["sidecar", str(engine), "--onnx", "m.onnx"]) == 2  # no TensorRT to say what built it
+    assert not sidecar_path(engine).exists()
