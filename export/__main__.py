@@ -72,6 +72,13 @@ def parse(argv) -> Options:
                    build_engine=a.trt)
 
 
+def trt_verdict(findings: list[str]) -> str:
+    if not findings:
+        return "ok"
+    # the fused fp32 graph and onnxruntime's int8 are meant for onnxruntime: say so rather than "no"
+    return "onnxruntime only" if all("onnxruntime" in f for f in findings) else "no (see report)"
+
+
 def summary(report: dict) -> str:
     trt = f"TensorRT {next(iter(report['artifacts'].values()))['tensorrt_check']['version']}"
     rows = [("artifact", "MB", "nodes", "max abs diff", "min cosine", "top-1 agree", trt, "parity")]
@@ -81,7 +88,7 @@ def summary(report: dict) -> str:
         rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(entry["nodes"]),
                      f"{first['max_abs']:.2e}" if first else "-", f"{first['cosine']:.6f}" if first else "-",
                      f"{first['top1_agreement']:.0%}" if "top1_agreement" in first else "-",
-                     "ok" if not entry["tensorrt_check"]["findings"] else "no (see report)",
+                     trt_verdict(entry["tensorrt_check"]["findings"]),
                      ("ok" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])) if checked else
                      "not checked"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -142,9 +149,11 @@ def main(argv=None) -> int:
         print(f"engine: {engine['engine']} (TensorRT {engine['version']})")
     elif "plan_error" in engine:
         print(f"TensorRT {engine['version']}: {engine['plan_error']}")
+    elif len(engine["trtexec"]) < 400:
+        print(f"TensorRT {engine['version']}: build the engine on the GPU machine with  {engine['trtexec']}")
     else:  # a weakly typed build names every fp32 layer: too long for a terminal
-        command = engine["trtexec"] if len(engine["trtexec"]) < 400 else "see tensorrt.trtexec in the report"
-        print(f"TensorRT {engine['version']}: build on the GPU machine with  {command}")
+        print(f"TensorRT {engine['version']}: the trtexec command that builds the engine on the GPU machine is "
+              "tensorrt.trtexec in the report")
     print(f"report: {report['report_file']}")
     if report["passed"] is False:
         print("error: parity checks failed (see the table and the report); the artifacts are kept, flagged in the "
