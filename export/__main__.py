@@ -10,7 +10,7 @@ from pathlib import Path
 from hiera_model import TASKS, VARIANTS
 
 from .errors import ExportError
-from .pipeline import PRECISIONS, Options, run
+from .pipeline import DEFAULT_PRECISIONS, PRECISIONS, Options, run
 from .tensorrt import EngineOptions
 from .trt_check import DEFAULT_TARGET, check_file, target
 
@@ -38,8 +38,11 @@ def parse(argv) -> Options:
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="make the batch axis dynamic")
-    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), metavar="P",
-                   help="any of fp32 fp16 int8 (default: all three)")
+    p.add_argument("--precision", nargs="+", default=list(DEFAULT_PRECISIONS), metavar="P",
+                   help=f"any of {' '.join(PRECISIONS)} (default: {' '.join(DEFAULT_PRECISIONS)}); qdq is static "
+                   "int8 for TensorRT and needs --calibration")
+    p.add_argument("--calibration", type=Path, metavar="DIR", help="images like the ones the model will see (up "
+                   "to 512, searched recursively), to set qdq's int8 scales")
     p.add_argument("--no-optimize", action="store_true", help="write the graph as traced, without fusions")
     p.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
@@ -65,7 +68,8 @@ def parse(argv) -> Options:
     return Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
                    out_dir=a.out, opset=a.opset,
                    batch=None if a.dynamic_batch else a.batch, precisions=tuple(a.precision),
-                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version,
+                   calibration=a.calibration, optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed,
+                   trt_version=a.trt_version,
                    engine=EngineOptions(precision=a.trt_precision, max_batch=a.max_batch, workspace_gb=a.workspace,
                                         timing_cache=a.timing_cache, hardware_compatible=a.hardware_compatible,
                                         version_compatible=a.version_compatible),

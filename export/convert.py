@@ -1,4 +1,5 @@
-"""Reduced precisions: fp16 for GPUs, int8 for CPUs, both with float32 inputs and outputs."""
+"""Reduced precisions, all with float32 inputs and outputs: fp16 for GPUs, dynamic int8 for CPUs (onnxruntime),
+static QDQ int8 for TensorRT."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from .artifact import EXTERNAL_DATA_BYTES
@@ -47,3 +49,40 @@ def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
         finally:
             root.setLevel(level)
         return onnx.load(dst)
+
+
+class _Calibration:
+    """onnxruntime's calibration reader: the calibration images in batches the graph takes."""
+
+    def __init__(self, images: np.ndarray, batch: int | None):
+        step = batch or 1
+        padded = np.concatenate([images, np.repeat(images[-1:], -len(images) % step, axis=0)])  # fill a static batch
+        self.batches = iter([{"pixel_values": padded[i:i + step]} for i in range(0, len(padded), step)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def to_qdq(model: onnx.ModelProto, calibration: np.ndarray, batch: int | None) -> onnx.ModelProto:
+    """Static int8 in QDQ form, for TensorRT's explicit quantization: QuantizeLinear/DequantizeLinear pairs on
+    the inputs of every Gemm and MatMul with constant weights (the attention products stay in float), weights
+    per output channel, activation scales from the calibration images (min/max). Scales are symmetric: TensorRT
+    takes only zero points of 0."""
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "qdq.onnx")
+        onnx.save_model(model, src, save_as_external_data=large)
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(src, dst, _Calibration(calibration, batch), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "MatMulConstBOnly": True})
+        finally:
+            root.setLevel(level)
+        return onnx.load(dst)
+

@@ -12,9 +12,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from hiera_model.lock import sha256
+from runtime.errors import HieraRuntimeError
+from runtime.preprocess import find_images, load_image
 
 from . import artifact, convert, parity, tensorrt, trt_check
 from .errors import ExportError
@@ -22,7 +25,9 @@ from .onnx_export import check_opset, to_onnx, to_opset_16
 from .optimize import op_histogram, optimize
 from .weights import load_weights, preprocessing_for
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "qdq")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # qdq (static int8 for TensorRT) needs calibration images
+CALIBRATION_IMAGES = 512  # at most, the first in sorted order
 PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime")
 
 
@@ -35,7 +40,8 @@ class Options:
     out_dir: Path = Path("artifacts")
     opset: int = 17
     batch: int | None = 1  # None: dynamic
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    calibration: Path | None = None  # a directory of images like those the model will see, for qdq
     trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check and the trtexec command target
     engine: tensorrt.EngineOptions = field(default_factory=tensorrt.EngineOptions)  # the report's trtexec command
     build_engine: bool = False  # build that engine here (needs TensorRT and a GPU)
@@ -53,6 +59,11 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     if options.batch is not None and options.batch < 1:
         raise ExportError(f"--batch {options.batch}: must be at least 1")
     check_opset(options.opset)
+    if "qdq" in options.precisions and options.calibration is None:
+        raise ExportError("--precision qdq needs --calibration DIR: a few hundred images like the ones the model "
+                          "will see, to set the int8 scales")
+    if options.calibration is not None and not Path(options.calibration).is_dir():
+        raise ExportError(f"--calibration {options.calibration}: not a directory")
     try:
         trt_check.target(options.trt_version)
     except ValueError as error:
@@ -94,6 +105,10 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
             models[precision] = fp32
         elif precision == "fp16":  # for GPUs, whose providers fuse on their own: the standard graph
             models[precision] = convert.to_fp16(exported)
+        elif precision == "qdq":  # for TensorRT: the standard graph too
+            calibration = _calibration_inputs(options.calibration, preprocessing)
+            progress("convert", f"qdq: calibrating int8 scales on {len(calibration)} images from {options.calibration}")
+            models[precision] = convert.to_qdq(exported, calibration, options.batch)
         else:
             models[precision] = convert.to_int8(fp32)
     if options.opset == 16:  # once every conversion is done: fp16's keeps LayerNormalization's inputs in fp32
@@ -173,6 +188,16 @@ def _engine(options: Options, installed_trt: str | None, files: dict, models: di
         entry["sidecar"] = tensorrt.build(plan, engine)
         entry["engine"] = str(engine)
     return entry
+
+
+def _calibration_inputs(directory: Path, preprocessing):
+    """The images of `directory` (recursively, sorted, at most CALIBRATION_IMAGES), preprocessed as the runtime
+    will preprocess its input."""
+    try:
+        paths = find_images(directory)[:CALIBRATION_IMAGES]
+        return np.stack([preprocessing(load_image(path)) for path in paths])
+    except HieraRuntimeError as error:
+        raise ExportError(f"--calibration: {error}") from None
 
 
 def _check(model: onnx.ModelProto, precision: str) -> None:

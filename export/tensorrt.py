@@ -4,8 +4,9 @@ Reduced precision is built the way TensorRT's own guidance for transformers now 
 network parsed from our mixed-precision fp16 artifact (matmuls in fp16; LayerNorm, Softmax and the
 reductions in fp32, as the graph says), because a plain fp16 build lets LayerNorm overflow. TensorRT
 before 10 has no strongly typed networks; there the fallback is the weakly typed build of the fp32
-graph with the fp16 flag and those layers constrained to fp32. Everything but `build` runs without
-TensorRT (and is tested here); `build` needs `tensorrt` and a GPU.
+graph with the fp16 flag and those layers constrained to fp32. int8 is explicit quantization: the
+calibrated QDQ artifact (`--precision qdq`), with the INT8 flag (and FP16 for `best`, norms in fp32).
+Everything but `build` runs without TensorRT (and is tested here); `build` needs `tensorrt` and a GPU.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from runtime.tensorrt import make_sidecar, this_gpu, write_sidecar
 from .errors import ExportError
 from .onnx_export import LAYER_NORM_STEPS
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "best")
-NEEDS_QDQ = ("int8", "fp8", "best")  # calibrated or Q/DQ graphs: not written by this export
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "best", "fp8")
+# What each precision builds from (fp16 from the fp16 artifact on TensorRT 10), and its builder flags.
+SOURCES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "int8": "qdq", "best": "qdq"}
+FLAGS = {"fp32": [], "fp16": ["FP16"], "bf16": ["BF16"], "int8": ["INT8"], "best": ["INT8", "FP16"]}
 FP32_OP_TYPES = {"LayerNormalization", "Softmax", "ReduceMean", "Sqrt", "Div", "Pow"}  # norms and their parts
 
 
@@ -61,24 +64,24 @@ def plan(artifacts: dict[str, Path], models: dict[str, onnx.ModelProto], options
     graph: TensorRT cannot parse onnxruntime's fused operators."""
     if options.precision not in ENGINE_PRECISIONS:
         raise ExportError(f"--trt-precision {options.precision}: choose from {', '.join(ENGINE_PRECISIONS)}")
-    if options.precision in NEEDS_QDQ:
-        raise ExportError(f"--trt-precision {options.precision}: needs a calibrated or Q/DQ-quantized graph, which "
-                          "this export does not write yet; use fp16 (or quantize the ONNX with NVIDIA ModelOpt and "
-                          "build it with trtexec)")
+    if options.precision == "fp8":
+        raise ExportError("--trt-precision fp8: needs an FP8 Q/DQ graph, which this export does not write (NVIDIA "
+                          "ModelOpt does; build it with trtexec); use fp16, or int8 from the qdq artifact")
     major = int(trt_version.split(".")[0])
     strongly_typed = options.precision == "fp16" and major >= 10
-    source = "fp16" if strongly_typed else "fp32"
+    source = "fp16" if strongly_typed else SOURCES[options.precision]
     if source not in artifacts:
+        how = " with --calibration DIR" if source == "qdq" else ""
         raise ExportError(f"--trt-precision {options.precision} builds from the {source} artifact: add {source} "
-                          "to --precision")
+                          f"to --precision{how}")
     graph = models[source]
     fused = [n.op_type for n in graph.graph.node if n.domain not in ("", "ai.onnx")]
     if fused:
         raise ExportError(f"--trt-precision {options.precision} builds from the {source} graph, which has "
                           f"onnxruntime's fused {fused[0]}: add --no-optimize")
-    flags = [] if strongly_typed else {"fp32": [], "fp16": ["FP16"], "bf16": ["BF16"]}[options.precision]
+    flags = [] if strongly_typed else list(FLAGS[options.precision])
     fp32_layers = []
-    if flags:  # weakly typed reduced precision: keep the normalizations and softmax in fp32
+    if {"FP16", "BF16"} & set(flags):  # weakly typed 16-bit floats: keep the normalizations and softmax in fp32
         flags.append("OBEY_PRECISION_CONSTRAINTS")
         fp32_layers = [n.name for n in graph.graph.node if n.op_type in FP32_OP_TYPES or _layer_norm_step(n.name)]
     if options.version_compatible:
@@ -111,7 +114,7 @@ def trtexec_command(p: Plan, engine: Path) -> str:
             f"--memPoolSize=workspace:{int(p.workspace_gb * 1024)}M"]
     if p.strongly_typed:
         args.append("--stronglyTyped")
-    args += [f"--{flag.lower()}" for flag in p.flags if flag in ("FP16", "BF16")]
+    args += [f"--{flag.lower()}" for flag in p.flags if flag in ("FP16", "BF16", "INT8")]
     if p.fp32_layers:
         args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in p.fp32_layers)]
     if p.profile:

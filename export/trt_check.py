@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 MAX_RANK = 8
 MAX_WEIGHT_ELEMENTS = 2**31 - 1  # TensorRT counts weights in int32
@@ -71,6 +73,15 @@ def target(version: str) -> Target:
     return TARGETS["8.5" if (major, minor) == (8, 5) else "8.6" if major < 10 else "10"]
 
 
+def _nonzero_zero_point(node: onnx.NodeProto, initializers: dict) -> bool:
+    if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or not node.input[2]:
+        return False
+    zero_point = initializers.get(node.input[2])
+    if zero_point is None or zero_point.data_location == onnx.TensorProto.EXTERNAL:  # computed, or not read
+        return False
+    return bool(np.any(onnx.numpy_helper.to_array(zero_point) != 0))
+
+
 def check_file(path, version: str = DEFAULT_TARGET) -> list[str]:
     """`check` on a file (its weights are not read); raises ValueError when it is not an ONNX model."""
     try:
@@ -91,8 +102,11 @@ def check(model: onnx.ModelProto, version: str = DEFAULT_TARGET) -> list[str]:
         findings.append(f"opset {opset}: TensorRT {t.name}'s parser reads opsets up to {t.max_opset} "
                         f"(export with --opset {min(t.max_opset, 17)})")
     offending = {}  # (operator, reason) -> the names of the nodes, reported together
+    initializers = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
+        if _nonzero_zero_point(node, initializers):
+            reason = "zero point is not 0: TensorRT quantizes symmetrically (quantize with symmetric activations)"
+        elif node.domain not in ("", "ai.onnx"):
             reason = (f"{node.domain} operator, which only onnxruntime runs (TensorRT needs the standard-op graph: "
                       "--no-optimize, or the fp16 artifact)")
         elif node.op_type in t.unsupported:

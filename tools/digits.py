@@ -9,6 +9,7 @@ processor, and evaluates PyTorch and the exported artifacts on the held-out spli
     python -m export --weights models/digits --out artifacts
     python tools/digits.py evaluate artifacts/hiera_digits_classify*.onnx
     python tools/digits.py images heldout/             # the held-out split as PNGs, one folder per class
+    python tools/digits.py images train/ --split train # calibration images: --precision qdq --calibration train/
     python -m runtime predict heldout/ --model artifacts/hiera_digits_classify.onnx --json
 """
 
@@ -134,8 +135,9 @@ def evaluate(args) -> None:
 
 
 def write_images(args) -> None:
-    """The held-out split as 8 x 8 grayscale PNGs under `<out>/<class>/`, to run through the runtime's CLI."""
-    images, labels = split()["test"]
+    """A split as 8 x 8 grayscale PNGs under `<out>/<class>/`: the held-out one to run through the runtime's
+    CLI, the training one to calibrate the qdq artifact's int8 scales."""
+    images, labels = split()[args.split]
     for i, (image, label) in enumerate(zip(images, labels)):
         (args.out / str(label)).mkdir(parents=True, exist_ok=True)
         image.save(args.out / str(label) / f"{i:03d}.png")
@@ -155,8 +157,9 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     p.add_argument("--json", type=Path, help="also write the accuracies here")
     p.set_defaults(run=evaluate)
-    p = commands.add_parser("images", help="write the held-out split as PNG files, a folder per class")
+    p = commands.add_parser("images", help="write a split as PNG files, a folder per class")
     p.add_argument("out", type=Path)
+    p.add_argument("--split", choices=["test", "train"], default="test", help="default: test, the held-out images")
     p.set_defaults(run=write_images)
     args = parser.parse_args()
     args.run(args)

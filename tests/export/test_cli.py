@@ -45,6 +45,11 @@ def test_bad_arguments(tmp_path, transformers_checkpoint):
         ("--variant", "tiny", "--weights", tmp_path / "absent"): "absent",
         ("--variant", "base", "--weights", directory): "not --variant base",
         ("--weights", published): "pass --allow-unverified",
+        ("--variant", "tiny", "--weights", "random", "--precision", "qdq"): "--precision qdq needs --calibration DIR",
+        ("--variant", "tiny", "--weights", "random", "--precision", "qdq", "--calibration", tmp_path / "file"):
+            "not a directory",
+        ("--variant", "tiny", "--weights", "random", "--trt-version", "7.1"): "versions before 8.5",
+        ("--variant", "tiny", "--weights", "random", "--max-batch", "0"): "must be positive",
     }
     for args, expected in cases.items():
         out = () if "--out" in args else ("--out", tmp_path / "out")

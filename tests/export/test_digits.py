@@ -24,3 +24,20 @@ def test_int8_loses_at_most_one_point(tmp_path):
     assert top1["hiera_digits_classify.onnx"] == torch_fp32
     assert top1["hiera_digits_classify.fp16.onnx"] >= torch_fp32 - 0.005
     assert top1["hiera_digits_classify.int8.onnx"] >= torch_fp32 - 0.01
+
+
+def test_static_int8_for_tensorrt_calibrated_on_the_training_split(tmp_path):
+    """The qdq artifact (symmetric int8 scales from 512 training images) loses at most 1 point, and TensorRT's
+    parser takes it."""
+    train = tmp_path / "train"
+    tool = [sys.executable, ROOT / "tools" / "digits.py"]
+    subprocess.run([*tool, "images", train, "--split", "train"], check=True, capture_output=True)
+    report = run(Options(weights=str(CHECKPOINT), out_dir=tmp_path, precisions=("fp32", "qdq"), calibration=train))
+    assert report["passed"], report
+    assert report["artifacts"]["qdq"]["tensorrt_check"]["findings"] == []
+    scores = tmp_path / "accuracy.json"
+    subprocess.run([*tool, "evaluate", tmp_path / "hiera_digits_classify.qdq.onnx", "--json", scores], check=True,
+                   capture_output=True)
+    top1 = json.loads(scores.read_text())["top1"]
+    assert top1["hiera_digits_classify.qdq.onnx"] >= top1["PyTorch fp32"] - 0.01
+

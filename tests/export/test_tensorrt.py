@@ -17,16 +17,30 @@ from runtime.tensorrt import check_compatible, read_sidecar, sidecar_path
 
 from ..conftest import ROOT
 
+@pytest.fixture(scope="module")
+def photo_directory(tmp_path_factory):
+    """Calibration images: crops of scikit-learn's two photographs."""
+    from export.parity import photographs
+
+    directory = tmp_path_factory.mktemp("calibration")
+    for name, image in photographs().items():
+        for i in range(4):
+            image.crop((60 * i, 40 * i, 60 * i + 300, 40 * i + 250)).save(directory / f"{i}-{name}")
+    return directory
+
+
 NO_TENSORRT = "TensorRT's libraries come only from NVIDIA's package index, which this machine cannot reach"
 
 
 @pytest.fixture(scope="module")
-def exports(transformers_checkpoint, tmp_path_factory):
-    """Dynamic-batch exports of one checkpoint: default (optimized), standard-op, and opset 16 for TensorRT 8.5."""
+def exports(transformers_checkpoint, photo_directory, tmp_path_factory):
+    """Dynamic-batch exports of one checkpoint: default (optimized), standard-op, opset 16 for TensorRT 8.5, and
+    the calibrated qdq artifact for TensorRT's int8."""
     directory, _ = transformers_checkpoint("small_q_pool")
     made = {}
     for name, options in {"optimized": {}, "standard": {"optimize": False},
-                          "opset16": {"optimize": False, "opset": 16, "trt_version": "8.5"}}.items():
+                          "opset16": {"optimize": False, "opset": 16, "trt_version": "8.5"},
+                          "qdq": {"precisions": ("fp32", "qdq"), "calibration": photo_directory}}.items():
         out = tmp_path_factory.mktemp(name)
         report = run(Options(weights=str(directory), out_dir=out, batch=None, validate=False, **options))
         files = {p: out / entry["file"] for p, entry in report["artifacts"].items()}
@@ -69,12 +83,24 @@ def test_tensorrt_8_5_builds_the_opset_16_graph_with_each_layer_norm_step_in_fp3
                if not entry["file"].endswith(".int8.onnx"))
 
 
+def test_int8_is_explicit_quantization_of_the_qdq_artifact(exports):
+    files, models, _ = exports["qdq"]
+    int8 = plan(files, models, EngineOptions(precision="int8"), "10")
+    assert int8.source == str(files["qdq"]) and int8.flags == ["INT8"] and int8.fp32_layers == []
+    best = plan(files, models, EngineOptions(precision="best"), "10")
+    assert best.flags == ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert {n.op_type for n in models["qdq"].graph.node if n.name in best.fp32_layers} >= {"LayerNormalization"}
+    assert " --int8 --fp16 --precisionConstraints=obey " in trtexec_command(best, files["qdq"].with_suffix(".engine"))
+
+
 def test_plans_that_cannot_build_say_why(exports):
     files, models, _ = exports["optimized"]
     with pytest.raises(ExportError, match="fused Attention: add --no-optimize"):
         plan(files, models, EngineOptions(precision="fp32"), "10")
-    with pytest.raises(ExportError, match="needs a calibrated or Q/DQ-quantized graph"):
+    with pytest.raises(ExportError, match="builds from the qdq artifact: add qdq to --precision with --calibration"):
         plan(files, models, EngineOptions(precision="int8"), "10")
+    with pytest.raises(ExportError, match="fp8: needs an FP8 Q/DQ graph"):
+        plan(files, models, EngineOptions(precision="fp8"), "10")
     with pytest.raises(ExportError, match="add fp16 to --precision"):
         plan({"fp32": files["fp32"]}, models, EngineOptions(), "10")
 

@@ -98,6 +98,11 @@ def test_each_reason_to_fail_is_found_and_named():
     cases[f"initializer w: {2**16 * (2**15 + 1)} elements, above TensorRT's 2147483647"] = model_of(
         [helper.make_node("Add", ["x", "w"], ["y"], name="add")], [tensor("x", [2**16, 2**15 + 1])],
         [tensor("y", [2**16, 2**15 + 1])], [huge])
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zero = helper.make_tensor("z", TensorProto.INT8, [], [3])
+    cases["QuantizeLinear, 1 node (q): zero point is not 0: TensorRT quantizes symmetrically"] = model_of(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"], name="q")], [x],
+        [tensor("y", ["batch", 4], TensorProto.INT8)], [scale, zero])
     for expected, model in cases.items():
         findings = check(model)
         assert any(f.startswith(expected) for f in findings), (expected, findings)
