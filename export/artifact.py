@@ -17,7 +17,6 @@ import onnx
 from .errors import ExportError
 
 METADATA_VERSION = 1
-OUTPUTS = {"classify": ["logits"], "features": ["last_hidden_state", "pooler_output"]}
 # Beyond this, protobuf cannot hold the weights in one file (Hiera-H in fp32 is 2.7 GB).
 EXTERNAL_DATA_BYTES = 1_900_000_000
 
@@ -35,8 +34,8 @@ def report_path(out_dir: Path, name: str, task: str) -> Path:
     return out_dir / f"hiera_{name}_{task}.report.json"
 
 
-def metadata(*, variant: str, task: str, input_size, preprocessing: dict, labels, weights: dict, opset: int,
-             precision: str, batch, versions: dict) -> dict[str, str]:
+def metadata(*, variant: str, task: str, outputs: list[str], input_size, preprocessing: dict, labels, weights: dict,
+             opset: int, precision: str, batch, versions: dict) -> dict[str, str]:
     """The `metadata_props` of an artifact: every value a JSON document."""
     values = {
         "format_version": METADATA_VERSION,
@@ -44,7 +43,7 @@ def metadata(*, variant: str, task: str, input_size, preprocessing: dict, labels
         "task": task,
         "input_size": list(input_size),
         "batch": batch,  # an int, or "dynamic"
-        "outputs": OUTPUTS[task],
+        "outputs": outputs,
         "preprocessing": preprocessing,
         "labels": list(labels) if labels else None,
         "weights": weights,  # {"source", "sha256", "verified"}; source "random:SEED" for random weights

@@ -10,7 +10,6 @@ import onnx
 import onnx.numpy_helper
 import torch
 
-from .artifact import OUTPUTS
 from .errors import ExportError
 
 # The steps a decomposed LayerNormalization's nodes are named by: "<LayerNormalization node>/<step>".
@@ -35,7 +34,7 @@ def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
     dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=1024)}} if batch is None else None
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, TRACE_OPSET),
-                                    input_names=["pixel_values"], output_names=OUTPUTS[model.task],
+                                    input_names=["pixel_values"], output_names=model.output_names,
                                     dynamic_shapes=dynamic, optimize=True, verbose=False)
     proto = program.model_proto
     if opset < TRACE_OPSET:

@@ -42,6 +42,7 @@ class Options:
     batch: int | None = 1  # None: dynamic
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     calibration: Path | None = None  # a directory of images like those the model will see, for qdq
+    out_features: tuple[str, ...] | None = None  # backbone: the stage maps to output (default: all)
     trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check and the trtexec command target
     engine: tensorrt.EngineOptions = field(default_factory=tensorrt.EngineOptions)  # the report's trtexec command
     build_engine: bool = False  # build that engine here (needs TensorRT and a GPU)
@@ -80,6 +81,8 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     model, name, weights_path = load_weights(options.weights, options.variant, options.task, options.seed,
                                              options.allow_unverified)
     config = model.config
+    if options.out_features:
+        _select_features(model, options.out_features)
     preprocessing = preprocessing_for(weights_path, config.input_size)
     timings["weights"] = time.perf_counter() - start
 
@@ -117,7 +120,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     timings["convert"] = time.perf_counter() - start
 
     weights, versions = dict(model.provenance), _versions()
-    props = dict(variant=name, task=options.task, input_size=config.input_size,
+    props = dict(variant=name, task=options.task, outputs=model.output_names, input_size=config.input_size,
                  preprocessing=preprocessing.to_dict(), labels=model.labels, weights=weights, opset=options.opset,
                  batch=options.batch or "dynamic", versions=versions)
     for precision, graph in models.items():
@@ -188,6 +191,15 @@ def _engine(options: Options, installed_trt: str | None, files: dict, models: di
         entry["sidecar"] = tensorrt.build(plan, engine)
         entry["engine"] = str(engine)
     return entry
+
+
+def _select_features(model, names: tuple[str, ...]) -> None:
+    if model.task != "backbone":
+        raise ExportError("--out-features: only for --task backbone")
+    unknown = [n for n in names if n not in model.out_features]
+    if unknown or not names:
+        raise ExportError(f"--out-features {' '.join(names)}: choose from {', '.join(model.out_features)}")
+    model.out_features = tuple(n for n in model.out_features if n in names)  # in stage order
 
 
 def _calibration_inputs(directory: Path, preprocessing):

@@ -53,7 +53,7 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
         config = config.replace(num_classes=state["head.weight"].shape[0])
     elif task == "classify":
         raise HieraModelError(f"{path}: the checkpoint has no classification head; load it with task='features'")
-    if task == "features":
+    if task != "classify":
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
 
     model = Hiera(config, task)

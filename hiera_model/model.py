@@ -25,7 +25,9 @@ class PatchEmbed(nn.Module):
 
 class Hiera(nn.Module):
     """Hiera image model; `task` picks the output: "classify" gives logits, "features" a dict with
-    `last_hidden_state` (the final tokens, as transformers' `HieraModel`) and `pooler_output`.
+    `last_hidden_state` (the final tokens, as transformers' `HieraModel`) and `pooler_output`, "backbone"
+    a dict of stage maps `stage1`.. in NCHW (FAIR's `return_intermediates`, channels first), those named
+    in `out_features`.
 
     The state dict uses FAIR's names, except that `head` is the classifier Linear itself (FAIR's
     `head.projection`) and returns logits: FAIR applies softmax in eval mode, transformers and timm don't.
@@ -80,6 +82,7 @@ class Hiera(nn.Module):
 
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.head = nn.Linear(dim, config.num_classes) if task == "classify" else None
+        self.out_features = tuple(f"stage{i + 1}" for i in range(len(config.depths)))  # backbone: all stages
 
     def forward_features(self, pixel_values: torch.Tensor, return_stages: bool = False):
         """Final tokens [batch, tokens, dim] in the model's own order and, if asked, each stage's output
@@ -96,7 +99,15 @@ class Hiera(nn.Module):
                 stages.append(rerolled.unflatten(1, size))
         return x.unflatten(0, (-1, math.prod(self.stage_sizes[-1]))), stages
 
+    @property
+    def output_names(self) -> list[str]:
+        return {"classify": ["logits"], "features": ["last_hidden_state", "pooler_output"],
+                "backbone": list(self.out_features)}[self.task]
+
     def forward(self, pixel_values: torch.Tensor):
+        if self.task == "backbone":
+            _, stages = self.forward_features(pixel_values, return_stages=True)
+            return {name: stages[int(name.removeprefix("stage")) - 1].permute(0, 3, 1, 2) for name in self.out_features}
         tokens, _ = self.forward_features(pixel_values)
         pooled = self.norm(tokens.mean(dim=1))
         if self.head is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import HieraModelError
 
-TASKS = ("classify", "features")
+TASKS = ("classify", "features", "backbone")
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from .errors import HieraRuntimeError
 from .preprocess import Preprocessing
 
 FORMAT_VERSION = 1  # the newest metadata format this runtime reads
-TASK_OUTPUTS = {"classify": ("logits",), "features": ("last_hidden_state", "pooler_output")}
+TASKS = ("classify", "features", "backbone")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    task: str  # classify or features
+    task: str  # classify, features or backbone
     input_size: tuple[int, int]  # (height, width)
     batch: int | None  # the static batch size, None when the batch axis is dynamic
     preprocessing: Preprocessing
@@ -42,9 +42,8 @@ def from_metadata(props: dict[str, str], path) -> ModelInfo:
         if meta["format_version"] > FORMAT_VERSION:
             raise HieraRuntimeError(f"{path}: metadata format {meta['format_version']} is newer than this runtime "
                                     f"reads ({FORMAT_VERSION}); upgrade hiera-deploy")
-        if meta["task"] not in TASK_OUTPUTS:
-            raise HieraRuntimeError(f"{path}: task {meta['task']!r} is not one this runtime runs "
-                                    f"({', '.join(TASK_OUTPUTS)})")
+        if meta["task"] not in TASKS:
+            raise HieraRuntimeError(f"{path}: task {meta['task']!r} is not one this runtime runs ({', '.join(TASKS)})")
         batch = meta["batch"]
         return ModelInfo(task=meta["task"], input_size=tuple(meta["input_size"]),
                          batch=None if batch == "dynamic" else int(batch),

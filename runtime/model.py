@@ -55,11 +55,11 @@ class Prediction:
 
 
 class _Model:
-    task: str
+    tasks: tuple[str, ...]
 
     def __init__(self, session, info: ModelInfo, max_pixels: int = MAX_PIXELS):
-        if info.task != self.task:
-            kind = {"classify": "Classifier", "features": "FeatureExtractor"}[info.task]
+        if info.task not in self.tasks:
+            kind = "Classifier" if info.task == "classify" else "FeatureExtractor"
             raise HieraRuntimeError(f"{session.path}: a {info.task} model; load it with {kind}")
         self.session, self.info, self.max_pixels = session, info, max_pixels
 
@@ -97,7 +97,7 @@ class _Model:
 
 
 class Classifier(_Model):
-    task = "classify"
+    tasks = ("classify",)
 
     def predict(self, images, top_k: int = 5):
         """The `top_k` classes of each image by softmax probability: a list of `Prediction` for one image,
@@ -123,11 +123,11 @@ class Classifier(_Model):
 
 
 class FeatureExtractor(_Model):
-    task = "features"
+    tasks = ("features", "backbone")
 
     def extract(self, images) -> dict[str, np.ndarray]:
-        """The outputs for one image or a list of them, by name (`last_hidden_state`, `pooler_output`),
-        each with a leading axis of one entry per image."""
+        """The outputs for one image or a list of them, by name (`last_hidden_state` and `pooler_output`, or
+        a backbone's `stage1`.. maps, NCHW), each with a leading axis of one entry per image."""
         return self.run(self.preprocess(images))
 
 
@@ -135,4 +135,4 @@ class FeatureExtractor(_Model):
 def load(path, *, max_pixels: int = MAX_PIXELS, **options) -> Classifier | FeatureExtractor:
     """A `Classifier` or a `FeatureExtractor`, whichever the artifact's task is (options as for `open_model`)."""
     session, info = open_model(path, **options)
-    return {"classify": Classifier, "features": FeatureExtractor}[info.task](session, info, max_pixels)
+    return (Classifier if info.task == "classify" else FeatureExtractor)(session, info, max_pixels)
