@@ -58,8 +58,8 @@ TARGETS = {
 DEFAULT_TARGET = "10"
 # What a finding suggests, by operator.
 REMEDIES = {"LayerNormalization": "export with --opset 16, which writes it as ReduceMean/Sub/Mul/Sqrt/Div",
-            "DynamicQuantizeLinear": "onnxruntime's dynamic int8; TensorRT builds int8 from the fp32 graph",
-            "MatMulInteger": "onnxruntime's dynamic int8; TensorRT builds int8 from the fp32 graph"}
+            "DynamicQuantizeLinear": "onnxruntime's dynamic int8; TensorRT's int8 is the qdq artifact",
+            "MatMulInteger": "onnxruntime's dynamic int8; TensorRT's int8 is the qdq artifact"}
 
 
 def target(version: str) -> Target:
@@ -102,7 +102,7 @@ def check(model: onnx.ModelProto, version: str = DEFAULT_TARGET) -> list[str]:
         findings.append(f"opset {opset}: TensorRT {t.name}'s parser reads opsets up to {t.max_opset} "
                         f"(export with --opset {min(t.max_opset, 17)})")
     offending = {}  # (operator, reason) -> the names of the nodes, reported together
-    initializers = {t.name: t for t in model.graph.initializer}
+    initializers = {w.name: w for w in model.graph.initializer}
     for node in model.graph.node:
         if _nonzero_zero_point(node, initializers):
             reason = "zero point is not 0: TensorRT quantizes symmetrically (quantize with symmetric activations)"

@@ -1,10 +1,10 @@
 """TensorRT engines: the sidecar that says where an engine can run, and a thin session over `tensorrt`.
 
 An engine is tied to the TensorRT version and the GPU it was built for. `python -m export --trt`
-writes `<engine>.json` next to it: the TensorRT version, the GPU and its compute capability, the build
-options, the sha256 of the source ONNX and of the engine, and the artifact's `hiera.*` metadata. The
-runtime checks the sidecar before it deserializes anything, so a mismatch is a message saying what to
-rebuild rather than a TensorRT error.
+writes `<engine>.json` next to it (and `python -m runtime sidecar` does, for an engine trtexec built):
+the TensorRT version, the GPU and its compute capability, the build options, the sha256 of the source
+ONNX and of the engine, and the artifact's `hiera.*` metadata. The runtime checks the sidecar before it
+deserializes anything, so a mismatch is a message saying what to rebuild rather than a TensorRT error.
 
 Running an engine needs the `tensorrt` and `cuda-python` packages (`pip install 'hiera-deploy[tensorrt]'`).
 """

@@ -59,7 +59,7 @@ def test_onnxruntime_only_graphs_are_named_as_such(graphs):
     assert [f.split(",")[0] for f in findings] == ["Attention", "Gelu"]
     assert all("com.microsoft operator, which only onnxruntime runs" in f for f in findings)
     int8 = check(onnx.load(made["optimized"]["int8"]))
-    assert any(f.startswith("DynamicQuantizeLinear") and "TensorRT builds int8 from the fp32 graph" in f for f in int8)
+    assert any(f.startswith("DynamicQuantizeLinear") and "TensorRT's int8 is the qdq artifact" in f for f in int8)
 
 
 def model_of(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
