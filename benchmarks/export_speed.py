@@ -13,6 +13,11 @@ and the fp32 floor: the model's FLOPs at the rate of the fastest of its own line
 rounds, so that a machine whose speed drifts during the run treats them alike.
 
     python benchmarks/export_speed.py --variant base            # table on stdout, JSON in benchmarks/results/
+    python benchmarks/export_speed.py --variant base --task backbone
+
+With `--task backbone` the models output the four stage maps (NCHW): transformers' side is its
+`HieraModel` with its rerolled hidden states (`reshaped_hidden_states`), the maps its own `HieraBackbone`
+should give but does not (it skips the unroll).
 """
 
 from __future__ import annotations
@@ -102,11 +107,12 @@ def gflops(flops: int, times_ms: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="base", choices=list(hiera_model.VARIANTS))
+    parser.add_argument("--task", default="classify", choices=["classify", "backbone"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--runs", type=int, default=8, help="timed runs per candidate and round at batch 1, "
                         "after 3 untimed (default 8; divided by the batch size, at least 2, after 1 untimed)")
-    parser.add_argument("--json", type=Path, help="default: benchmarks/results/export_speed_<variant>.json")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results/export_speed_<variant>[_backbone].json")
     args = parser.parse_args()
     if 1 not in args.batches:
         parser.error("--batches must include 1: the comparisons and the floor are at batch 1")
@@ -114,11 +120,13 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
 
     config = hiera_model.get_variant(args.variant).config
-    reference = transformers.HieraForImageClassification(transformers.HieraConfig(
+    reference_class = transformers.HieraForImageClassification if args.task == "classify" else transformers.HieraModel
+    reference = reference_class(transformers.HieraConfig(
         embed_dim=config.embed_dim, num_heads=list(config.num_heads), depths=list(config.depths))).eval()
     tmp = Path(tempfile.mkdtemp(prefix="hiera-bench-"))
     reference.save_pretrained(tmp / "weights")
-    ours = hiera_model.load(tmp / "weights")
+    ours = hiera_model.load(tmp / "weights", task=args.task)
+    exported_reference = Logits(reference) if args.task == "classify" else StageMaps(reference)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         ours(torch.zeros(1, 3, *config.input_size))
     flops = counter.get_total_flops()
@@ -135,19 +143,19 @@ def main() -> None:
         files = {}
         for name, optimize in (("ours fp32, traced", False), ("ours fp32", True)):
             out = tmp / f"{batch}-{optimize}"
-            run(Options(weights=str(tmp / "weights"), out_dir=out, batch=batch, optimize=optimize, validate=False,
-                        precisions=("fp32", "int8") if optimize else ("fp32",)))
-            files[name] = next(out.glob("*_classify.onnx"))
+            run(Options(weights=str(tmp / "weights"), task=args.task, out_dir=out, batch=batch, optimize=optimize,
+                        validate=False, precisions=("fp32", "int8") if optimize else ("fp32",)))
+            files[name] = next(out.glob(f"*_{args.task}.onnx"))
             if optimize:
-                files["ours int8"] = next(out.glob("*_classify.int8.onnx"))
+                files["ours int8"] = next(out.glob(f"*_{args.task}.int8.onnx"))
         theirs = tmp / f"transformers-{batch}.onnx"
         with torch.no_grad():
-            torch.onnx.export(Logits(reference), (tx,), theirs, opset_version=17, dynamo=False,
-                              input_names=["pixel_values"], output_names=["logits"])
+            torch.onnx.export(exported_reference, (tx,), theirs, opset_version=17, dynamo=False,
+                              input_names=["pixel_values"], output_names=ours.output_names)
         files = {"transformers ONNX": theirs, **files}
 
         sessions = {name: onnx_session(path) for name, path in files.items()}
-        candidates = {"transformers eager": lambda t=tx: reference(t).logits, "ours eager": lambda t=tx: ours(t)}
+        candidates = {"transformers eager": lambda t=tx: exported_reference(t), "ours eager": lambda t=tx: ours(t)}
         candidates.update({name: lambda s=session, feed={"pixel_values": x}: s.run(None, feed)
                            for name, session in sessions.items()})
         times = {name: [] for name in candidates}
@@ -167,14 +175,15 @@ def main() -> None:
     rate = gflops(probe_flops, probe_times)
     floor_ms = flops / (rate * 1e9) * 1000
     result = {
-        "variant": args.variant, "threads": THREADS, "gflop_batch1": flops / 1e9, "gemm_gflops": rate,
-        "fp32_floor_ms_batch1": floor_ms, "rows": rows,
+        "variant": args.variant, "task": args.task, "threads": THREADS, "gflop_batch1": flops / 1e9,
+        "gemm_gflops": rate, "fp32_floor_ms_batch1": floor_ms, "rows": rows,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "torch": torch.__version__, "onnxruntime": ort.__version__,
                     "transformers": transformers.__version__},
     }
     print(table(result, args.batches))
-    path = args.json or ROOT / "benchmarks" / "results" / f"export_speed_{args.variant}.json"
+    suffix = "" if args.task == "classify" else f"_{args.task}"
+    path = args.json or ROOT / "benchmarks" / "results" / f"export_speed_{args.variant}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
@@ -189,6 +198,18 @@ class Logits(torch.nn.Module):
 
     def forward(self, pixel_values):
         return self.model(pixel_values).logits
+
+
+class StageMaps(torch.nn.Module):
+    """transformers' HieraModel returning each stage's rerolled map, NCHW: what a backbone user needs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        states = self.model(pixel_values, output_hidden_states=True).reshaped_hidden_states[1:]
+        return tuple(state.permute(0, 3, 1, 2) for state in states)
 
 
 def table(result: dict, batches) -> str:
