@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,31 @@ def metadata(*, variant: str, task: str, outputs: list[str], input_size, preproc
     return {f"hiera.{key}": json.dumps(value) for key, value in values.items()}
 
 
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether the weights need external data: counted tensor by tensor, because the ModelProto's own
+    ByteSize() fails above protobuf's 2 GB."""
+    return sum(weights.ByteSize() for weights in model.graph.initializer) > EXTERNAL_DATA_BYTES
+
+
+def without_weights(model: onnx.ModelProto, keep_bytes: int = 1 << 16) -> onnx.ModelProto:
+    """A copy of `model` for checks such as shape inference, which protobuf cannot serialize above 2 GB:
+    initializers larger than `keep_bytes` keep their name, type and shape but no data (shape tensors and
+    other small constants, which inference reads, are kept whole)."""
+    graph = onnx.helper.make_graph(list(model.graph.node), model.graph.name, list(model.graph.input),
+                                   list(model.graph.output), value_info=list(model.graph.value_info))
+    for weights in model.graph.initializer:
+        if weights.ByteSize() <= keep_bytes:
+            graph.initializer.append(weights)
+            continue
+        stub = graph.initializer.add(name=weights.name, data_type=weights.data_type, dims=weights.dims,
+                                     data_location=onnx.TensorProto.EXTERNAL)
+        stub.external_data.add(key="location", value="(not loaded)")
+    light = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                                   functions=list(model.functions))
+    light.metadata_props.extend(model.metadata_props)
+    return light
+
+
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in props.items():
@@ -70,13 +96,15 @@ def read_artifact(path) -> dict:
 def save(model: onnx.ModelProto, path: Path) -> None:
     """Write a model atomically; weights too large for one protobuf go to `<file>.data` next to it
     (renamed into place before the `.onnx`, which appears last)."""
-    external = model.ByteSize() > EXTERNAL_DATA_BYTES
+    external = is_large(model)
     try:
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
             tmp = Path(staging) / path.name
             onnx.save_model(model, tmp, save_as_external_data=external, location=f"{path.name}.data")
             if external:
-                os.replace(tmp.with_name(f"{path.name}.data"), path.with_name(f"{path.name}.data"))
+                data = tmp.with_name(f"{path.name}.data")
+                shutil.copymode(tmp, data)  # onnx creates it readable by its owner only
+                os.replace(data, path.with_name(f"{path.name}.data"))
             os.replace(tmp, path)
     except OSError as error:
         raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None

@@ -13,7 +13,7 @@ import onnx_ir as ir
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from .artifact import EXTERNAL_DATA_BYTES
+from .artifact import is_large
 
 # Kept in fp32: normalizations and softmax accumulate sums that overflow or lose precision in fp16.
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
@@ -31,16 +31,26 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def _save_unchanged(model: onnx.ModelProto, path: Path, large: bool) -> None:
+    """Save for the quantizer, which reads files. Saving with external data turns the model's own tensors
+    into references to the file written, which is temporary here: so a large model is saved from a copy."""
+    if large:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    onnx.save_model(model, path, save_as_external_data=large)
+
+
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """Dynamic quantization (onnxruntime): int8 weights per output channel, activations quantized at
     run time, for the Gemm/MatMul layers and the fused Attention (its qkv projection), which hold
     nearly all of the compute. On CPUs with VNNI these run as integer dot products."""
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES  # the quantizer works on files; these need external data
+    large = is_large(model)  # the quantizer works on files; these need external data
     root = logging.getLogger()
     level = root.level
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
-        onnx.save_model(model, src, save_as_external_data=large)
+        _save_unchanged(model, src, large)
         root.setLevel(logging.ERROR)  # it advises shape-inference preprocessing we don't need
         try:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large,
@@ -68,12 +78,12 @@ def to_qdq(model: onnx.ModelProto, calibration: np.ndarray, batch: int | None) -
     the inputs of every Gemm and MatMul with constant weights (the attention products stay in float), weights
     per output channel, activation scales from the calibration images (min/max). Scales are symmetric: TensorRT
     takes only zero points of 0."""
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    large = is_large(model)
     root = logging.getLogger()
     level = root.level
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "qdq.onnx")
-        onnx.save_model(model, src, save_as_external_data=large)
+        _save_unchanged(model, src, large)
         root.setLevel(logging.ERROR)
         try:
             quantize_static(src, dst, _Calibration(calibration, batch), quant_format=QuantFormat.QDQ,

@@ -215,9 +215,9 @@ def _calibration_inputs(directory: Path, preprocessing):
 def _check(model: onnx.ModelProto, precision: str) -> None:
     """onnx's full check (with strict shape inference) on every artifact before it is written."""
     try:
-        if model.ByteSize() < artifact.EXTERNAL_DATA_BYTES:
+        if not artifact.is_large(model):
             onnx.checker.check_model(model, full_check=True)
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(artifact.without_weights(model), check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise ExportError(f"the {precision} graph fails onnx's checker: {str(error).splitlines()[0]}") from None
 

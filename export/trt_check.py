@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from .artifact import without_weights
+
 MAX_RANK = 8
 MAX_WEIGHT_ELEMENTS = 2**31 - 1  # TensorRT counts weights in int32
 
@@ -117,7 +119,7 @@ def check(model: onnx.ModelProto, version: str = DEFAULT_TARGET) -> list[str]:
         offending.setdefault((node.op_type, reason), []).append(node.name or "(unnamed)")
     for (op, reason), names in offending.items():
         findings.append(f"{op}, {len(names)} node{'s' if len(names) > 1 else ''} ({', '.join(names)}): {reason}")
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(without_weights(model))  # above 2 GB too
     graph = inferred.graph
     for value in [*graph.input, *graph.value_info, *graph.output]:
         tensor = value.type.tensor_type

@@ -1,4 +1,5 @@
-"""python -m runtime predict IMAGE... --model FILE | bench --model FILE --batch N | info --model FILE.
+"""python -m runtime predict IMAGE... --model FILE | bench --model FILE --batch N | info --model FILE |
+sidecar ENGINE --onnx FILE.
 
 A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
 images, and prints. Exit status: 0 when every image was classified, 1 when some could not be, 2 for

@@ -76,3 +76,20 @@ def test_fp16_keeps_the_sensitive_ops_in_fp32(transformers_checkpoint, tmp_path)
         if node.op_type in ("LayerNormalization", "Softmax"):
             assert not fp16_inputs & set(node.input), node.name
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_weights_beyond_protobufs_limit_go_to_external_data(transformers_checkpoint, tmp_path, monkeypatch):
+    """The path Hiera-H (2.7 GB in fp32) takes, on a small model: the threshold lowered to 100 kB."""
+    import export.artifact
+
+    monkeypatch.setattr(export.artifact, "EXTERNAL_DATA_BYTES", 100_000)
+    directory, reference = transformers_checkpoint("small_q_pool")
+    report = run(Options(weights=str(directory), out_dir=tmp_path, batch=None, precisions=("fp32", "fp16", "int8")))
+    assert report["passed"], report
+    for entry in report["artifacts"].values():
+        data = tmp_path / f"{entry['file']}.data"
+        assert data.is_file() and entry["bytes"] > data.stat().st_size > 100_000
+        assert oct(data.stat().st_mode & 0o777) == oct((tmp_path / entry["file"]).stat().st_mode & 0o777)
+    pixel_values = inputs(reference.config, 2)
+    got = onnx_outputs(tmp_path / report["artifacts"]["fp32"]["file"], pixel_values)["logits"]
+    assert np.abs(got - reference_outputs(reference, pixel_values)["logits"]).max() <= FP32_TOLERANCE
