@@ -28,7 +28,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +42,15 @@ sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
 from export import Options, run  # noqa: E402
+from runtime.bench import time_calls  # noqa: E402
 
 THREADS = 2
 
 
 def timed(call, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):  # the first runs after another candidate's pay for its threads and cold caches
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+    """Milliseconds per call; the first runs after another candidate's pay for its threads and cold caches,
+    hence the untimed warmup."""
+    return [seconds * 1000 for seconds in time_calls(call, runs, warmup)]
 
 
 def summary(times: list[float]) -> dict:

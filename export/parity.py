@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from PIL import Image
 
+from runtime import load
 from runtime.preprocess import Preprocessing
+from runtime.tensorrt import ENGINE_SUFFIXES
 
 # Checks by precision: the largest absolute difference allowed (fp32), the smallest cosine similarity
 # per sample (fp16, int8).
@@ -44,34 +45,12 @@ def run_torch(model, inputs: np.ndarray) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in out.items()}
 
 
-def run_onnx(path: Path, inputs: np.ndarray, batch: int | None, threads: int = 2) -> dict[str, np.ndarray]:
-    """Run an artifact on onnxruntime's CPU provider; a static batch gets padded chunks."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    step = batch or len(inputs)
-    chunks = []
-    for start in range(0, len(inputs), step):
-        chunk = inputs[start:start + step]
-        padded = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
-        chunks.append([out[:len(chunk)] for out in session.run(names, {"pixel_values": padded})])
-    return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
-
-
-def run_engine(path, inputs: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - needs TensorRT
-    """Run a TensorRT engine through the runtime's engine session, in chunks its profile takes."""
-    from runtime.tensorrt import EngineSession, read_sidecar
-
-    session, profile = EngineSession(path), read_sidecar(Path(path)).get("profile")
-    step = profile["max"][0] if profile else session.input_shape[0]
-    chunks = []
-    for start in range(0, len(inputs), step):
-        chunk = inputs[start:start + step]
-        if not profile:  # a static batch: pad
-            chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
-        chunks.append({name: out[:len(inputs[start:start + step])] for name, out in session.run(chunk).items()})
-    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+def run_artifact(path, inputs: np.ndarray, threads: int = 2) -> dict[str, np.ndarray]:
+    """An artifact's outputs, run by the runtime as a deployment runs it: a `.onnx` on onnxruntime's CPU
+    provider, an engine with TensorRT (a static batch is filled in padded chunks, an engine's batches stay
+    within its profile)."""
+    provider = "tensorrt" if Path(path).suffix in ENGINE_SUFFIXES else "cpu"
+    return load(path, provider=provider, threads=threads).run(inputs)
 
 
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:

@@ -156,13 +156,13 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
         report["passed"] = True
         for precision, path in files.items():
             progress("validate", f"{precision} against PyTorch fp32 on {len(names)} inputs")
-            result = parity.compare(reference, parity.run_onnx(path, inputs, options.batch))
+            result = parity.compare(reference, parity.run_artifact(path, inputs))
             failed = parity.failures(precision, result)
             report["artifacts"][precision].update(parity=result, passed=not failed, failures=failed)
             report["passed"] &= not failed
         if "engine" in report["tensorrt"]:
             progress("validate", f"the TensorRT engine against PyTorch fp32 on {len(names)} inputs")
-            result = parity.compare(reference, parity.run_engine(report["tensorrt"]["engine"], inputs))
+            result = parity.compare(reference, parity.run_artifact(report["tensorrt"]["engine"], inputs))
             failed = parity.failures("fp16", result)  # TensorRT's fp32 uses TF32 matmuls: held to fp16's bound
             report["tensorrt"].update(parity=result, passed=not failed, failures=failed)
             report["passed"] &= not failed

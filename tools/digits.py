@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
-from export import read_artifact  # noqa: E402
-from export.parity import run_onnx  # noqa: E402
+from export.parity import run_artifact  # noqa: E402
 from hiera_model import lock  # noqa: E402
 from runtime.preprocess import Preprocessing  # noqa: E402
 
@@ -123,8 +122,7 @@ def evaluate(args) -> None:
         logits = hiera_model.load(args.checkpoint)(torch.from_numpy(inputs)).numpy()
     results = {"PyTorch fp32": float((logits.argmax(1) == labels).mean())}
     for file in args.artifacts:
-        batch = read_artifact(file)["batch"]
-        logits = run_onnx(file, inputs, None if batch == "dynamic" else batch)["logits"]
+        logits = run_artifact(file, inputs)["logits"]
         results[file.name] = float((logits.argmax(1) == labels).mean())
     width = max(map(len, results))
     print(f"{'model':{width}s}  held-out top-1 ({len(labels)} images)")

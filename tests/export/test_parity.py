@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from export import Options, read_artifact, run
-from export.parity import run_onnx
+from export.parity import run_artifact
 
 FP32_TOLERANCE = 1e-4  # max abs diff of every fp32 output against transformers
 
@@ -21,7 +21,7 @@ def inputs(config, batch: int) -> np.ndarray:
 
 
 def onnx_outputs(path, pixel_values) -> dict[str, np.ndarray]:
-    return run_onnx(path, pixel_values, batch=None)  # the whole array in one run
+    return run_artifact(path, pixel_values)
 
 
 @torch.no_grad()
