@@ -84,7 +84,7 @@ class _Model:
         """The model's raw outputs for preprocessed input, whatever its length: a static batch is filled in
         chunks, the last one padded with zeros (and the padding's outputs dropped)."""
         count = len(pixel_values)
-        step = self.info.batch or getattr(self.session, "max_batch", None) or count  # an engine's profile limits it
+        step = self.info.batch or self.session.max_batch or count
         if count == step:
             return self.session.run(pixel_values)
         chunks = []

@@ -81,6 +81,7 @@ class OnnxSession:
         # per call; on the CPU onnxruntime reads the numpy array in place, so plain run() is already best.
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
         self._bound = {}  # batch size -> (IOBinding, input OrtValue)
+        self.max_batch = None  # any batch the input's batch axis allows (engines have a profile's limit)
         self._ort = ort
 
     @staticmethod
