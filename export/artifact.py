@@ -110,12 +110,16 @@ def save(model: onnx.ModelProto, path: Path) -> None:
         raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
-def write_json(path: Path, data: dict) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     """Write atomically: a temporary file next to `path`, renamed over it once complete."""
     try:
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
             tmp = Path(staging) / path.name
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.write_bytes(data)
             os.replace(tmp, path)
     except OSError as error:
         raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -31,34 +31,35 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _save_unchanged(model: onnx.ModelProto, path: Path, large: bool) -> None:
-    """Save for the quantizer, which reads files. Saving with external data turns the model's own tensors
-    into references to the file written, which is temporary here: so a large model is saved from a copy."""
+def _quantize(model: onnx.ModelProto, quantizer) -> onnx.ModelProto:
+    """Run an onnxruntime quantizer, which works on files: `quantizer(src, dst, large)`. A large model needs
+    external data, and saving with it turns the model's own tensors into references to the (temporary) file
+    written, so it is saved from a copy."""
+    large = is_large(model)
     if large:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
-    onnx.save_model(model, path, save_as_external_data=large)
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "quantized.onnx")
+        onnx.save_model(model, src, save_as_external_data=large)
+        root.setLevel(logging.ERROR)  # it advises shape-inference preprocessing we don't need
+        try:
+            quantizer(src, dst, large)
+        finally:
+            root.setLevel(level)
+        return onnx.load(dst)
 
 
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """Dynamic quantization (onnxruntime): int8 weights per output channel, activations quantized at
     run time, for the Gemm/MatMul layers and the fused Attention (its qkv projection), which hold
     nearly all of the compute. On CPUs with VNNI these run as integer dot products."""
-    large = is_large(model)  # the quantizer works on files; these need external data
-    root = logging.getLogger()
-    level = root.level
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
-        _save_unchanged(model, src, large)
-        root.setLevel(logging.ERROR)  # it advises shape-inference preprocessing we don't need
-        try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large,
-                             op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-                             extra_options={"MatMulConstBOnly": True})
-        finally:
-            root.setLevel(level)
-        return onnx.load(dst)
+    return _quantize(model, lambda src, dst, large: quantize_dynamic(
+        src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large,
+        op_types_to_quantize=["MatMul", "Gemm", "Attention"], extra_options={"MatMulConstBOnly": True}))
 
 
 class _Calibration:
@@ -78,21 +79,8 @@ def to_qdq(model: onnx.ModelProto, calibration: np.ndarray, batch: int | None) -
     the inputs of every Gemm and MatMul with constant weights (the attention products stay in float), weights
     per output channel, activation scales from the calibration images (min/max). Scales are symmetric: TensorRT
     takes only zero points of 0."""
-    large = is_large(model)
-    root = logging.getLogger()
-    level = root.level
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "qdq.onnx")
-        _save_unchanged(model, src, large)
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_static(src, dst, _Calibration(calibration, batch), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "MatMulConstBOnly": True})
-        finally:
-            root.setLevel(level)
-        return onnx.load(dst)
-
+    return _quantize(model, lambda src, dst, large: quantize_static(
+        src, dst, _Calibration(calibration, batch), quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True}))

@@ -151,7 +151,8 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     if options.validate:
         inputs, names = parity.validation_inputs(config, preprocessing, options.seed)
         report["validation"] = {"inputs": names, "reference": "PyTorch fp32 (this package's model, same weights)",
-                                "runtime": "onnxruntime CPUExecutionProvider", "thresholds": parity.THRESHOLDS}
+                                "runtime": "this package's runtime: onnxruntime CPUExecutionProvider (TensorRT for an "
+                                           "engine)", "thresholds": parity.THRESHOLDS}
         reference = parity.run_torch(model, inputs)
         report["passed"] = True
         for precision, path in files.items():
@@ -176,7 +177,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
 
 
 def _engine(options: Options, installed_trt: str | None, files: dict, models: dict, name: str, progress) -> dict:
-    """The TensorRT plan of this export and its trtexec command; with `options.engine`, the engine itself."""
+    """The TensorRT plan of this export and its trtexec command; with `options.build_engine`, the engine itself."""
     version = installed_trt if options.build_engine else options.trt_version
     engine = artifact.engine_path(options.out_dir, name, options.task, options.engine.precision)
     try:

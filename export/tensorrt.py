@@ -11,9 +11,7 @@ Everything but `build` runs without TensorRT (and is tested here); `build` needs
 
 from __future__ import annotations
 
-import os
 import shlex
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import onnx
 
 from runtime.tensorrt import make_sidecar, this_gpu, write_sidecar
 
+from .artifact import write_bytes
 from .errors import ExportError
 from .onnx_export import LAYER_NORM_STEPS
 
@@ -187,9 +186,9 @@ def build(p: Plan, engine: Path) -> dict:  # pragma: no cover - needs TensorRT a
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{p.source}: TensorRT could not build an engine (see its log above)")
-    _write(engine, bytes(serialized))
+    write_bytes(engine, bytes(serialized))
     if cache_file:
-        _write(cache_file, bytes(config.get_timing_cache().serialize()))
+        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     gpu, capability = this_gpu(cudart)
     metadata = {m.key: m.value for m in onnx.load(p.source, load_external_data=False).metadata_props}
     data = sidecar(p, engine, tensorrt_version=trt.__version__, gpu=gpu, compute_capability=capability,
@@ -197,8 +196,3 @@ def build(p: Plan, engine: Path) -> dict:  # pragma: no cover - needs TensorRT a
     write_sidecar(engine, data)
     return data
 
-
-def _write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
