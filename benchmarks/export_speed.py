@@ -1,8 +1,8 @@
-"""Speed and size of our ONNX export against transformers', in one run on one machine.
+"""Speed and size of our ONNX export against the reference's, in one run on one machine.
 
 Times (median and p90 of wall-clock latency) at batch 1 and 8 with 2 threads, on the same seeded weights
-(a transformers checkpoint written with `save_pretrained`, which our export loads):
-  transformers eager           HieraForImageClassification in PyTorch
+(a checkpoint written by the reference's own save function, which our export loads):
+  transformers eager           HieraForImageClassification in PyTorch (FAIR's `hiera.Hiera` for video)
   ours eager                   hiera_model in PyTorch
   transformers ONNX            transformers' model through torch.onnx.export (opset 17), in onnxruntime
   ours fp32, traced            our graph as torch exports it (--no-optimize), in onnxruntime
@@ -18,6 +18,13 @@ rounds, so that a machine whose speed drifts during the run treats them alike.
 With `--task backbone` the models output the four stage maps (NCHW): transformers' side is its
 `HieraModel` with its rerolled hidden states (`reshaped_hidden_states`), the maps its own `HieraBackbone`
 should give but does not (it skips the unroll).
+
+Video variants (`--variant base_16x224`) have no transformers model: the reference is FAIR's `hiera`
+(PyPI hiera-transformer), which needs torchvision and so stays out of this project's install. Run them in
+the environment of tools/make_reference_fixtures.py with onnx, onnxscript and onnxruntime added:
+
+    /tmp/refenv/bin/pip install onnx onnxscript onnxruntime
+    /tmp/refenv/bin/python benchmarks/export_speed.py --variant base_16x224 --batches 1 --runs 2
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,16 +118,16 @@ def main() -> None:
     if 1 not in args.batches:
         parser.error("--batches must include 1: the comparisons and the floor are at batch 1")
     torch.set_num_threads(THREADS)
-    transformers.logging.set_verbosity_error()
 
     config = hiera_model.get_variant(args.variant).config
-    reference_class = transformers.HieraForImageClassification if args.task == "classify" else transformers.HieraModel
-    reference = reference_class(transformers.HieraConfig(
-        embed_dim=config.embed_dim, num_heads=list(config.num_heads), depths=list(config.depths))).eval()
     tmp = Path(tempfile.mkdtemp(prefix="hiera-bench-"))
-    reference.save_pretrained(tmp / "weights")
-    ours = hiera_model.load(tmp / "weights", task=args.task)
-    exported_reference = Logits(reference) if args.task == "classify" else StageMaps(reference)
+    if config.is_video:
+        if args.task != "classify":
+            parser.error("video variants: --task classify only")
+        library, exported_reference, weights, versions = fair_video(args.variant, tmp)
+    else:
+        library, exported_reference, weights, versions = transformers_reference(config, args.task, tmp)
+    ours = hiera_model.load(weights, task=args.task)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         ours(torch.zeros(1, 3, *config.input_size))
     flops = counter.get_total_flops()
@@ -138,19 +144,19 @@ def main() -> None:
         files = {}
         for name, optimize in (("ours fp32, traced", False), ("ours fp32", True)):
             out = tmp / f"{batch}-{optimize}"
-            run(Options(weights=str(tmp / "weights"), task=args.task, out_dir=out, batch=batch, optimize=optimize,
+            run(Options(weights=str(weights), task=args.task, out_dir=out, batch=batch, optimize=optimize,
                         validate=False, precisions=("fp32", "int8") if optimize else ("fp32",)))
             files[name] = next(out.glob(f"*_{args.task}.onnx"))
             if optimize:
                 files["ours int8"] = next(out.glob(f"*_{args.task}.int8.onnx"))
-        theirs = tmp / f"transformers-{batch}.onnx"
+        theirs = tmp / f"{library}-{batch}.onnx"
         with torch.no_grad():
             torch.onnx.export(exported_reference, (tx,), theirs, opset_version=17, dynamo=False,
                               input_names=["pixel_values"], output_names=ours.output_names)
-        files = {"transformers ONNX": theirs, **files}
+        files = {f"{library} ONNX": theirs, **files}
 
         sessions = {name: onnx_session(path) for name, path in files.items()}
-        candidates = {"transformers eager": lambda t=tx: exported_reference(t), "ours eager": lambda t=tx: ours(t)}
+        candidates = {f"{library} eager": lambda t=tx: exported_reference(t), "ours eager": lambda t=tx: ours(t)}
         candidates.update({name: lambda s=session, feed={"pixel_values": x}: s.run(None, feed)
                            for name, session in sessions.items()})
         times = {name: [] for name in candidates}
@@ -170,11 +176,11 @@ def main() -> None:
     rate = gflops(probe_flops, probe_times)
     floor_ms = flops / (rate * 1e9) * 1000
     result = {
-        "variant": args.variant, "task": args.task, "threads": THREADS, "gflop_batch1": flops / 1e9,
+        "variant": args.variant, "task": args.task, "reference": library, "threads": THREADS,
+        "gflop_batch1": flops / 1e9,
         "gemm_gflops": rate, "fp32_floor_ms_batch1": floor_ms, "rows": rows,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "onnxruntime": ort.__version__,
-                    "transformers": transformers.__version__},
+                    "torch": torch.__version__, "onnxruntime": ort.__version__, **versions},
     }
     print(table(result, args.batches))
     suffix = "" if args.task == "classify" else f"_{args.task}"
@@ -182,6 +188,37 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def transformers_reference(config, task: str, tmp: Path):
+    """transformers' model of `config` with seeded random weights, as its users export it (logits, or the
+    rerolled stage maps), and the directory `save_pretrained` wrote it to."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    reference_class = transformers.HieraForImageClassification if task == "classify" else transformers.HieraModel
+    torch.manual_seed(0)
+    reference = reference_class(transformers.HieraConfig(
+        embed_dim=config.embed_dim, num_heads=list(config.num_heads), depths=list(config.depths))).eval()
+    reference.save_pretrained(tmp / "weights")
+    wrapped = Logits(reference) if task == "classify" else StageMaps(reference)
+    return "transformers", wrapped, tmp / "weights", {"transformers": transformers.__version__}
+
+
+def fair_video(variant: str, tmp: Path):
+    """FAIR's video model of `variant` with seeded random weights, and the FAIR .pth it was saved to."""
+    try:
+        import hiera
+    except ImportError:
+        sys.exit("video variants are compared with FAIR's hiera (pip install hiera-transformer, which needs "
+                 "torchvision); see this script's docstring")
+    torch.manual_seed(0)
+    reference = getattr(hiera, f"hiera_{variant}")(pretrained=False).eval()
+    weights = tmp / "fair_video.pth"  # not a published file name: nothing for models.lock to verify
+    torch.save({"model_state": reference.state_dict()}, weights)
+    from importlib.metadata import version
+
+    return "FAIR", reference, weights, {"hiera-transformer": version("hiera-transformer")}
 
 
 class Logits(torch.nn.Module):
@@ -208,8 +245,9 @@ class StageMaps(torch.nn.Module):
 
 
 def table(result: dict, batches) -> str:
-    base = result["rows"]["transformers eager"]["batch 1"]["median_ms"]
-    header = ["", "nodes"] + [f"b{b} median / p90 ms" for b in batches] + ["b1 vs transformers eager"]
+    reference = f"{result['reference']} eager"
+    base = result["rows"][reference]["batch 1"]["median_ms"]
+    header = ["", "nodes"] + [f"b{b} median / p90 ms" for b in batches] + [f"b1 vs {reference}"]
     lines = [header]
     for name, row in result["rows"].items():
         cells = [name, str(row["nodes"] or "-")]
@@ -221,7 +259,9 @@ def table(result: dict, batches) -> str:
     rule = "| " + " | ".join("-" * w for w in widths) + " |"
     first, *rest = text.splitlines()
     return "\n".join([
-        f"Hiera-{result['variant']}, {result['gflop_batch1']:.1f} GFLOP per image, {result['threads']} threads",
+        f"Hiera-{result['variant']}, {result['gflop_batch1']:.1f} GFLOP per "
+        f"{'clip' if hiera_model.get_variant(result['variant']).config.is_video else 'image'}, "
+        f"{result['threads']} threads",
         "", first, rule, *rest, "",
         f"fp32 floor at batch 1: {result['fp32_floor_ms_batch1']:.1f} ms; ours fp32 takes "
         f"{result['rows']['ours fp32']['batch 1']['median_ms'] / result['fp32_floor_ms_batch1']:.2f}x that "

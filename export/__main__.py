@@ -26,7 +26,9 @@ def parse(argv) -> Options:
     p.add_argument("--variant", help="published variant: " + ", ".join(VARIANTS)
                    + " (optional with --weights PATH: taken from the checkpoint)")
     p.add_argument("--task", default="classify", help="classify (logits), features (last_hidden_state, "
-                   "pooler_output) or backbone (stage1..stage4 maps, NCHW); default classify")
+                   "pooler_output), backbone (stage1..stage4 maps, NCHW) or mae (inputs pixel_values and noise; "
+                   "outputs logits, bool_masked_pos, ids_restore); default classify")
+    p.add_argument("--loss", action="store_true", help="mae: also output each image's reconstruction loss")
     p.add_argument("--out-features", nargs="+", metavar="STAGE", help="backbone: the stage maps to output, e.g. "
                    "stage2 stage3 stage4 (default: all)")
     p.add_argument("--weights", help="a local checkpoint (transformers directory, FAIR .pth, timm file), "
@@ -71,7 +73,7 @@ def parse(argv) -> Options:
                    out_dir=a.out, opset=a.opset,
                    batch=None if a.dynamic_batch else a.batch, precisions=tuple(a.precision),
                    calibration=a.calibration, out_features=tuple(a.out_features) if a.out_features else None,
-                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed,
+                   loss=a.loss, optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed,
                    trt_version=a.trt_version,
                    engine=EngineOptions(precision=a.trt_precision, max_batch=a.max_batch, workspace_gb=a.workspace,
                                         timing_cache=a.timing_cache, hardware_compatible=a.hardware_compatible,

@@ -36,8 +36,8 @@ def report_path(out_dir: Path, name: str, task: str) -> Path:
 
 
 def metadata(*, variant: str, task: str, outputs: list[str], input_size, preprocessing: dict, labels, weights: dict,
-             opset: int, precision: str, batch, versions: dict) -> dict[str, str]:
-    """The `metadata_props` of an artifact: every value a JSON document."""
+             opset: int, precision: str, batch, versions: dict, mae: dict | None = None) -> dict[str, str]:
+    """The `metadata_props` of an artifact: every value a JSON document (`mae` only for MAE models)."""
     values = {
         "format_version": METADATA_VERSION,
         "variant": variant,
@@ -52,6 +52,8 @@ def metadata(*, variant: str, task: str, outputs: list[str], input_size, preproc
         "precision": precision,
         "producer": versions,
     }
+    if mae is not None:
+        values["mae"] = mae  # {"mask_units", "mask_ratio", "pred_stride", "norm_pix_loss"}
     return {f"hiera.{key}": json.dumps(value) for key, value in values.items()}
 
 

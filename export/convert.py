@@ -15,8 +15,9 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from .artifact import is_large
 
-# Kept in fp32: normalizations and softmax accumulate sums that overflow or lose precision in fp16.
-FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
+# Kept in fp32: normalizations and softmax accumulate sums that overflow or lose precision in fp16; MAE's
+# masking sorts its noise (TopK), which must rank it exactly as fp32 does.
+FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "TopK"]
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -30,11 +30,15 @@ def check_opset(opset: int) -> None:
 def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
     """Trace `model` and return its ONNX graph at `opset`; `batch` None makes the batch axis dynamic."""
     check_opset(opset)
-    example = torch.zeros(batch or 2, model.config.in_chans, *model.config.input_size)
-    dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=1024)}} if batch is None else None
+    config = model.config
+    examples = {"pixel_values": torch.zeros(batch or 2, config.in_chans, *config.input_size),
+                "noise": torch.rand(batch or 2, config.mask_units)}  # MAE's second input
+    examples = {name: examples[name] for name in model.input_names}
+    batch_axis = torch.export.Dim("batch", min=1, max=1024)
+    dynamic = {name: {0: batch_axis} for name in examples} if batch is None else None
     with _quiet(), torch.no_grad():
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, TRACE_OPSET),
-                                    input_names=["pixel_values"], output_names=model.output_names,
+        program = torch.onnx.export(model, tuple(examples.values()), dynamo=True, opset_version=max(opset, TRACE_OPSET),
+                                    input_names=list(examples), output_names=model.output_names,
                                     dynamic_shapes=dynamic, optimize=True, verbose=False)
     proto = program.model_proto
     if opset < TRACE_OPSET:
@@ -43,14 +47,15 @@ def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
 
 
 def to_opset_17(model: onnx.ModelProto) -> None:
-    """Rewrite, in place, the opset-18 forms this graph uses into their opset-13..17 forms: reductions
-    take `axes` as an attribute instead of an input, and Split has no `num_outputs` (it splits evenly
+    """Rewrite, in place, the opset-18 forms this graph uses into their opset-13..17 forms: reductions other
+    than ReduceSum take `axes` as an attribute instead of an input, and Split has no `num_outputs` (it splits evenly
     into its outputs). onnx's own version converter has no downgrade for Split."""
     constants = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type.startswith("Reduce") and len(node.input) > 1:
+        if node.op_type.startswith("Reduce") and len(node.input) > 1 \
+                and "axes" in onnx.defs.get_schema(node.op_type, 17).attributes:  # ReduceSum took its input at 13
             axes = constants.get(node.input[1])
             if axes is None:
                 raise ExportError(f"cannot write opset 17: node {node.name} ({node.op_type}) has computed axes")

@@ -26,45 +26,54 @@ def photographs() -> dict[str, Image.Image]:
     return {Path(name).name: Image.fromarray(array) for name, array in zip(images.filenames, images.images)}
 
 
-def validation_inputs(config, preprocessing: Preprocessing, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Seeded normal noise and the photographs, preprocessed as the runtime will: [n, C, H, W] and names."""
+def validation_inputs(model, preprocessing: Preprocessing, seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The model's inputs by name, one row per sample, and the samples' names: seeded normal noise and, for
+    image models, the photographs preprocessed as the runtime will; MAE's `noise` seeded uniform."""
+    config = model.config
     rng = np.random.default_rng(seed)
-    inputs = rng.standard_normal((RANDOM_INPUTS, config.in_chans, *config.input_size), dtype=np.float32)
+    pixel_values = rng.standard_normal((RANDOM_INPUTS, config.in_chans, *config.input_size), dtype=np.float32)
     names = [f"random:{seed}:{i}" for i in range(RANDOM_INPUTS)]
-    if config.in_chans == 3:
+    if config.in_chans == 3 and not config.is_video:
         photos = photographs()
-        inputs = np.concatenate([inputs, np.stack([preprocessing(image) for image in photos.values()])])
+        pixel_values = np.concatenate([pixel_values, np.stack([preprocessing(image) for image in photos.values()])])
         names += list(photos)
+    inputs = {"pixel_values": pixel_values}
+    if "noise" in model.input_names:
+        inputs["noise"] = rng.random((len(pixel_values), config.mask_units), dtype=np.float32)
     return inputs, names
 
 
 @torch.no_grad()
-def run_torch(model, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    out = model(torch.from_numpy(inputs))
+def run_torch(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = model(*(torch.from_numpy(inputs[name]) for name in model.input_names))
     out = out if isinstance(out, dict) else {"logits": out}
     return {name: value.numpy() for name, value in out.items()}
 
 
-def run_artifact(path, inputs: np.ndarray, threads: int = 2) -> dict[str, np.ndarray]:
+def run_artifact(path, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
     """An artifact's outputs, run by the runtime as a deployment runs it: a `.onnx` on onnxruntime's CPU
     provider, an engine with TensorRT (a static batch is filled in padded chunks, an engine's batches stay
     within its profile)."""
     provider = "tensorrt" if Path(path).suffix in ENGINE_SUFFIXES else "cpu"
-    return load(path, provider=provider, threads=threads).run(inputs)
+    return load(path, provider=provider, threads=threads).run(**inputs)
 
 
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:
     """Per output: max and mean absolute difference, the smallest per-sample cosine similarity; for
-    logits also the share of samples whose top-1 class, and whose set of top-5 classes, agree."""
+    logits also the share of samples whose top-1 class, and whose set of top-5 classes, agree; for
+    integer and boolean outputs (MAE's mask and restore order) whether they are equal."""
     result = {}
     for name, ref in reference.items():
+        if not np.issubdtype(ref.dtype, np.floating):
+            result[name] = {"equal": bool(np.array_equal(ref, got[name]))}
+            continue
         out = got[name].astype(np.float64)
         ref = ref.astype(np.float64)
         diff = np.abs(out - ref)
         a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
         cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
         entry = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "cosine": float(cosine.min())}
-        if name == "logits":
+        if name == "logits" and ref.ndim == 2:  # a classifier's
             k = min(5, ref.shape[1])
             top_ref, top_out = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
             entry["top1_agreement"] = float((top_ref[:, 0] == top_out[:, 0]).mean())
@@ -78,8 +87,10 @@ def failures(precision: str, parity: dict) -> list[str]:
     limits = THRESHOLDS[precision]
     found = []
     for name, entry in parity.items():
-        if "max_abs" in limits and entry["max_abs"] > limits["max_abs"]:
+        if entry.get("equal") is False:
+            found.append(f"{name} differs")
+        if "max_abs" in limits and "max_abs" in entry and entry["max_abs"] > limits["max_abs"]:
             found.append(f"{name} max abs diff {entry['max_abs']:.3g} > {limits['max_abs']:g}")
-        if "cosine" in limits and entry["cosine"] < limits["cosine"]:
+        if "cosine" in limits and "cosine" in entry and entry["cosine"] < limits["cosine"]:
             found.append(f"{name} cosine {entry['cosine']:.6f} < {limits['cosine']}")
     return found

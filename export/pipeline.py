@@ -43,6 +43,7 @@ class Options:
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     calibration: Path | None = None  # a directory of images like those the model will see, for qdq
     out_features: tuple[str, ...] | None = None  # backbone: the stage maps to output (default: all)
+    loss: bool = False  # mae: also output each image's loss
     trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check and the trtexec command target
     engine: tensorrt.EngineOptions = field(default_factory=tensorrt.EngineOptions)  # the report's trtexec command
     build_engine: bool = False  # build that engine here (needs TensorRT and a GPU)
@@ -63,6 +64,11 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     if "qdq" in options.precisions and options.calibration is None:
         raise ExportError("--precision qdq needs --calibration DIR: a few hundred images like the ones the model "
                           "will see, to set the int8 scales")
+    if options.loss and options.task != "mae":
+        raise ExportError("--loss: only for --task mae")
+    if options.task == "mae" and "qdq" in options.precisions:
+        raise ExportError("--precision qdq: static int8 for TensorRT is made for the classifier and feature tasks, "
+                          "not for --task mae")
     if options.calibration is not None and not Path(options.calibration).is_dir():
         raise ExportError(f"--calibration {options.calibration}: not a directory")
     try:
@@ -83,6 +89,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     config = model.config
     if options.out_features:
         _select_features(model, options.out_features)
+    model.with_loss = options.loss
     preprocessing = preprocessing_for(weights_path, config.input_size)
     timings["weights"] = time.perf_counter() - start
 
@@ -122,7 +129,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     weights, versions = dict(model.provenance), _versions()
     props = dict(variant=name, task=options.task, outputs=model.output_names, input_size=config.input_size,
                  preprocessing=preprocessing.to_dict(), labels=model.labels, weights=weights, opset=options.opset,
-                 batch=options.batch or "dynamic", versions=versions)
+                 batch=options.batch or "dynamic", versions=versions, mae=_mae_metadata(model))
     for precision, graph in models.items():
         artifact.set_metadata(graph, artifact.metadata(precision=precision, **props))
         _check(graph, precision)
@@ -149,7 +156,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     start = time.perf_counter()
     report["passed"] = None
     if options.validate:
-        inputs, names = parity.validation_inputs(config, preprocessing, options.seed)
+        inputs, names = parity.validation_inputs(model, preprocessing, options.seed)
         report["validation"] = {"inputs": names, "reference": "PyTorch fp32 (this package's model, same weights)",
                                 "runtime": "this package's runtime: onnxruntime CPUExecutionProvider (TensorRT for an "
                                            "engine)", "thresholds": parity.THRESHOLDS}
@@ -192,6 +199,15 @@ def _engine(options: Options, installed_trt: str | None, files: dict, models: di
         entry["sidecar"] = tensorrt.build(plan, engine)
         entry["engine"] = str(engine)
     return entry
+
+
+def _mae_metadata(model) -> dict | None:
+    """What the runtime needs to draw masks and put an MAE model's patches together."""
+    if model.task != "mae":
+        return None
+    c = model.config
+    return {"mask_units": c.mask_units, "mask_ratio": c.mask_ratio, "pred_stride": model.pred_stride,
+            "norm_pix_loss": c.norm_pix_loss}
 
 
 def _select_features(model, names: tuple[str, ...]) -> None:

@@ -48,7 +48,7 @@ class Plan:
     strongly_typed: bool
     flags: list[str]  # BuilderFlag names
     fp32_layers: list[str] = field(default_factory=list)  # weakly typed builds: layers kept in fp32
-    profile: dict | None = None  # {"min", "opt", "max"} input shapes, for a dynamic batch
+    profile: dict | None = None  # input name -> {"min", "opt", "max"} shapes, for a dynamic batch
     workspace_gb: float = 4.0
     timing_cache: str | None = None
     hardware_compatible: bool = False
@@ -98,13 +98,16 @@ def _layer_norm_step(node_name: str) -> bool:
 
 
 def profile(graph: onnx.ModelProto, max_batch: int) -> dict | None:
-    """min/opt/max shapes of `pixel_values` for a dynamic batch (opt: the middle of the range, where most
-    serving batches fall); None for a static one."""
-    dims = graph.graph.input[0].type.tensor_type.shape.dim
-    if dims[0].HasField("dim_value"):
+    """min/opt/max shapes of each input (`pixel_values`, and MAE's `noise`) for a dynamic batch (opt: the
+    middle of the range, where most serving batches fall); None for a static one."""
+    if graph.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value"):
         return None
-    rest = [d.dim_value for d in dims[1:]]
-    return {"min": [1, *rest], "opt": [max(1, (max_batch + 1) // 2), *rest], "max": [max_batch, *rest]}
+    shapes = {}
+    for graph_input in graph.graph.input:
+        rest = [d.dim_value for d in graph_input.type.tensor_type.shape.dim[1:]]
+        shapes[graph_input.name] = {"min": [1, *rest], "opt": [max(1, (max_batch + 1) // 2), *rest],
+                                    "max": [max_batch, *rest]}
+    return shapes
 
 
 def trtexec_command(p: Plan, engine: Path) -> str:
@@ -118,7 +121,8 @@ def trtexec_command(p: Plan, engine: Path) -> str:
         args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in p.fp32_layers)]
     if p.profile:
         for key in ("min", "opt", "max"):
-            args.append(f"--{key}Shapes=pixel_values:" + "x".join(map(str, p.profile[key])))
+            args.append(f"--{key}Shapes=" + ",".join(f"{name}:" + "x".join(map(str, shapes[key]))
+                                                     for name, shapes in p.profile.items()))
     if p.timing_cache:
         args.append(f"--timingCacheFile={p.timing_cache}")
     if p.hardware_compatible:
@@ -176,7 +180,8 @@ def build(p: Plan, engine: Path) -> dict:  # pragma: no cover - needs TensorRT a
                 layer.set_output_type(output, trt.float32)
     if p.profile:
         shapes = builder.create_optimization_profile()
-        shapes.set_shape(network.get_input(0).name, p.profile["min"], p.profile["opt"], p.profile["max"])
+        for name, limits in p.profile.items():
+            shapes.set_shape(name, limits["min"], limits["opt"], limits["max"])
         config.add_optimization_profile(shapes)
     if p.hardware_compatible:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS

@@ -42,8 +42,9 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
 
 def _check_variant(model, variant: str | None, path: Path) -> str:
     # A fine-tuned checkpoint keeps its variant's name whatever its number of classes.
-    config = model.config.replace(num_classes=1000)
-    match = next((v.name for v in hiera_model.VARIANTS.values() if v.config == config), None)
+    config = model.config
+    match = next((v.name for v in hiera_model.VARIANTS.values()
+                  if v.config_for(model.task) == config.replace(num_classes=v.config.num_classes)), None)
     if variant is not None and match != variant:
         found = f"Hiera-{match}" if match else "a custom Hiera config"
         raise ExportError(f"{path}: these weights are for {found}, not --variant {variant}")
@@ -75,7 +76,9 @@ def _download(weights: str | None, variant: str | None) -> Path:
 
 def preprocessing_for(path: Path | None, input_size) -> Preprocessing:
     """The checkpoint's own `preprocessor_config.json` (transformers' image processor), if it has one;
-    otherwise the ImageNet recipe at the model's input size."""
+    otherwise the ImageNet recipe at the model's input size; for video, the Kinetics clip recipe."""
+    if len(input_size) == 3:  # video: no published processor config describes clips
+        return Preprocessing.for_clips(input_size)
     file = path / "preprocessor_config.json" if path is not None and path.is_dir() else None
     if file is None or not file.is_file():
         return Preprocessing.for_input_size(input_size)

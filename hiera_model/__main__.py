@@ -16,7 +16,7 @@ from .variants import TASKS, VARIANTS, get_variant
 
 def _info(args) -> None:
     names = args.variants or list(VARIANTS)
-    rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GMACs", "IN-1k top-1",
+    rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GMACs", "top-1",
              "transformers id")]
     for name in names:
         v = get_variant(name)
@@ -24,11 +24,12 @@ def _info(args) -> None:
             params = sum(p.numel() for p in Hiera(v.config).parameters()) / 1e6
         c = v.config
         rows.append((name, str(c.embed_dim), "-".join(map(str, c.num_heads)), "-".join(map(str, c.depths)),
-                     f"{params:.2f}", f"{v.params_m:g}", f"{v.gmacs:g}", f"{v.in1k_top1:.1f}", v.transformers_id))
+                     f"{params:.2f}", f"{v.params_m:g}", f"{v.gmacs:g}", f"{v.top1:.1f}", v.transformers_id or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print("All at 224 x 224, patch 7/4, query stride 2 x 2 for 3 stages, mask units 8 x 8.")
+    print("Images: 224 x 224, patch 7/4, query stride 2 x 2 for 3 stages, mask units 8 x 8, top-1 on ImageNet-1k.\n"
+          "Video (16x224): 16 frames, patch 3x7x7/2x4x4, query stride 1x2x2, mask units 1x8x8, top-1 on Kinetics-400.")
 
 
 def _inspect(args) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from . import lock as model_lock
 from .errors import HieraModelError
-from .model import Hiera
+from .model import Hiera, build
 from .variants import VARIANTS, HieraConfig, check_task, get_variant
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -40,23 +40,31 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
     layout = detect_layout(state, path)
     state = {TRANSFORMERS: from_transformers, FAIR: from_fair, TIMM: from_timm}[layout](state)
 
+    is_mae = "decoder_pred.weight" in state
+    if is_mae != (task == "mae"):
+        raise HieraModelError(f"{path}: an MAE pretraining checkpoint; load it with task='mae'" if is_mae else
+                              f"{path}: task 'mae' needs an MAE pretraining checkpoint (with the decoder); this one "
+                              "has none")
     labels = None
     if isinstance(variant, HieraConfig):
         config = variant
     elif variant is not None:
-        config = get_variant(variant).config
+        config = get_variant(variant).config_for(task)
     elif file_config is not None:
         config, labels = config_from_file(file_config, path)
     else:
-        config = infer_config(state, path)
+        config = infer_config(state, path, task)
     if "head.weight" in state:
         config = config.replace(num_classes=state["head.weight"].shape[0])
     elif task == "classify":
         raise HieraModelError(f"{path}: the checkpoint has no classification head; load it with task='features'")
     if task != "classify":
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if is_mae:
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}  # FAIR's MAE has none; timm's may
+        config = config.replace(**_decoder_shape(state))
 
-    model = Hiera(config, task)
+    model = build(config, task)
     _load_strict(model, state, path)
     model.labels = labels if labels and len(labels) == config.num_classes else None
     model.provenance = provenance
@@ -132,9 +140,6 @@ def detect_layout(state: dict[str, torch.Tensor], path) -> str:
     keys = set(state)
     if any(k.startswith(("hiera.", "embeddings.", "encoder.stages.")) for k in keys):
         return TRANSFORMERS
-    if "decoder_pred.weight" in keys or "encoder_norm.weight" in keys:
-        raise HieraModelError(f"{path}: an MAE pretraining checkpoint (FAIR layout); only classification and "
-                              "feature checkpoints are supported so far")
     if any(k.startswith("head.norm.") or k.startswith("head.fc.") for k in keys):
         return TIMM
     if "patch_embed.proj.weight" in keys or any(k.startswith("blocks.") for k in keys):
@@ -156,33 +161,49 @@ _TRANSFORMERS_NAMES = {
     "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
     "embeddings.position_embeddings": "pos_embed",
     "pooler.layernorm.": "norm.",
+    # HieraForPreTraining's decoder and fusion heads
+    "multiscale_fusion.": "",
+    "decoder.decoder_embeddings.": "decoder_embed.",
+    "decoder.decoder_position_embeddings": "decoder_pos_embed",
+    "decoder.mask_token": "mask_token",
+    "decoder.decoder_norm.": "decoder_norm.",
+    "decoder.decoder_pred.": "decoder_pred.",
 }
 _TRANSFORMERS_BLOCK_NAMES = {"layernorm_before.": "norm1.", "layernorm_after.": "norm2."}
 
 
 def from_transformers(state: dict) -> dict:
-    """`hiera.encoder.stages.{s}.layers.{l}.*` -> `blocks.{i}.*`, classifier -> head (prefix `hiera.` optional)."""
+    """`hiera.encoder.stages.{s}.layers.{l}.*` -> `blocks.{i}.*`, classifier -> head (prefix `hiera.` optional);
+    MAE's `decoder.decoder_block.layers.{l}.*` -> `decoder_blocks.{l}.*`."""
     state = {k.removeprefix("hiera."): v for k, v in state.items()}
     layer = re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.(.*)$")
+    decoder_layer = re.compile(r"^decoder\.decoder_block\.layers\.(\d+)\.(.*)$")
     depths: dict[int, int] = {}
     for key in state:
         if match := layer.match(key):
             stage, index = int(match[1]), int(match[2])
             depths[stage] = max(depths.get(stage, 0), index + 1)
     offsets = {stage: sum(depths.get(s, 0) for s in range(stage)) for stage in depths}
+
+    def block_names(rest: str) -> str:
+        for old, new in _TRANSFORMERS_BLOCK_NAMES.items():
+            if rest.startswith(old):
+                return new + rest.removeprefix(old)
+        return rest
+
     mapped = {}
     for key, value in state.items():
         if match := layer.match(key):
-            rest = match[3]
-            for old, new in _TRANSFORMERS_BLOCK_NAMES.items():
-                rest = rest.replace(old, new, 1) if rest.startswith(old) else rest
-            key = f"blocks.{offsets[int(match[1])] + int(match[2])}.{rest}"
+            key = f"blocks.{offsets[int(match[1])] + int(match[2])}.{block_names(match[3])}"
+        elif match := decoder_layer.match(key):
+            key = f"decoder_blocks.{match[1]}.{block_names(match[2])}"
         elif key.startswith("classifier."):
             key = "head." + key.removeprefix("classifier.")
         else:
             for old, new in _TRANSFORMERS_NAMES.items():
                 if key.startswith(old):
                     key = new + key.removeprefix(old)
+                    break
         mapped[key] = value
     return mapped
 
@@ -219,6 +240,10 @@ def _config_from_transformers(c: dict, path) -> tuple[HieraConfig, tuple[str, ..
             mask_unit_size=c["masked_unit_size"], mask_unit_attn=c["masked_unit_attention"],
             patch_kernel=c["patch_size"], patch_stride=c["patch_stride"], patch_padding=c["patch_padding"],
             mlp_ratio=c["mlp_ratio"], layer_norm_eps=c.get("layer_norm_eps", 1e-6),
+            mask_ratio=c.get("mask_ratio", 0.6), norm_pix_loss=bool(c.get("normalize_pixel_loss", True)),
+            **{ours: c[theirs] for ours, theirs in (("decoder_embed_dim", "decoder_hidden_size"),
+                                                    ("decoder_depth", "decoder_depth"),
+                                                    ("decoder_num_heads", "decoder_num_heads")) if c.get(theirs)},
         )
     except KeyError as missing:
         raise HieraModelError(f"{path}: config.json lacks {missing}") from None
@@ -237,15 +262,13 @@ def _config_from_fair(args: dict, path, base: HieraConfig) -> HieraConfig:
     """FAIR's constructor arguments (also timm's `model_args`) applied to `base`."""
     known = {"input_size", "in_chans", "embed_dim", "num_heads", "num_classes", "stages", "q_pool", "q_stride",
              "mask_unit_size", "mask_unit_attn", "dim_mul", "head_mul", "patch_kernel", "patch_stride",
-             "patch_padding", "mlp_ratio", "img_size"}
+             "patch_padding", "mlp_ratio", "img_size", "sep_pos_embed", "decoder_embed_dim", "decoder_depth",
+             "decoder_num_heads"}
     # Training-only settings (FAIR's and timm's), and ones whose supported value is checked below.
-    ignored = {"drop_path_rate", "drop_rate", "head_dropout", "head_init_scale", "norm_layer", "sep_pos_embed",
-               "global_pool"}
+    ignored = {"drop_path_rate", "drop_rate", "head_dropout", "head_init_scale", "norm_layer", "global_pool"}
     unknown = set(args) - known - ignored
     if unknown:
         raise HieraModelError(f"{path}: config.json has arguments this loader does not know: {sorted(unknown)}")
-    if args.get("sep_pos_embed"):
-        raise HieraModelError(f"{path}: separate spatial/temporal position embeddings (video) are not supported yet")
     if args.get("global_pool", "avg") != "avg":
         raise HieraModelError(f"{path}: global_pool {args['global_pool']!r} is not supported (only 'avg')")
     if args.get("norm_layer", "LayerNorm") != "LayerNorm":
@@ -263,24 +286,33 @@ def _config_from_fair(args: dict, path, base: HieraConfig) -> HieraConfig:
     return base.replace(**changes)
 
 
-def infer_config(state: dict, path) -> HieraConfig:
-    """The published variant whose embed dim and depths match the weights; an error lists them otherwise."""
+def infer_config(state: dict, path, task: str = "classify") -> HieraConfig:
+    """The published variant whose embed dim, depths and kind (image or video) match the weights, in its
+    architecture for `task`; an error lists the candidates otherwise."""
     try:
-        embed_dim = state["pos_embed"].shape[-1]
+        video = "pos_embed_temporal" in state
+        embed_dim = state["pos_embed_spatial" if video else "pos_embed"].shape[-1]
         blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     except (KeyError, ValueError):
         raise HieraModelError(f"{path}: cannot read embed dim and depth from the weights") from None
     stage_starts = [i for i in range(blocks) if f"blocks.{i}.proj.weight" in state]
     bounds = [0, *stage_starts, blocks]
     depths = tuple(b - a for a, b in zip(bounds, bounds[1:]))
-    matches = [v for v in VARIANTS.values() if (v.config.embed_dim, v.config.depths) == (embed_dim, depths)]
+    matches = [v for v in VARIANTS.values()
+               if (v.config.embed_dim, v.config.depths, v.config.is_video) == (embed_dim, depths, video)]
     if len(matches) == 1:
-        return matches[0].config
+        return matches[0].config_for(task)
     candidates = "; ".join(f"{v.name} (embed_dim {v.config.embed_dim}, depths {v.config.depths})"
                            for v in (matches or VARIANTS.values()))
     problem = "matches several variants" if matches else "matches no published variant"
-    raise HieraModelError(f"{path}: weights with embed_dim {embed_dim} and depths {depths} {problem}; pass "
-                          f"variant= a name or a HieraConfig. Candidates: {candidates}")
+    raise HieraModelError(f"{path}: {'video ' if video else ''}weights with embed_dim {embed_dim} and depths {depths} "
+                          f"{problem}; pass variant= a name or a HieraConfig. Candidates: {candidates}")
+
+
+def _decoder_shape(state: dict) -> dict:
+    """An MAE checkpoint's decoder width and depth, read from its weights (its heads cannot be; FAIR's are 16)."""
+    depth = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("decoder_blocks.")), default=-1)
+    return {"decoder_embed_dim": state["decoder_embed.weight"].shape[0], "decoder_depth": depth}
 
 
 def _load_strict(model: Hiera, state: dict, path) -> None:
@@ -300,6 +332,7 @@ def _load_strict(model: Hiera, state: dict, path) -> None:
 
 
 def _describe(config: HieraConfig) -> str:
-    names = [v.name for v in VARIANTS.values() if v.config == config.replace(num_classes=1000)]
+    names = [v.name for v in VARIANTS.values()
+             if config.replace(num_classes=v.config.num_classes) in (v.config, v.config_for("mae"))]
     shape = f"embed_dim {config.embed_dim}, depths {config.depths}, input {config.input_size}"
     return f"Hiera-{names[0]} ({shape})" if names else f"Hiera ({shape})"

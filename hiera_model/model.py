@@ -10,24 +10,26 @@ from torch import nn
 
 from .blocks import HieraBlock
 from .unroll import reroll_order, stage_grids, unroll_order
+from .errors import HieraModelError
 from .variants import HieraConfig, check_task
 
 
 class PatchEmbed(nn.Module):
     def __init__(self, config: HieraConfig):
         super().__init__()
-        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, config.patch_kernel, config.patch_stride,
-                              config.patch_padding)
+        conv = nn.Conv3d if config.is_video else nn.Conv2d
+        self.proj = conv(config.in_chans, config.embed_dim, config.patch_kernel, config.patch_stride,
+                         config.patch_padding)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.proj(pixel_values).flatten(2).transpose(1, 2)  # [batch, tokens in spatial order, dim]
 
 
 class Hiera(nn.Module):
-    """Hiera image model; `task` picks the output: "classify" gives logits, "features" a dict with
+    """Hiera for images or clips; `task` picks the output: "classify" gives logits, "features" a dict with
     `last_hidden_state` (the final tokens, as transformers' `HieraModel`) and `pooler_output`, "backbone"
-    a dict of stage maps `stage1`.. in NCHW (FAIR's `return_intermediates`, channels first), those named
-    in `out_features`.
+    a dict of stage maps `stage1`.. channels first (FAIR's `return_intermediates`, NCHW or NCTHW), those
+    named in `out_features`. Task "mae" is `mae.MaskedAutoencoder`, built on this class (see `build`).
 
     The state dict uses FAIR's names, except that `head` is the classifier Linear itself (FAIR's
     `head.projection`) and returns logits: FAIR applies softmax in eval mode, transformers and timm don't.
@@ -35,15 +37,22 @@ class Hiera(nn.Module):
 
     def __init__(self, config: HieraConfig, task: str = "classify"):
         super().__init__()
+        if check_task(task) == "mae" and type(self) is Hiera:
+            raise HieraModelError("task 'mae' is the MaskedAutoencoder model: make it with build(), create() or load()")
         self.config = config
-        self.task = check_task(task)
+        self.task = task
         self.labels: tuple[str, ...] | None = None  # class names, when the checkpoint carries them
         # Where the weights came from (create() and load() set it): source, sha256, verified against models.lock.
         self.provenance = {"source": "untrained", "sha256": None, "verified": False}
 
         dims = config.stage_dims
         self.patch_embed = PatchEmbed(config)
-        self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(config.tokens_spatial_shape), config.embed_dim))
+        tokens = config.tokens_spatial_shape
+        if config.sep_pos_embed:  # video: FAIR's names and shapes
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, math.prod(tokens[1:]), config.embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, tokens[0], config.embed_dim))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(tokens), config.embed_dim))
 
         # Token orders (see `unroll`): ours keeps each mask unit contiguous; the reference's strides them.
         grids = stage_grids(config)
@@ -58,6 +67,8 @@ class Hiera(nn.Module):
         in_order = (to_reference == np.arange(len(to_reference))).all()
         self.register_buffer("to_reference", None if in_order else torch.from_numpy(to_reference), persistent=False)
 
+        # The units that attention groups: MAE's encoder sees only the visible ones.
+        attention_units = config.visible_units if task == "mae" else units
         self.blocks = nn.ModuleList()
         self.stage_ends = []
         dim, tokens = config.embed_dim, math.prod(self.stage_sizes[0])  # per image, at the block's input
@@ -72,7 +83,7 @@ class Hiera(nn.Module):
                     mlp_ratio=config.mlp_ratio,
                     q_stride=q_stride,
                     unit_tokens=tokens // units,
-                    units=units,
+                    units=attention_units,
                     # A stage's first block still attends within the previous stage's mask units.
                     use_mask_unit_attn=config.mask_unit_attn[stage - 1 if first else stage],
                     eps=config.layer_norm_eps,
@@ -80,14 +91,22 @@ class Hiera(nn.Module):
                 dim, tokens = dims[stage], tokens // q_stride
             self.stage_ends.append(len(self.blocks) - 1)
 
-        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps) if task != "mae" else None
         self.head = nn.Linear(dim, config.num_classes) if task == "classify" else None
         self.out_features = tuple(f"stage{i + 1}" for i in range(len(config.depths)))  # backbone: all stages
 
+    def position_embedding(self) -> torch.Tensor:
+        """[1, tokens, dim] in spatial order; video sums a spatial and a temporal table (a constant once exported)."""
+        if not self.config.sep_pos_embed:
+            return self.pos_embed
+        frames = self.pos_embed_temporal.shape[1]
+        return (self.pos_embed_spatial.repeat(1, frames, 1)
+                + self.pos_embed_temporal.repeat_interleave(self.pos_embed_spatial.shape[1], dim=1))
+
     def forward_features(self, pixel_values: torch.Tensor, return_stages: bool = False):
         """Final tokens [batch, tokens, dim] in the model's own order and, if asked, each stage's output
-        rerolled to a spatial map [batch, height, width, dim] (FAIR's `return_intermediates`)."""
-        x = self.patch_embed(pixel_values) + self.pos_embed
+        rerolled to a spatial map [batch, (frames,) height, width, dim] (FAIR's `return_intermediates`)."""
+        x = self.patch_embed(pixel_values) + self.position_embedding()
         x = x.index_select(1, self.unroll).flatten(0, 1)  # the blocks work on rows [batch * tokens, dim]
         stages = []
         for i, block in enumerate(self.blocks):
@@ -100,6 +119,10 @@ class Hiera(nn.Module):
         return x.unflatten(0, (-1, math.prod(self.stage_sizes[-1]))), stages
 
     @property
+    def input_names(self) -> list[str]:
+        return ["pixel_values"]
+
+    @property
     def output_names(self) -> list[str]:
         return {"classify": ["logits"], "features": ["last_hidden_state", "pooler_output"],
                 "backbone": list(self.out_features)}[self.task]
@@ -107,7 +130,7 @@ class Hiera(nn.Module):
     def forward(self, pixel_values: torch.Tensor):
         if self.task == "backbone":
             _, stages = self.forward_features(pixel_values, return_stages=True)
-            return {name: stages[int(name.removeprefix("stage")) - 1].permute(0, 3, 1, 2) for name in self.out_features}
+            return {name: stages[int(name.removeprefix("stage")) - 1].movedim(-1, 1) for name in self.out_features}
         tokens, _ = self.forward_features(pixel_values)
         pooled = self.norm(tokens.mean(dim=1))
         if self.head is None:
@@ -117,15 +140,25 @@ class Hiera(nn.Module):
         return self.head(pooled)
 
 
+def build(config: HieraConfig, task: str = "classify") -> Hiera:
+    """The model for `task`, with untrained weights: a `Hiera`, or for "mae" its `MaskedAutoencoder`."""
+    if check_task(task) == "mae":
+        from .mae import MaskedAutoencoder  # mae builds on this module
+
+        return MaskedAutoencoder(config)
+    return Hiera(config, task)
+
+
 @torch.no_grad()
 def init_weights(model: Hiera, seed: int) -> Hiera:
     """Seeded random weights, drawn like transformers' `HieraPreTrainedModel._init_weights` (truncated
     normal, std 0.02; biases 0.02) but from a private generator, so no global RNG state is touched."""
     generator = torch.Generator().manual_seed(seed)
     std = 0.02
-    nn.init.trunc_normal_(model.pos_embed, std=std, generator=generator)
+    for parameter in model.parameters(recurse=False):  # position embeddings, MAE's mask token
+        nn.init.trunc_normal_(parameter, std=std, generator=generator)
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
             nn.init.trunc_normal_(module.weight, std=std, generator=generator)
             nn.init.constant_(module.bias, std)
         elif isinstance(module, nn.LayerNorm):

@@ -73,3 +73,38 @@ def stage_grids(config) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
             schedule = schedule[1:]
         grids.append((size, schedule))
     return grids
+
+
+def unit_patch_order(size: Sequence[int], schedule: Sequence[Sequence[int]], units: int, unit_size: Sequence[int],
+                     kernel: Sequence[int]) -> np.ndarray:
+    """Index vector over one mask unit's tokens in the model's order (`unroll_order` with `units` windows)
+    that lists them patch by patch: the (unit_size / kernel) patches of `kernel` tokens in row-major order,
+    each patch's tokens in row-major order. With it, a convolution whose kernel equals its stride, applied
+    inside each unit, is one matrix product (MAE's fusion heads); a kernel of ones gives spatial order.
+
+    Every unit's tokens sit at the same offsets, so one vector serves all units (checked here).
+    """
+    order = unroll_order(size, schedule, units).reshape(units, -1)  # [unit, position] -> spatial token index
+    coords = np.stack(np.unravel_index(order, size), axis=-1)  # [unit, position, axis]
+    origins = coords.min(axis=1, keepdims=True)
+    offsets = coords - origins  # position within the unit
+    unit_grid = [n // u for n, u in zip(size, unit_size)]
+    in_row_major = np.ravel_multi_index(tuple((origins[:, 0] // unit_size).T), unit_grid) == np.arange(units)
+    if not (offsets == offsets[:1]).all() or (offsets.max(axis=(0, 1)) + 1 != np.asarray(unit_size)).any() \
+            or not in_row_major.all():
+        raise ValueError(f"the mask units of grid {tuple(size)} are not {tuple(unit_size)} blocks in row-major order")
+    patches = [u // k for u, k in zip(unit_size, kernel)]
+    patch = np.ravel_multi_index(tuple((offsets[0] // kernel).T), patches)
+    within = np.ravel_multi_index(tuple((offsets[0] % kernel).T), tuple(kernel))
+    return np.argsort(patch * math.prod(kernel) + within)
+
+
+def windows_to_spatial(size: Sequence[int], unit_size: Sequence[int]) -> np.ndarray:
+    """Index vector `idx` with ``spatial[:, j] = windowed[:, idx[j]]``, where `windowed` lists the tokens of
+    a grid of `size` mask unit by mask unit (units in row-major order, each unit's tokens in row-major order)."""
+    grid = np.arange(math.prod(size)).reshape(size)
+    units = [n // u for n, u in zip(size, unit_size)]
+    split = [d for pair in zip(units, unit_size) for d in pair]  # (units0, unit0, units1, unit1, ...)
+    axes = list(range(0, 2 * len(size), 2)) + list(range(1, 2 * len(size), 2))
+    windowed = grid.reshape(split).transpose(axes).reshape(-1)  # spatial index at each windowed position
+    return np.argsort(windowed)

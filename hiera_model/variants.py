@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import HieraModelError
 
-TASKS = ("classify", "features", "backbone")
+TASKS = ("classify", "features", "backbone", "mae")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,13 @@ class HieraConfig:
     patch_padding: tuple[int, ...] = (3, 3)
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-6
+    sep_pos_embed: bool = False  # video: a spatial and a temporal position embedding, summed
+    # MAE pretraining (task "mae"), FAIR's `MaskedAutoencoderHiera` defaults.
+    mask_ratio: float = 0.6  # the share of mask units dropped
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    norm_pix_loss: bool = True  # the targets: each patch normalized to zero mean and unit variance
 
     def __post_init__(self):
         # Accept lists (JSON configs) but store tuples, so that configs stay hashable and comparable.
@@ -52,8 +59,10 @@ class HieraConfig:
         for name in ("num_heads", "mask_unit_attn"):
             if len(getattr(self, name)) != stages:
                 fail(f"{name} {getattr(self, name)} must have one entry per stage ({stages})")
-        if len(self.input_size) != 2:
-            fail(f"input_size {self.input_size} must be (height, width): video Hiera is not supported yet")
+        if len(self.input_size) not in (2, 3):
+            fail(f"input_size {self.input_size} must be (height, width) or, for video, (frames, height, width)")
+        if self.sep_pos_embed and len(self.input_size) != 3:
+            fail("sep_pos_embed (separate spatial and temporal position embeddings) is for video input only")
         for name in ("q_stride", "mask_unit_size", "patch_kernel", "patch_stride", "patch_padding"):
             if len(getattr(self, name)) != len(self.input_size):
                 fail(f"{name} {getattr(self, name)} must have one entry per input dimension")
@@ -87,6 +96,8 @@ class HieraConfig:
             if self.stage_dims[stage] == self.stage_dims[stage - 1]:
                 fail(f"stage {stage} pools its queries, so its dim must differ from the previous stage's "
                      f"(the residual is projected and pooled only where the dim changes); got dim_mul {self.dim_mul}")
+        if not 0 <= self.mask_ratio < 1:
+            fail(f"mask_ratio {self.mask_ratio} must be at least 0 and less than 1")
         if self.num_classes < 1:
             fail(f"num_classes {self.num_classes} must be positive")
 
@@ -95,9 +106,18 @@ class HieraConfig:
         return tuple(s // p for s, p in zip(self.input_size, self.patch_stride))
 
     @property
+    def is_video(self) -> bool:
+        return len(self.input_size) == 3
+
+    @property
     def mask_units(self) -> int:
         """How many mask units tile the token grid (it stays the same through every pooling)."""
         return math.prod(self.tokens_spatial_shape) // math.prod(self.mask_unit_size)
+
+    @property
+    def visible_units(self) -> int:
+        """MAE: how many mask units stay visible (FAIR's and transformers' rounding)."""
+        return int(self.mask_units * (1 - self.mask_ratio))
 
     @property
     def stage_dims(self) -> tuple[int, ...]:
@@ -113,40 +133,61 @@ class HieraConfig:
 
 @dataclass(frozen=True)
 class Variant:
-    """A published Hiera image model and the facts the paper and the model cards state about it."""
+    """A published Hiera model and the facts the paper and the model zoo state about it."""
 
     name: str
     config: HieraConfig
     params_m: float  # parameters of the classifier in millions, as published
-    gmacs: float  # G multiply-adds at 224 (the paper's "FLOPs"), as published
-    in1k_top1: float  # ImageNet-1k top-1 of the MAE-pretrained, in1k-finetuned checkpoint
+    gmacs: float  # G multiply-adds per image or clip (the paper's "FLOPs"), as published
+    top1: float  # top-1 of the MAE-pretrained, fine-tuned checkpoint on its dataset (ImageNet-1k or Kinetics-400)
 
     @property
-    def transformers_id(self) -> str:
-        return f"facebook/hiera-{self.name.replace('_', '-')}-224-in1k-hf"
+    def transformers_id(self) -> str | None:
+        """transformers publishes the image models only."""
+        return None if self.config.is_video else f"facebook/hiera-{self.name.replace('_', '-')}-224-in1k-hf"
 
     @property
     def fair_name(self) -> str:
-        return f"hiera_{self.name}_224"
+        return f"hiera_{self.name}" if self.config.is_video else f"hiera_{self.name}_224"
+
+    def config_for(self, task: str) -> HieraConfig:
+        """The architecture of this variant's checkpoint for `task`: FAIR pretrained the MAE models with two
+        query poolings (the fine-tuned ones use three)."""
+        return self.config.replace(q_pool=2) if check_task(task) == "mae" else self.config
 
 
-def _variant(name, embed_dim, heads, depths, params_m, gmacs, in1k_top1) -> Variant:
+def _variant(name, embed_dim, heads, depths, params_m, gmacs, top1) -> Variant:
     config = HieraConfig(embed_dim=embed_dim, num_heads=tuple(heads * 2**s for s in range(4)), depths=depths)
-    return Variant(name, config, params_m, gmacs, in1k_top1)
+    return Variant(name, config, params_m, gmacs, top1)
 
 
-# Ryali et al. 2023, table 11 and the FAIR model zoo; all at 224 x 224, 1000 classes.
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        _variant("tiny", 96, 1, (1, 2, 7, 2), 28, 5, 82.8),
-        _variant("small", 96, 1, (1, 2, 11, 2), 35, 6, 83.8),
-        _variant("base", 96, 1, (2, 3, 16, 3), 52, 9, 84.5),
-        _variant("base_plus", 112, 2, (2, 3, 16, 3), 70, 13, 85.2),
-        _variant("large", 144, 2, (2, 6, 36, 4), 214, 40, 86.1),
-        _variant("huge", 256, 4, (2, 6, 36, 4), 673, 125, 86.9),
-    )
-}
+def _video(image: Variant, params_m, gmacs, top1) -> Variant:
+    """The 16-frame video model of an image variant (FAIR's `hiera_*_16x224`): 16 frames of 224 x 224,
+    patches of 3 x 7 x 7 at stride 2 x 4 x 4, pooling and mask units in space only, 400 Kinetics classes."""
+    config = image.config.replace(
+        input_size=(16, 224, 224), q_stride=(1, 2, 2), mask_unit_size=(1, 8, 8), patch_kernel=(3, 7, 7),
+        patch_stride=(2, 4, 4), patch_padding=(1, 3, 3), sep_pos_embed=True, num_classes=400)
+    return Variant(f"{image.name}_16x224", config, params_m, gmacs, top1)
+
+
+# Ryali et al. 2023 (tables 4 and 11) and the FAIR model zoo. Images at 224 x 224 with 1000 classes;
+# video clips of 16 frames at a temporal stride of 4, 400 classes.
+_IMAGE = [
+    _variant("tiny", 96, 1, (1, 2, 7, 2), 28, 5, 82.8),
+    _variant("small", 96, 1, (1, 2, 11, 2), 35, 6, 83.8),
+    _variant("base", 96, 1, (2, 3, 16, 3), 52, 9, 84.5),
+    _variant("base_plus", 112, 2, (2, 3, 16, 3), 70, 13, 85.2),
+    _variant("large", 144, 2, (2, 6, 36, 4), 214, 40, 86.1),
+    _variant("huge", 256, 4, (2, 6, 36, 4), 673, 125, 86.9),
+]
+_by_name = {v.name: v for v in _IMAGE}
+_VIDEO = [
+    _video(_by_name["base"], 51, 102, 84.0),
+    _video(_by_name["base_plus"], 69, 133, 85.0),
+    _video(_by_name["large"], 213, 413, 87.3),
+    _video(_by_name["huge"], 672, 1159, 87.8),
+]
+VARIANTS: dict[str, Variant] = {v.name: v for v in _IMAGE + _VIDEO}
 
 
 def get_variant(name: str) -> Variant:

@@ -8,7 +8,8 @@ Everything a model needs (preprocessing, labels, task) comes from the artifact's
 """
 
 from .errors import HieraRuntimeError
-from .model import Classifier, FeatureExtractor, Prediction, load
+from .model import Classifier, FeatureExtractor, Prediction, Reconstructor, load
 from .preprocess import Preprocessing, load_image
 
-__all__ = ["Classifier", "FeatureExtractor", "HieraRuntimeError", "Prediction", "Preprocessing", "load", "load_image"]
+__all__ = ["Classifier", "FeatureExtractor", "HieraRuntimeError", "Prediction", "Preprocessing", "Reconstructor",
+           "load", "load_image"]

@@ -13,19 +13,20 @@ from .errors import HieraRuntimeError
 from .preprocess import Preprocessing
 
 FORMAT_VERSION = 1  # the newest metadata format this runtime reads
-TASKS = ("classify", "features", "backbone")
+TASKS = ("classify", "features", "backbone", "mae")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    task: str  # classify, features or backbone
-    input_size: tuple[int, int]  # (height, width)
+    task: str  # one of TASKS
+    input_size: tuple[int, ...]  # (height, width), or (frames, height, width) for video
     batch: int | None  # the static batch size, None when the batch axis is dynamic
     preprocessing: Preprocessing
     labels: tuple[str, ...] | None
     variant: str | None = None
     precision: str | None = None
     weights: dict | None = None  # {"source", "sha256", "verified"}
+    mae: dict | None = None  # MAE models: {"mask_units", "mask_ratio", "pred_stride", "norm_pix_loss"}
 
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels and index < len(self.labels) else None
@@ -49,7 +50,7 @@ def from_metadata(props: dict[str, str], path) -> ModelInfo:
                          batch=None if batch == "dynamic" else int(batch),
                          preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
                          labels=tuple(meta["labels"]) if meta.get("labels") else None, variant=meta.get("variant"),
-                         precision=meta.get("precision"), weights=meta.get("weights"))
+                         precision=meta.get("precision"), weights=meta.get("weights"), mae=meta.get("mae"))
     except (KeyError, TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
         raise HieraRuntimeError(f"{path}: damaged Hiera metadata ({type(error).__name__}: {error})") from None
 

@@ -1,5 +1,5 @@
-"""python -m runtime predict IMAGE... --model FILE | bench --model FILE --batch N | info --model FILE |
-sidecar ENGINE --onnx FILE.
+"""python -m runtime predict IMAGE... --model FILE | reconstruct IMAGE --model FILE | bench --model FILE --batch N |
+info --model FILE | sidecar ENGINE --onnx FILE.
 
 A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
 images, and prints. Exit status: 0 when every image was classified, 1 when some could not be, 2 for
@@ -19,8 +19,9 @@ from PIL import Image
 
 from .bench import summarize, time_calls
 from .errors import HieraRuntimeError
-from .model import Classifier, load
-from .preprocess import MAX_PIXELS, Preprocessing, find_images, load_image
+from .model import Classifier, Reconstructor, load
+from .preprocess import MAX_PIXELS, Preprocessing, find_images
+from .reconstruct import side_by_side
 from .session import PROVIDERS
 from .tensorrt import sidecar_for_trtexec
 
@@ -54,9 +55,10 @@ def parse(argv) -> argparse.Namespace:
                              "metadata, with ImageNet preprocessing to this size (shortest edge to the crop's / 0.875, "
                              "bicubic, center crop)")
 
-    predict = commands.add_parser("predict", help="classify images")
+    predict = commands.add_parser("predict", help="classify images (or clips, with a video model)")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or directories "
-                         "(searched recursively)")
+                         "(searched recursively); for a video model, clips: multi-frame files (animated GIF, WebP "
+                         "or PNG, multi-page TIFF) or directories of frames, sampled as the model was evaluated")
     model_options(predict)
     predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=8, help="images per call for a dynamic-batch model "
@@ -66,6 +68,15 @@ def parse(argv) -> argparse.Namespace:
                          help=f"refuse larger images, a decompression-bomb guard (default {MAX_PIXELS / 1e6:g})")
     predict.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                          help="show progress on stderr (default: when it is a terminal)")
+
+    rebuild = commands.add_parser("reconstruct", help="MAE: hide most of an image and let the model fill it in; "
+                                  "writes the original, the masked input and the reconstruction side by side")
+    rebuild.add_argument("image", type=Path, help="an image file")
+    model_options(rebuild)
+    rebuild.add_argument("--out", type=Path, help="the PNG to write (default: IMAGE's name + .mae.png, here)")
+    rebuild.add_argument("--seed", type=int, default=0, help="which mask units to hide (default 0)")
+    rebuild.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
+                         help=f"refuse larger images, a decompression-bomb guard (default {MAX_PIXELS / 1e6:g})")
 
     bench = commands.add_parser("bench", help="latency and throughput on random input")
     model_options(bench)
@@ -120,6 +131,9 @@ def predict(args) -> int:
     model = load_from_args(args, Classifier)
     items = []  # (path, error): the images to classify, and arguments already known to be bad, in order
     for argument in args.images:
+        if model.info.preprocessing.frames:  # a video model: each argument is one clip (a file or a frames directory)
+            items.append((argument, None))
+            continue
         try:
             items += [(path, None) for path in find_images(argument)]
         except HieraRuntimeError as error:
@@ -132,7 +146,7 @@ def predict(args) -> int:
         for path, error in chunk:
             if error is None:
                 try:
-                    inputs.append(model.info.preprocessing(load_image(path, model.max_pixels)))
+                    inputs.append(model.preprocess(path)[0])
                 except HieraRuntimeError as bad:
                     error = str(bad)
             errors.append(error)
@@ -144,6 +158,26 @@ def predict(args) -> int:
         failed += bad
     progress.close()
     return 1 if failed else 0
+
+
+def reconstruct(args) -> int:
+    model = load_from_args(args, Reconstructor)
+    out = args.out or Path(args.image.stem + ".mae.png")
+    if out.suffix.lower() != ".png":
+        raise HieraRuntimeError(f"--out {out}: the reconstruction is written as PNG; name it .png")
+    panels = model.reconstruct(args.image, seed=args.seed)[0]
+    picture = side_by_side([panels["original"], panels["masked"], panels["reconstruction"]])
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        picture.save(temporary, format="PNG")
+        os.replace(temporary, out)  # never a half-written PNG under the name asked for
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise HieraRuntimeError(f"{out}: cannot write ({error.strerror or error})") from None
+    mae = model.info.mae
+    visible = int(mae["mask_units"] * (1 - mae["mask_ratio"]))
+    print(f"wrote {out}: original | masked ({visible} of {mae['mask_units']} mask units visible) | reconstruction")
+    return 0
 
 
 def report(args, path: Path, error: str | None = None, top_k=None) -> None:
@@ -161,12 +195,17 @@ def report(args, path: Path, error: str | None = None, top_k=None) -> None:
 
 def bench(args) -> int:
     model = load_from_args(args)
-    height, width = model.info.input_size
-    pixel_values = np.random.default_rng(0).standard_normal((args.batch, 3, height, width), dtype=np.float32)
+    shape = (args.batch, 3, *model.info.input_size)
+    pixel_values = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     # A classifier is timed with its softmax and top-k, a feature extractor with its outputs' copy: the
     # whole call a user makes, less the image decoding, which is timed on its own below.
-    call = (lambda: model.predict_arrays(pixel_values)) if isinstance(model, Classifier) else \
-        (lambda: model.run(pixel_values))
+    if isinstance(model, Classifier):
+        call = lambda: model.predict_arrays(pixel_values)  # noqa: E731
+    elif isinstance(model, Reconstructor):
+        noise = model.noise(args.batch)
+        call = lambda: model.run(pixel_values, noise=noise)  # noqa: E731
+    else:
+        call = lambda: model.run(pixel_values)  # noqa: E731
     figures = summarize(time_calls(call, args.runs, args.warmup), args.batch)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
     preprocessing = summarize(time_calls(lambda: model.info.preprocessing(photo), args.runs, args.warmup), 1)
@@ -202,7 +241,8 @@ def sidecar(args) -> int:
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        return {"predict": predict, "bench": bench, "info": info, "sidecar": sidecar}[args.command](args)
+        commands = {"predict": predict, "reconstruct": reconstruct, "bench": bench, "info": info, "sidecar": sidecar}
+        return commands[args.command](args)
     except HieraRuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

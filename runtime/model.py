@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from . import reconstruct
 from .artifact import ModelInfo, for_foreign_model, from_metadata
 from .errors import HieraRuntimeError
-from .preprocess import MAX_PIXELS, Preprocessing, load_image
+from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
 from .session import OnnxSession
 from .tensorrt import ENGINE_SUFFIXES, EngineSession
 
@@ -59,7 +61,7 @@ class _Model:
 
     def __init__(self, session, info: ModelInfo, max_pixels: int = MAX_PIXELS):
         if info.task not in self.tasks:
-            kind = "Classifier" if info.task == "classify" else "FeatureExtractor"
+            kind = model_class(info.task).__name__
             raise HieraRuntimeError(f"{session.path}: a {info.task} model; load it with {kind}")
         self.session, self.info, self.max_pixels = session, info, max_pixels
 
@@ -73,26 +75,41 @@ class _Model:
     def providers(self) -> list[str]:
         return self.session.providers
 
-    def preprocess(self, images) -> np.ndarray:
-        """Images (one or a list) to the model's input, [n, 3, height, width] float32."""
-        images = images if isinstance(images, (list, tuple)) else [images]
-        if not images:
+    def items(self, inputs) -> tuple[list, bool]:
+        """The images (clips, for a video model) in `inputs`, and whether a list of them was given. A clip is
+        a path or a list of frames; a list of Pillow images or arrays given to a video model is one clip."""
+        frames = (Image.Image, np.ndarray)
+        several = isinstance(inputs, (list, tuple)) and not (
+            self.info.preprocessing.frames and inputs and all(isinstance(x, frames) for x in inputs))
+        items = list(inputs) if several else [inputs]
+        if not items:
             raise HieraRuntimeError("no images given")
-        return np.stack([self.info.preprocessing(load_image(image, self.max_pixels)) for image in images])
+        return items, several
 
-    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        """The model's raw outputs for preprocessed input, whatever its length: a static batch is filled in
-        chunks, the last one padded with zeros (and the padding's outputs dropped)."""
+    def preprocess(self, inputs) -> np.ndarray:
+        """Images (one or a list) to the model's input, [n, 3, height, width] float32; clips to [n, 3, frames,
+        height, width]."""
+        p = self.info.preprocessing
+        items, _ = self.items(inputs)
+        if p.frames:
+            return np.stack([p.clip(load_clip(clip, p.frames, p.frame_stride, self.max_pixels)) for clip in items])
+        return np.stack([p(load_image(image, self.max_pixels)) for image in items])
+
+    def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's raw outputs for preprocessed input (and any further inputs, one row per image), whatever
+        its length: a static batch is filled in chunks, the last one padded with zeros (and the padding's
+        outputs dropped)."""
         count = len(pixel_values)
         step = self.info.batch or self.session.max_batch or count
         if count == step:
-            return self.session.run(pixel_values)
+            return self.session.run(pixel_values, **other_inputs)
+        inputs = {"pixel_values": pixel_values, **other_inputs}
         chunks = []
         for start in range(0, count, step):
-            chunk = pixel_values[start:start + step]
-            if len(chunk) < step:
-                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            chunks.append(self.session.run(chunk))
+            chunk = {name: array[start:start + step] for name, array in inputs.items()}
+            chunk = {name: np.concatenate([array, np.zeros((step - len(array), *array.shape[1:]), array.dtype)])
+                     for name, array in chunk.items()}
+            chunks.append(self.session.run(**chunk))
         return {name: np.concatenate([c[name] for c in chunks])[:count] for name in chunks[0]}
 
 
@@ -102,8 +119,9 @@ class Classifier(_Model):
     def predict(self, images, top_k: int = 5):
         """The `top_k` classes of each image by softmax probability: a list of `Prediction` for one image,
         a list of such lists for a list of images."""
+        _, several = self.items(images)
         predictions = self.predict_arrays(self.preprocess(images), top_k)
-        return predictions if isinstance(images, (list, tuple)) else predictions[0]
+        return predictions if several else predictions[0]
 
     def predict_arrays(self, pixel_values: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """`predict` for input already preprocessed, [n, 3, height, width]."""
@@ -130,9 +148,33 @@ class FeatureExtractor(_Model):
         a backbone's `stage1`.. maps, NCHW), each with a leading axis of one entry per image."""
         return self.run(self.preprocess(images))
 
+class Reconstructor(_Model):
+    """An MAE pretraining model: it sees an image with most of its mask units hidden and predicts them."""
+
+    tasks = ("mae",)
+
+    def noise(self, count: int, seed: int = 0) -> np.ndarray:
+        """The masking input for `count` images, [count, mask units]: the units with the lowest noise stay
+        visible (as many as the exported mask ratio leaves)."""
+        return np.random.default_rng(seed).random((count, self.info.mae["mask_units"]), dtype=np.float32)
+
+    def reconstruct(self, images, seed: int = 0) -> list[dict[str, np.ndarray]]:
+        """For each image, the `original`, `masked` and `reconstruction` pictures (HWC uint8), with the mask
+        drawn from `seed`."""
+        pixel_values = self.preprocess(images)
+        outputs = self.run(pixel_values, noise=self.noise(len(pixel_values), seed))
+        mae = self.info.mae
+        return [reconstruct.panels(pixels, logits, visible, self.info.preprocessing, mae["pred_stride"],
+                                   mae["norm_pix_loss"])
+                for pixels, logits, visible in zip(pixel_values, outputs["logits"], outputs["bool_masked_pos"])]
 
 
-def load(path, *, max_pixels: int = MAX_PIXELS, **options) -> Classifier | FeatureExtractor:
-    """A `Classifier` or a `FeatureExtractor`, whichever the artifact's task is (options as for `open_model`)."""
+def model_class(task: str) -> type[_Model]:
+    return {"classify": Classifier, "mae": Reconstructor}.get(task, FeatureExtractor)
+
+
+def load(path, *, max_pixels: int = MAX_PIXELS, **options) -> Classifier | FeatureExtractor | Reconstructor:
+    """A `Classifier`, `FeatureExtractor` or `Reconstructor`, whichever the artifact's task asks for (options
+    as for `open_model`)."""
     session, info = open_model(path, **options)
-    return (Classifier if info.task == "classify" else FeatureExtractor)(session, info, max_pixels)
+    return model_class(info.task)(session, info, max_pixels)

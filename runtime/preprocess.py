@@ -106,6 +106,52 @@ def find_images(path) -> list[Path]:
     return found
 
 
+def sample_frames(available: int, frames: int, stride: int) -> list[int]:
+    """Which of `available` frames make a clip of `frames` at a temporal `stride`: the clip of frames * stride
+    frames in the middle of the video, sampled evenly: SlowFast's and MAE-ST's centre view (FAIR evaluated
+    its Hiera video models on 5 such views along the video). A shorter video repeats its last frame, as
+    their sampler does."""
+    span = frames * stride
+    start = max(available - span, 0) / 2
+    positions = np.linspace(start, start + span - 1, frames)
+    return np.clip(positions, 0, available - 1).astype(int).tolist()
+
+
+def open_clip(path, frames: int, stride: int, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
+    """The sampled frames of a clip: a multi-frame image file (animated GIF, WebP or PNG, multi-page TIFF)
+    or a directory of frame images (in name order)."""
+    path = Path(path)
+    if path.is_dir():
+        files = find_images(path)
+        return [open_image(files[i], max_pixels) for i in sample_frames(len(files), frames, stride)]
+    open_image(path, max_pixels)  # a single image's checks and errors, on the first frame
+    try:
+        with Image.open(path) as video:
+            count = getattr(video, "n_frames", 1)
+            if count == 1:
+                raise HieraRuntimeError(f"{path}: a single image, not a clip; pass a multi-frame file (animated GIF, "
+                                        "WebP or PNG, multi-page TIFF) or a directory of frames (ffmpeg -i clip.mp4 "
+                                        "DIR/%05d.png makes one)")
+            clip = []
+            for index in sample_frames(count, frames, stride):
+                video.seek(index)
+                clip.append(to_rgb(ImageOps.exif_transpose(video.copy())))
+            return clip
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise HieraRuntimeError(f"{path}: cannot decode its frames ({error})") from None
+
+
+def load_clip(source, frames: int, stride: int, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
+    """A clip's sampled frames, upright RGB: from a path (see `open_clip`) or a list of frames (paths, Pillow
+    images or uint8 arrays), sampled the same way."""
+    if isinstance(source, (str, Path)):
+        return [to_rgb(frame) for frame in open_clip(source, frames, stride, max_pixels)]
+    if isinstance(source, (list, tuple)) and source:
+        return [load_image(source[i], max_pixels) for i in sample_frames(len(source), frames, stride)]
+    raise HieraRuntimeError(f"a clip of type {type(source).__name__}: expected a path (a multi-frame file or a "
+                            "directory of frames) or a non-empty list of frames")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     resize_shortest_edge: int
@@ -113,23 +159,44 @@ class Preprocessing:
     resample: str = "bicubic"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    frames: int = 0  # video: frames per clip (0: an image model)
+    frame_stride: int = 1  # video: the temporal stride the clip is sampled at
 
     @classmethod
     def for_input_size(cls, input_size) -> Preprocessing:
-        """The ImageNet recipe scaled to an input size: shortest edge input / 0.875 (256 for 224)."""
+        """The ImageNet recipe scaled to an image input size: shortest edge input / 0.875 (256 for 224)."""
         return cls(resize_shortest_edge=int(min(input_size) / 0.875), crop_size=tuple(input_size))
 
+    @classmethod
+    def for_clips(cls, input_size, frame_stride: int = 4) -> Preprocessing:
+        """Kinetics clips as SlowFast and MAE-ST evaluate them (FAIR publishes no video preprocessing for
+        Hiera): every `frame_stride`-th frame, shortest edge to the crop size (bilinear), centre crop, the
+        Kinetics mean 0.45 and std 0.225."""
+        frames, height, width = input_size
+        return cls(resize_shortest_edge=min(height, width), crop_size=(height, width), resample="bilinear",
+                   mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), frames=frames, frame_stride=frame_stride)
+
     def to_dict(self) -> dict:
-        return {"resize_shortest_edge": self.resize_shortest_edge, "crop_size": list(self.crop_size),
-                "resample": self.resample, "rescale_factor": 1 / 255, "mean": list(self.mean),
-                "std": list(self.std), "color": "RGB"}
+        d = {"resize_shortest_edge": self.resize_shortest_edge, "crop_size": list(self.crop_size),
+             "resample": self.resample, "rescale_factor": 1 / 255, "mean": list(self.mean),
+             "std": list(self.std), "color": "RGB"}
+        if self.frames:
+            d.update(frames=self.frames, frame_stride=self.frame_stride)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         if d["resample"] not in RESAMPLE:
             raise ValueError(f"resample {d['resample']!r} is not one of {', '.join(RESAMPLE)}")
         return cls(int(d["resize_shortest_edge"]), tuple(int(x) for x in d["crop_size"]), d["resample"],
-                   tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
+                   tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
+                   int(d.get("frames", 0)), int(d.get("frame_stride", 1)))
+
+    def clip(self, frames: list[Image.Image]) -> np.ndarray:
+        """A clip's frames (as many as the model takes) to a normalized float32 array [3, frames, height, width]."""
+        if len(frames) != self.frames:
+            raise HieraRuntimeError(f"a clip of {len(frames)} frames: the model takes {self.frames}")
+        return np.stack([self(frame) for frame in frames], axis=1)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """One PIL image to a normalized float32 array [3, height, width]."""

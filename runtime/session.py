@@ -44,7 +44,8 @@ def default_cache_dir() -> Path:
 
 
 class OnnxSession:
-    """One onnxruntime session on an ONNX file: `run(pixel_values)` returns the outputs by name."""
+    """One onnxruntime session on an ONNX file: `run(pixel_values, **other_inputs)` returns the outputs by name
+    (MAE models take a second input, `noise`)."""
 
     def __init__(self, path, provider: str = "auto", threads: int | None = None, optimization: str = "all",
                  cache_dir=None, io_binding: bool | None = None):
@@ -74,6 +75,7 @@ class OnnxSession:
         model_input = self.session.get_inputs()[0]
         self.input_name, self.input_shape = model_input.name, model_input.shape
         self.input_dtype = DTYPES.get(model_input.type, np.float32)
+        self.other_inputs = {i.name: DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()[1:]}
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] in (PROVIDERS["tensorrt"], PROVIDERS["cuda"]) else "cpu"
@@ -93,11 +95,17 @@ class OnnxSession:
         return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
                 "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
 
-    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
         pixel_values = np.ascontiguousarray(pixel_values, dtype=self.input_dtype)
+        if set(other_inputs) != set(self.other_inputs):
+            expected, given = [self.input_name, *self.other_inputs], [self.input_name, *other_inputs]
+            raise HieraRuntimeError(f"{self.path}: the model takes inputs {', '.join(expected)}; "
+                                    f"given {', '.join(given)}")
         try:
-            if not self.io_binding:
-                outputs = self.session.run(self.output_names, {self.input_name: pixel_values})
+            if not self.io_binding or other_inputs:  # the bound path serves the one-input models
+                feeds = {name: np.ascontiguousarray(value, dtype=self.other_inputs[name])
+                         for name, value in other_inputs.items()}
+                outputs = self.session.run(self.output_names, {self.input_name: pixel_values, **feeds})
                 return dict(zip(self.output_names, outputs))
             binding, device_input = self._binding(pixel_values.shape)
             device_input.update_inplace(pixel_values)

@@ -143,7 +143,8 @@ def _cuda(result):
 
 
 class EngineSession:
-    """A TensorRT engine with the same interface as `OnnxSession`: `run(pixel_values)` -> outputs by name."""
+    """A TensorRT engine with the same interface as `OnnxSession`: `run(pixel_values, **other_inputs)` ->
+    outputs by name."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -159,6 +160,7 @@ class EngineSession:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.input_name, self.output_names = inputs[0], [n for n in names if n not in inputs]
+        self.other_inputs = inputs[1:]
         self.input_shape = [d if d >= 0 else "batch" for d in self.engine.get_tensor_shape(self.input_name)]
         # A dynamic batch runs up to its optimization profile's largest batch.
         self.max_batch = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0] \
@@ -179,12 +181,18 @@ class EngineSession:
             self.context.set_tensor_address(name, int(pointer))
         return pointer
 
-    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self._cudart
-        host_input = np.ascontiguousarray(pixel_values, dtype=self.dtypes[self.input_name])
-        self.context.set_input_shape(self.input_name, host_input.shape)
-        _cuda(cudart.cudaMemcpyAsync(self._buffer(self.input_name, host_input.nbytes), host_input.ctypes.data,
-                                     host_input.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        if set(other_inputs) != set(self.other_inputs):
+            expected, given = [self.input_name, *self.other_inputs], [self.input_name, *other_inputs]
+            raise HieraRuntimeError(f"{self.path}: the engine takes inputs {', '.join(expected)}; "
+                                    f"given {', '.join(given)}")
+        host_inputs = {name: np.ascontiguousarray(value, dtype=self.dtypes[name])
+                       for name, value in {self.input_name: pixel_values, **other_inputs}.items()}
+        for name, host_input in host_inputs.items():  # kept alive until the stream is synchronized
+            self.context.set_input_shape(name, host_input.shape)
+            _cuda(cudart.cudaMemcpyAsync(self._buffer(name, host_input.nbytes), host_input.ctypes.data,
+                                         host_input.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
         outputs = {name: np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
                    for name in self.output_names}
         for name, host in outputs.items():

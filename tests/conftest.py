@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 from transformers import HieraConfig as TransformersConfig
-from transformers import HieraForImageClassification, HieraModel
+from transformers import HieraForImageClassification, HieraForPreTraining, HieraModel
 
 transformers.logging.set_verbosity_error()
 
@@ -50,3 +50,28 @@ def transformers_checkpoint(tmp_path_factory):
         return cache[name, task]
 
     return make
+
+
+# MAE like the published `facebook/hiera-*-224-mae-hf` (two query poolings), small, with a small decoder.
+MAE_CONFIG = dict(embed_dim=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 4, 8], image_size=[64, 96], num_query_pool=2,
+                  decoder_hidden_size=32, decoder_depth=2, decoder_num_heads=2)
+
+
+def transformers_mae_model() -> HieraForPreTraining:
+    """A seeded transformers `HieraForPreTraining` of `MAE_CONFIG`. Its initialization leaves the mask token
+    and some biases at zero; every weight is perturbed so that none is."""
+    torch.manual_seed(0)
+    model = HieraForPreTraining(TransformersConfig(**MAE_CONFIG)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return model
+
+
+@pytest.fixture(scope="session")
+def transformers_mae(tmp_path_factory):
+    """`(directory, model)`: `transformers_mae_model()` saved with `save_pretrained`."""
+    model = transformers_mae_model()
+    directory = tmp_path_factory.mktemp("mae")
+    model.save_pretrained(directory)
+    return directory, model

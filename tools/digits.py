@@ -122,7 +122,7 @@ def evaluate(args) -> None:
         logits = hiera_model.load(args.checkpoint)(torch.from_numpy(inputs)).numpy()
     results = {"PyTorch fp32": float((logits.argmax(1) == labels).mean())}
     for file in args.artifacts:
-        logits = run_artifact(file, inputs)["logits"]
+        logits = run_artifact(file, {"pixel_values": inputs})["logits"]
         results[file.name] = float((logits.argmax(1) == labels).mean())
     width = max(map(len, results))
     print(f"{'model':{width}s}  held-out top-1 ({len(labels)} images)")

@@ -9,11 +9,13 @@ Those packages need torchvision, which here works only with the large torch 2.14
 
 It builds one small seeded Hiera with FAIR's code, copies the same weights into timm's model through
 timm's own checkpoint filter, saves each with the library's own save function, and records both
-libraries' outputs on seeded inputs. The tests load the saved files with `hiera_model.load` and
-compare with these outputs.
+libraries' outputs on seeded inputs. It does the same for a small FAIR MAE model (`mae_*`: its outputs
+for a mask drawn from recorded noise, as transformers draws it) and a small FAIR video model (`video_*`).
+The tests load the saved files with `hiera_model.load` and compare with these outputs.
 """
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +30,15 @@ from timm.models.hiera import checkpoint_filter_fn
 # Small, but with every feature of the published models: four stages, three query poolings,
 # mask-unit attention in two stages (and the lag into the third), a non-square input.
 FAIR_ARGS = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), input_size=(96, 128), num_classes=10)
+# MAE with two query poolings like the published MAE models, and a small decoder.
+MAE_ARGS = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), input_size=(64, 96), q_pool=2, decoder_embed_dim=32,
+                decoder_depth=2, decoder_num_heads=2)
+MAE_RATIO = 0.6
+# Video like `hiera_base_16x224` (3-D patches, pooling and mask units in space only, separate position
+# embeddings), at 4 frames of 64 x 64.
+VIDEO_ARGS = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), num_classes=10, input_size=(4, 64, 64),
+                  q_stride=(1, 2, 2), mask_unit_size=(1, 8, 8), patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4),
+                  patch_padding=(1, 3, 3), sep_pos_embed=True)
 SEED = 0
 
 
@@ -63,12 +74,54 @@ def main(out: Path) -> None:
     expected.update({f"fair_stage{i}": s for i, s in enumerate(fair_stages)})
     expected.update({f"timm_stage{i}": s for i, s in enumerate(timm_stages)})
     safetensors.torch.save_file({k: v.contiguous() for k, v in expected.items()}, out / "expected.safetensors")
+    safetensors.torch.save_file(mae(out), out / "expected_mae.safetensors")
+    safetensors.torch.save_file(video(out), out / "expected_video.safetensors")
     about = {
         "made_by": "tools/make_reference_fixtures.py",
-        "fair_args": FAIR_ARGS, "timm_args": timm_args, "seed": SEED,
+        "fair_args": FAIR_ARGS, "timm_args": timm_args, "mae_args": MAE_ARGS, "mae_ratio": MAE_RATIO,
+        "video_args": VIDEO_ARGS, "seed": SEED,
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "hiera-transformer": "0.1.4"},
     }
     (out / "about.json").write_text(json.dumps(about, indent=1) + "\n")
+
+
+def mae(out: Path) -> dict[str, torch.Tensor]:
+    """FAIR's MAE model saved as FAIR's .pth; its outputs for a mask drawn from recorded noise."""
+    torch.manual_seed(SEED)
+    model = hiera.MaskedAutoencoderHiera(**MAE_ARGS).eval()
+    with torch.no_grad():  # FAIR zeroes the biases and draws the decoder like MAE; perturb all so nothing is trivial
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    torch.save({"model_state": model.state_dict()}, out / "mae_fair_small.pth")
+    generator = torch.Generator().manual_seed(SEED)
+    inputs = torch.randn(3, 3, *MAE_ARGS["input_size"], generator=generator)
+    units = math.prod(model.mask_spatial_shape)
+    noise = torch.rand(3, units, generator=generator)
+    # FAIR's get_random_mask, with the noise given instead of drawn: the lowest noise stays visible.
+    keep = int(units * (1 - MAE_RATIO))
+    mask = torch.zeros(3, units)
+    mask[:, :keep] = 1
+    mask = torch.gather(mask, 1, noise.argsort(1).argsort(1)).bool()
+    with torch.no_grad():
+        loss, pred, label, visible = model(inputs, mask=mask)
+    return {"pixel_values": inputs, "noise": noise, "mask": visible, "loss": loss, "pred": pred, "label": label}
+
+
+def video(out: Path) -> dict[str, torch.Tensor]:
+    """FAIR's video model saved as FAIR's .pth and with its save_pretrained; its logits and stage maps."""
+    torch.manual_seed(SEED)
+    model = hiera.Hiera(**VIDEO_ARGS)
+    torch.nn.init.trunc_normal_(model.head.projection.weight, std=0.02)
+    model.eval()
+    torch.save({"model_state": model.state_dict()}, out / "video_fair_small.pth")
+    model.save_pretrained(out / "video_fair_hub")
+    inputs = torch.randn(2, 3, *VIDEO_ARGS["input_size"], generator=torch.Generator().manual_seed(SEED))
+    with torch.no_grad():
+        _, stages = model(inputs, return_intermediates=True)
+        logits = model.train()(inputs)  # without the eval-mode softmax
+    expected = {"pixel_values": inputs, "logits": logits}
+    expected.update({f"stage{i}": s.contiguous() for i, s in enumerate(stages)})
+    return expected
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Print the measured parity figures the README quotes: max abs diff of our model against transformers,
-FAIR `hiera` and timm, on the same configs, weights and inputs as the tests (which bound them by 1e-5).
+FAIR `hiera` and timm, on the same configs, weights and inputs as the tests (which bound them by 1e-5):
+classifiers and features, MAE (transformers' HieraForPreTraining, FAIR's MAE fixture) and video (FAIR's
+video fixture).
 
     python tools/parity_report.py
 """
@@ -14,7 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hiera_model  # noqa: E402
+from tests.conftest import transformers_mae_model  # noqa: E402
 from tests.hiera_model import test_reference_fixtures as fixtures  # noqa: E402
+from tests.hiera_model.test_mae import FAIR_MAE  # noqa: E402
 from tests.hiera_model.test_transformers_parity import (  # noqa: E402
     CONFIGS, HieraForImageClassification, HieraModel, TransformersConfig, inputs_for)
 
@@ -64,12 +68,48 @@ def fixture_rows():
                                                   for i, s in enumerate(stages))
 
 
+@torch.no_grad()
+def mae_rows():
+    reference = transformers_mae_model()
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        ours = hiera_model.load(directory, task="mae")
+    ours.with_loss = True
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(3, 3, 64, 96, generator=generator)
+    noise = torch.rand(3, ours.config.mask_units, generator=generator)
+    expected, got = reference(pixel_values=pixel_values, noise=noise), ours(pixel_values, noise)
+    yield "transformers", "mae", "logits", max_diff(got["logits"], expected.logits)
+    yield "transformers", "mae", "loss", max_diff(got["loss"].mean(), expected.loss)
+    yield "transformers", "mae", "mask, ids_restore", max(
+        max_diff(got["bool_masked_pos"].int(), expected.bool_masked_pos.int()),
+        max_diff(got["ids_restore"], expected.ids_restore))
+
+    expected = safetensors.torch.load_file(fixtures.REFERENCE / "expected_mae.safetensors")
+    model = hiera_model.load(fixtures.REFERENCE / "mae_fair_small.pth", variant=FAIR_MAE, task="mae")
+    model.with_loss = True
+    got = model(expected["pixel_values"], expected["noise"])
+    masked = ~got["bool_masked_pos"]
+    yield "FAIR hiera", "mae fixture", "predictions", max_diff(got["logits"][masked], expected["pred"])
+    yield "FAIR hiera", "mae fixture", "loss", max_diff(got["loss"].mean(), expected["loss"])
+
+
+@torch.no_grad()
+def video_rows():
+    expected = safetensors.torch.load_file(fixtures.REFERENCE / "expected_video.safetensors")
+    model = hiera_model.load(fixtures.REFERENCE / "video_fair_hub")
+    yield "FAIR hiera", "video fixture", "logits", max_diff(model(expected["pixel_values"]), expected["logits"])
+    _, stages = model.forward_features(expected["pixel_values"], return_stages=True)
+    yield "FAIR hiera", "video fixture", "intermediates", max(max_diff(s, expected[f"stage{i}"])
+                                                              for i, s in enumerate(stages))
+
+
 def main() -> None:
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     print(f"{'reference':<13} {'config':<14} {'output':<18} max abs diff")
-    for reference, config, output, diff in (*transformers_rows(), *fixture_rows()):
+    for reference, config, output, diff in (*transformers_rows(), *fixture_rows(), *mae_rows(), *video_rows()):
         print(f"{reference:<13} {config:<14} {output:<18} {diff:.1e}")
 
 

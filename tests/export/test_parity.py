@@ -21,7 +21,7 @@ def inputs(config, batch: int) -> np.ndarray:
 
 
 def onnx_outputs(path, pixel_values) -> dict[str, np.ndarray]:
-    return run_artifact(path, pixel_values)
+    return run_artifact(path, {"pixel_values": pixel_values})
 
 
 @torch.no_grad()

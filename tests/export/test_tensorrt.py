@@ -52,7 +52,7 @@ def test_fp16_on_tensorrt_10_is_strongly_typed_from_the_mixed_precision_artifact
     files, models, report = exports["optimized"]
     p = plan(files, models, EngineOptions(max_batch=16), "10.3")
     assert p.source == str(files["fp16"]) and p.strongly_typed and p.flags == [] and p.fp32_layers == []
-    assert p.profile == {"min": [1, 3, 64, 96], "opt": [8, 3, 64, 96], "max": [16, 3, 64, 96]}
+    assert p.profile == {"pixel_values": {"min": [1, 3, 64, 96], "opt": [8, 3, 64, 96], "max": [16, 3, 64, 96]}}
     source, engine = files["fp16"].name, files["fp16"].with_suffix(".engine")
     assert trtexec_command(p, engine) == (
         f"trtexec --onnx={source} --saveEngine={engine.name} --memPoolSize=workspace:4096M --stronglyTyped "
@@ -115,7 +115,7 @@ def test_the_sidecar_is_what_the_runtime_checks(exports, tmp_path):
                    metadata=metadata)
     sidecar_path(engine).write_text(json.dumps(data))
     read = read_sidecar(engine)
-    assert read["onnx"] == files["fp16"].name and read["profile"]["max"] == [8, 3, 64, 96]
+    assert read["onnx"] == files["fp16"].name and read["profile"]["pixel_values"]["max"] == [8, 3, 64, 96]
     check_compatible(engine, read, "10.3.0", (9, 0))  # hardware-compatible: a Hopper GPU runs it too
     with pytest.raises(HieraRuntimeError, match="built with TensorRT 10.3.0, this machine has 10.4.0"):
         check_compatible(engine, read, "10.4.0", (8, 9))

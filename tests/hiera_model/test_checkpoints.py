@@ -157,7 +157,8 @@ def test_layouts_are_detected_from_keys():
     assert detect_layout({"encoder.stages.0.layers.0.attn.qkv.weight": 0}, "p") == "transformers"
     assert detect_layout({"head.fc.weight": 0, "blocks.0.norm1.weight": 0}, "p") == "timm"
     assert detect_layout({"patch_embed.proj.weight": 0, "blocks.0.norm1.weight": 0}, "p") == "fair"
-    with pytest.raises(HieraModelError, match="MAE pretraining checkpoint"):
+    assert detect_layout({"patch_embed.proj.weight": 0, "decoder_pred.weight": 0}, "p") == "fair"  # FAIR's MAE
+    with pytest.raises(HieraModelError, match="not a Hiera checkpoint in a known layout"):
         detect_layout({"encoder_norm.weight": 0, "decoder_pred.weight": 0}, "p")
 
 

@@ -81,3 +81,33 @@ def test_features_from_a_classifier_checkpoint(expected):
     classifier = hiera_model.load(REFERENCE / "fair_hub")
     features = hiera_model.load(REFERENCE / "fair_hub", task="features")(expected["pixel_values"])
     assert max_diff(classifier.head(features["pooler_output"]), expected["fair_logits"]) <= TOLERANCE
+
+
+# The video fixture: FAIR's `hiera_base_16x224` layout (3-D patches, pooling and mask units in space only,
+# separate spatial and temporal position embeddings) at 4 frames of 64 x 64 (about.json's video_args).
+VIDEO = HieraConfig(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 2, 2, 1), num_classes=10, input_size=(4, 64, 64),
+                    q_stride=(1, 2, 2), mask_unit_size=(1, 8, 8), patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4),
+                    patch_padding=(1, 3, 3), sep_pos_embed=True)
+
+
+@pytest.mark.parametrize("path, variant", [("video_fair_small.pth", VIDEO), ("video_fair_hub", None)])
+@torch.no_grad()
+def test_fair_video(path, variant):
+    expected = safetensors.torch.load_file(REFERENCE / "expected_video.safetensors")
+    model = hiera_model.load(REFERENCE / path, variant=variant)
+    assert model.config == VIDEO
+    assert max_diff(model(expected["pixel_values"]), expected["logits"]) <= TOLERANCE
+    _, stages = model.forward_features(expected["pixel_values"], return_stages=True)
+    for i, stage in enumerate(stages):  # [batch, frames, height, width, dim], as FAIR's return_intermediates
+        assert max_diff(stage, expected[f"stage{i}"]) <= TOLERANCE
+
+
+def test_video_weights_are_told_from_image_weights():
+    """Without a config, the weights' shapes pick the variant: a video checkpoint of Hiera-B's shape is
+    base_16x224, not base."""
+    from hiera_model.checkpoints import infer_config
+
+    for name in ("base", "base_16x224"):
+        with torch.device("meta"):
+            state = hiera_model.model.build(hiera_model.VARIANTS[name].config).state_dict()
+        assert infer_config(state, name) == hiera_model.VARIANTS[name].config

@@ -17,16 +17,22 @@ def test_parameter_counts_are_the_published_ones(name):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_compute_is_the_published_one(name):
-    """The paper's "FLOPs" count multiply-adds: counted on meta tensors, they round to its figures."""
+    """The paper's "FLOPs" count multiply-adds: counted on meta tensors, the image models' round to its
+    figures; the video models' come within 1% (132.3 against 133 for B+, the farthest: the paper's counter
+    also counts some element-wise work, which weighs more with 25,088 tokens)."""
     variant = VARIANTS[name]
     with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        Hiera(variant.config)(torch.empty(1, 3, 224, 224))
-    assert round(counter.get_total_flops() / 2e9) == variant.gmacs
+        Hiera(variant.config)(torch.empty(1, 3, *variant.config.input_size))
+    gmacs = counter.get_total_flops() / 2e9
+    if variant.config.is_video:
+        assert gmacs == pytest.approx(variant.gmacs, rel=1e-2)
+    else:
+        assert round(gmacs) == variant.gmacs
 
 
 def test_published_variants_are_told_apart_by_their_weights():
-    """Shape inference relies on this: embed dim or depths differ between any two variants."""
-    keys = [(v.config.embed_dim, v.config.depths) for v in VARIANTS.values()]
+    """Shape inference relies on this: embed dim, depths or kind (image or video) differ between any two."""
+    keys = [(v.config.embed_dim, v.config.depths, v.config.is_video) for v in VARIANTS.values()]
     assert len(set(keys)) == len(keys)
 
 
@@ -40,7 +46,10 @@ def test_published_variants_are_told_apart_by_their_weights():
     (dict(mask_unit_size=(4, 4)), "mask_unit_size (4, 4) must be divisible"),
     (dict(dim_mul=1.0), "dim must differ"),
     (dict(dim_mul=1.5, embed_dim=91), "embed_dim * dim_mul ** 1 = 136.5, must be a whole number"),
-    (dict(input_size=(16, 224, 224)), "video Hiera is not supported yet"),
+    (dict(input_size=(16, 224, 224)), "q_stride (2, 2) must have one entry per input dimension"),
+    (dict(input_size=(2, 16, 224, 224)), "must be (height, width) or, for video, (frames, height, width)"),
+    (dict(sep_pos_embed=True), "sep_pos_embed (separate spatial and temporal position embeddings) is for video"),
+    (dict(mask_ratio=1.0), "mask_ratio 1.0 must be at least 0 and less than 1"),
     (dict(depths=(2, 0, 16, 3)), "at least one block"),
 ])
 def test_invalid_configs_are_refused_with_the_reason(changes, message):
