@@ -117,14 +117,14 @@ class Classifier(_Model):
     tasks = ("classify",)
 
     def predict(self, images, top_k: int = 5):
-        """The `top_k` classes of each image by softmax probability: a list of `Prediction` for one image,
-        a list of such lists for a list of images."""
+        """The `top_k` classes of each image (or clip) by softmax probability: a list of `Prediction` for one,
+        a list of such lists for a list of them."""
         _, several = self.items(images)
         predictions = self.predict_arrays(self.preprocess(images), top_k)
         return predictions if several else predictions[0]
 
     def predict_arrays(self, pixel_values: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
-        """`predict` for input already preprocessed, [n, 3, height, width]."""
+        """`predict` for input already preprocessed, [n, 3, height, width] (clips: [n, 3, frames, height, width])."""
         if top_k < 1:
             raise HieraRuntimeError(f"top_k {top_k}: must be at least 1")
         outputs = self.run(pixel_values)
@@ -147,6 +147,7 @@ class FeatureExtractor(_Model):
         """The outputs for one image or a list of them, by name (`last_hidden_state` and `pooler_output`, or
         a backbone's `stage1`.. maps, NCHW), each with a leading axis of one entry per image."""
         return self.run(self.preprocess(images))
+
 
 class Reconstructor(_Model):
     """An MAE pretraining model: it sees an image with most of its mask units hidden and predicts them."""

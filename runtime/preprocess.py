@@ -118,8 +118,8 @@ def sample_frames(available: int, frames: int, stride: int) -> list[int]:
 
 
 def open_clip(path, frames: int, stride: int, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
-    """The sampled frames of a clip: a multi-frame image file (animated GIF, WebP or PNG, multi-page TIFF)
-    or a directory of frame images (in name order)."""
+    """The sampled frames of a clip, upright, in their own mode: a multi-frame image file (animated GIF, WebP
+    or PNG, multi-page TIFF) or a directory of frame images (in name order)."""
     path = Path(path)
     if path.is_dir():
         files = find_images(path)
@@ -135,7 +135,7 @@ def open_clip(path, frames: int, stride: int, max_pixels: int = MAX_PIXELS) -> l
             clip = []
             for index in sample_frames(count, frames, stride):
                 video.seek(index)
-                clip.append(to_rgb(ImageOps.exif_transpose(video.copy())))
+                clip.append(ImageOps.exif_transpose(video.copy()))
             return clip
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise HieraRuntimeError(f"{path}: cannot decode its frames ({error})") from None

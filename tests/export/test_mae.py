@@ -62,6 +62,19 @@ def test_graph_and_metadata(mae_export):
     assert report["artifacts"]["fp32"]["parity"]["ids_restore"] == {"equal": True}
 
 
+def test_every_input_gets_a_tensorrt_profile_and_is_required(mae_export):
+    from export.tensorrt import profile
+    from runtime import HieraRuntimeError
+
+    _, files, _ = mae_export
+    shapes = profile(onnx.load(files["fp16"]), max_batch=8)
+    assert shapes == {"pixel_values": {"min": [1, 3, 64, 96], "opt": [4, 3, 64, 96], "max": [8, 3, 64, 96]},
+                      "noise": {"min": [1, 6], "opt": [4, 6], "max": [8, 6]}}
+    pixel_values = np.zeros((1, 3, 64, 96), np.float32)
+    with pytest.raises(HieraRuntimeError, match="takes inputs pixel_values, noise; given pixel_values$"):
+        load(files["fp32"], provider="cpu").run(pixel_values)
+
+
 def test_mae_only_options_are_refused(transformers_mae, tmp_path):
     directory, _ = transformers_mae
     with pytest.raises(ExportError, match="--loss: only for --task mae"):
