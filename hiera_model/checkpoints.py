@@ -60,8 +60,14 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
         raise HieraModelError(f"{path}: the checkpoint has no classification head; load it with task='features'")
     if task != "classify":
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if task in ("backbone", "mae"):  # neither pools: the pooled output's norm has no use
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    norms = tuple(sorted({k.split(".")[1] for k in state if k.startswith("stage_norms.")}))
+    if task == "backbone":
+        config = config.replace(stage_norms=norms)  # transformers' HieraBackbone: a norm per stage it outputs
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("stage_norms.")}
     if is_mae:
-        state = {k: v for k, v in state.items() if not k.startswith("norm.")}  # FAIR's MAE has none; timm's may
         config = config.replace(**_decoder_shape(state))
 
     model = build(config, task)
@@ -161,6 +167,7 @@ _TRANSFORMERS_NAMES = {
     "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
     "embeddings.position_embeddings": "pos_embed",
     "pooler.layernorm.": "norm.",
+    "hidden_states_norms.": "stage_norms.",  # HieraBackbone's
     # HieraForPreTraining's decoder and fusion heads
     "multiscale_fusion.": "",
     "decoder.decoder_embeddings.": "decoder_embed.",

@@ -29,7 +29,8 @@ class Hiera(nn.Module):
     """Hiera for images or clips; `task` picks the output: "classify" gives logits, "features" a dict with
     `last_hidden_state` (the final tokens, as transformers' `HieraModel`) and `pooler_output`, "backbone"
     a dict of stage maps `stage1`.. channels first (FAIR's `return_intermediates`, NCHW or NCTHW), those
-    named in `out_features`. Task "mae" is `mae.MaskedAutoencoder`, built on this class (see `build`).
+    named in `out_features`, layer-normed where `config.stage_norms` says. Task "mae" is
+    `mae.MaskedAutoencoder`, built on this class (see `build`).
 
     The state dict uses FAIR's names, except that `head` is the classifier Linear itself (FAIR's
     `head.projection`) and returns logits: FAIR applies softmax in eval mode, transformers and timm don't.
@@ -91,9 +92,12 @@ class Hiera(nn.Module):
                 dim, tokens = dims[stage], tokens // q_stride
             self.stage_ends.append(len(self.blocks) - 1)
 
-        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps) if task != "mae" else None
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps) if task in ("classify", "features") else None
         self.head = nn.Linear(dim, config.num_classes) if task == "classify" else None
         self.out_features = tuple(f"stage{i + 1}" for i in range(len(config.depths)))  # backbone: all stages
+        # transformers' HieraBackbone builds its stage norms with LayerNorm's default eps, not the model's.
+        self.stage_norms = nn.ModuleDict({name: nn.LayerNorm(dims[int(name.removeprefix("stage")) - 1])
+                                          for name in config.stage_norms} if task == "backbone" else {})
 
     def position_embedding(self) -> torch.Tensor:
         """[1, tokens, dim] in spatial order; video sums a spatial and a temporal table (a constant once exported)."""
@@ -130,7 +134,9 @@ class Hiera(nn.Module):
     def forward(self, pixel_values: torch.Tensor):
         if self.task == "backbone":
             _, stages = self.forward_features(pixel_values, return_stages=True)
-            return {name: stages[int(name.removeprefix("stage")) - 1].movedim(-1, 1) for name in self.out_features}
+            maps = {name: stages[int(name.removeprefix("stage")) - 1] for name in self.out_features}
+            maps = {name: self.stage_norms[name](x) if name in self.stage_norms else x for name, x in maps.items()}
+            return {name: x.movedim(-1, 1) for name, x in maps.items()}  # channels first
         tokens, _ = self.forward_features(pixel_values)
         pooled = self.norm(tokens.mean(dim=1))
         if self.head is None:

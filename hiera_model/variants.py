@@ -34,6 +34,8 @@ class HieraConfig:
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-6
     sep_pos_embed: bool = False  # video: a spatial and a temporal position embedding, summed
+    # Backbone: the stages ("stage1"..) whose maps get a LayerNorm, as transformers' HieraBackbone has them.
+    stage_norms: tuple[str, ...] = ()
     # MAE pretraining (task "mae"), FAIR's `MaskedAutoencoderHiera` defaults.
     mask_ratio: float = 0.6  # the share of mask units dropped
     decoder_embed_dim: int = 512
@@ -96,6 +98,9 @@ class HieraConfig:
             if self.stage_dims[stage] == self.stage_dims[stage - 1]:
                 fail(f"stage {stage} pools its queries, so its dim must differ from the previous stage's "
                      f"(the residual is projected and pooled only where the dim changes); got dim_mul {self.dim_mul}")
+        unknown = [name for name in self.stage_norms if name not in [f"stage{i + 1}" for i in range(stages)]]
+        if unknown:
+            fail(f"stage_norms {self.stage_norms}: {', '.join(unknown)} is not a stage (stage1..stage{stages})")
         if not 0 <= self.mask_ratio < 1:
             fail(f"mask_ratio {self.mask_ratio} must be at least 0 and less than 1")
         if self.num_classes < 1:

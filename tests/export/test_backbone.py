@@ -7,8 +7,10 @@ import onnx
 import pytest
 import safetensors.torch
 import torch
-from transformers import HieraBackbone
+from transformers import HieraBackbone, HieraModel
 from transformers import HieraConfig as TransformersConfig
+
+import hiera_model
 
 from export import ExportError, Options, read_artifact, run
 from runtime import FeatureExtractor
@@ -81,3 +83,34 @@ def test_transformers_hiera_backbone_disagrees_with_its_own_model(transformers_c
     for i, (state, feature_map) in enumerate(zip(hidden, backbone(pixel_values).feature_maps)):
         normed = backbone.hidden_states_norms[f"stage{i + 1}"](state).permute(0, 3, 1, 2)
         assert (normed - feature_map).abs().max() > 1
+
+
+@torch.no_grad()
+def test_stage_norms_of_a_transformers_backbone_checkpoint(tmp_path):
+    """A checkpoint of transformers' HieraBackbone (say, from a detection fine-tune) carries a LayerNorm per
+    stage it outputs. We load them and apply them to the correct maps: its `HieraModel`'s rerolled hidden
+    states, normed by its own `hidden_states_norms`."""
+    torch.manual_seed(0)
+    config = TransformersConfig(**CONFIGS["small_q_pool"], out_features=["stage2", "stage4"])
+    backbone = HieraBackbone(config).eval()
+    for parameter in backbone.hidden_states_norms.parameters():  # fresh norms are the identity's weights
+        parameter.add_(torch.randn_like(parameter) * 0.1)
+    backbone.save_pretrained(tmp_path / "checkpoint")
+    model = HieraModel(config).eval()
+    missing, unexpected = model.load_state_dict(backbone.state_dict(), strict=False)
+    assert all(k.startswith("pooler.") for k in missing)
+    assert all(k.startswith("hidden_states_norms.") for k in unexpected)
+
+    ours = hiera_model.load(tmp_path / "checkpoint", task="backbone")
+    assert ours.config.stage_norms == ("stage2", "stage4")
+    report = run(Options(weights=str(tmp_path / "checkpoint"), task="backbone", out_dir=tmp_path / "out", batch=None,
+                         precisions=("fp32",)))
+    assert report["passed"], report
+    pixel_values = inputs(model.config, 2)
+    hidden = model(torch.from_numpy(pixel_values), output_hidden_states=True).reshaped_hidden_states[1:]
+    got = onnx_outputs(tmp_path / "out" / report["artifacts"]["fp32"]["file"], pixel_values)
+    for i, name in enumerate(got):  # all four stages; stage2 and stage4 normed
+        expected = backbone.hidden_states_norms[name](hidden[i]) if name in ours.config.stage_norms else hidden[i]
+        assert np.abs(got[name] - expected.permute(0, 3, 1, 2).numpy()).max() <= FP32_TOLERANCE, name
+    with pytest.raises(hiera_model.HieraModelError, match="missing 2: norm.bias, norm.weight"):
+        hiera_model.load(tmp_path / "checkpoint", task="features")  # a backbone has no pooler norm

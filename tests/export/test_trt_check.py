@@ -9,7 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import hiera_model
 from export import Options, run
+from export.onnx_export import to_onnx, to_opset_16
 from export.trt_check import check
 
 from ..conftest import ROOT
@@ -51,6 +53,16 @@ def test_tensorrt_8_5_needs_the_opset_16_graph(graphs):
     pixel_values = inputs(reference.config, 2)  # and the decomposition computes the same model
     expected = reference_outputs(reference, pixel_values)["logits"]
     assert np.abs(onnx_outputs(made["opset16"]["fp32"], pixel_values)["logits"] - expected).max() <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("variant, task", [("base_16x224", "classify"), ("base", "mae")])
+def test_base_size_video_and_mae_graphs_pass(variant, task):
+    """Hiera-B's video classifier (25,088 tokens) and MAE graph (TopK, gathers with computed indices), as
+    traced: the TensorRT 10 check, and the 8.5 check once LayerNormalization is decomposed (--opset 16)."""
+    graph = to_onnx(hiera_model.create(variant, task=task), 17, batch=1)
+    assert check(graph, "10") == []
+    to_opset_16(graph)
+    assert check(graph, "8.5") == []
 
 
 def test_onnxruntime_only_graphs_are_named_as_such(graphs):
