@@ -1,0 +1,184 @@
+"""Reading and writing files safely: the one place every package goes through for a path it is given.
+
+- A path that should be a file is opened only if it is a regular file: a FIFO, a device (`/dev/zero`)
+  or a socket would hang a reader or feed it forever. The check is made on the opened descriptor
+  (opened non-blocking, so that even a FIFO swapped in after a check cannot block), never by name alone.
+- Reads are bounded by what the caller expects, not by what the file claims.
+- Writes are atomic: a temporary file beside the target, flushed to disk, renamed over it. A failed
+  write (disk full, read-only filesystem, `ulimit -f`) removes its temporary file and says why in one line.
+- `sha256` is the digest every provenance record and sidecar uses.
+
+Errors are `FileError` (a `HieraRuntimeError`), one line naming the path; `hiera_model` and `export`
+re-raise it as their own error type with the same message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from .errors import FileError
+
+CHUNK = 1 << 20
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def require_file(path) -> Path:
+    """`path` if it names a regular file (after following links); else `FileError` saying what it is."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileError(f"{path}: no such file") from None
+    except OSError as error:
+        raise FileError(f"{path}: cannot read ({_reason(error)})") from None
+    if not stat.S_ISREG(mode):
+        raise FileError(f"{path}: {_kind(mode)}, not a regular file")
+    return path
+
+
+def require_directory(path) -> Path:
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileError(f"{path}: no such directory") from None
+    except OSError as error:
+        raise FileError(f"{path}: cannot read ({_reason(error)})") from None
+    if not stat.S_ISDIR(mode):
+        raise FileError(f"{path}: not a directory")
+    return path
+
+
+def require_file_or_directory(path) -> Path:
+    """For arguments that may be either (a checkpoint, an image or a folder of them)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileError(f"{path}: no such file or directory") from None
+    except OSError as error:
+        raise FileError(f"{path}: cannot read ({_reason(error)})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise FileError(f"{path}: {_kind(mode)}, not a regular file or directory")
+    return path
+
+
+def open_file(path):
+    """A binary file object for reading `path`, which must be a regular file. The descriptor is opened
+    non-blocking and checked before anything is read, so a FIFO fails at once instead of hanging."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FileError(f"{path}: a directory, not a regular file") from None
+    except OSError as error:
+        raise FileError(f"{path}: cannot read ({_reason(error)})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileError(f"{path}: {_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(path, limit: int) -> bytes:
+    """The whole of a regular file of at most `limit` bytes."""
+    with open_file(path) as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > limit:
+            raise FileError(f"{path}: {size:,} bytes, more than the {limit:,} such a file can need")
+        try:
+            data = file.read(limit + 1)
+        except OSError as error:
+            raise FileError(f"{path}: cannot read ({_reason(error)})") from None
+    if len(data) > limit:  # grew while being read
+        raise FileError(f"{path}: more than the {limit:,} bytes such a file can need")
+    return data
+
+
+def read_json(path, limit: int = 64 << 20):
+    """A JSON document from a regular file of at most `limit` bytes. NaN and Infinity are refused: they
+    are not JSON, and no value we read may be non-finite."""
+    data = read_bytes(path, limit)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not a JSON number")
+
+    try:
+        return json.loads(data, parse_constant=refuse)
+    except (UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        raise FileError(f"{path}: not valid JSON ({error})") from None
+
+
+def sha256(path) -> str:
+    """The hex sha256 of a regular file."""
+    digest = hashlib.sha256()
+    with open_file(path) as file:
+        try:
+            while block := file.read(CHUNK):
+                digest.update(block)
+        except OSError as error:
+            raise FileError(f"{path}: cannot read ({_reason(error)})") from None
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` to write to; renamed over `path` when the block ends without error,
+    removed when it fails. The file keeps the mode a new file would get (tempfile makes it 0600)."""
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise FileError(f"{path}: cannot write ({_reason(error)})") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb+") as file:  # to disk before the rename makes it visible
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        raise FileError(f"{path}: cannot write ({_reason(error)})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def json_text(data) -> str:
+    """Indented JSON; a NaN or Inf anywhere is an error, never written (it is not JSON)."""
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path, data) -> None:
+    write_bytes(path, json_text(data).encode())
