@@ -1,47 +1,89 @@
-"""python -m export --variant base --opset 17: write the ONNX artifacts, their report and a summary."""
+"""python -m export (or hiera-export): export Hiera to ONNX; `check-trt` and `verify` check files later.
+
+Exit status, as every command of this project: 0 all good, 1 a check failed (parity, TensorRT, verify),
+2 bad input (an option, a file, weights), with one line saying what.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from hiera_model import TASKS, VARIANTS
-
-from .errors import ExportError
-from .pipeline import DEFAULT_PRECISIONS, PRECISIONS, Options, run
-from .tensorrt import EngineOptions
-from .trt_check import DEFAULT_TARGET, check_file, target
+# What `python -m export` needs beyond the runtime, by the extra that installs it.
+NEEDS = {"torch": "model", "safetensors": "model", "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
+         "sklearn": "export"}
+# Options fields (as errors name them) -> this command line's flags.
+FLAGS = {"out_dir": "--out", "precisions": "--precision", "engine.precision": "--trt-precision",
+         "engine.max_batch": "--max-batch", "engine.workspace_gb": "--workspace", "build_engine": "--trt",
+         "optimize": "--no-optimize"}
+COMMANDS = {"check-trt": "check ONNX files against TensorRT's parser, without TensorRT",
+            "verify": "check an export again: hashes, metadata, report, and parity against weights"}
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other error of the command
-        self.exit(2, f"error: {message} (see python -m export --help)\n")
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def parse(argv) -> Options:
-    p = Parser(prog="python -m export", description="Export Hiera to ONNX (fp32, fp16, int8), optimized for "
-               "onnxruntime, with a parity report against PyTorch.")
+def flag(option: str) -> str:
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def fail(error) -> int:
+    """Print an ExportError (or a runtime or model error) as one line; exit status 2."""
+    option = getattr(error, "option", None)
+    print(f"error: {error}" + (f" [{flag(option)}]" if option else ""), file=sys.stderr)
+    return 2
+
+
+def missing_extras() -> str | None:
+    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    extras = ",".join(sorted({NEEDS[name] for name in missing}, key=["model", "export"].index))
+    return (f"python -m export needs {', '.join(missing)}: pip install 'hiera-deploy[model,export]' (install torch "
+            f"first, from the wheel you want; missing extra: {extras})")
+
+
+def parse(argv):
+    from hiera_model import TASKS, VARIANTS
+
+    from .onnx_export import MIN_OPSET, max_opset
+    from .options import DEFAULT_PRECISIONS, MAX_BATCH, PRECISIONS, Options
+    from .tensorrt import ENGINE_PRECISIONS, EngineOptions
+    from .trt_check import DEFAULT_TARGET
+
+    commands = "\n".join(f"  {name:10s} {about}" for name, about in COMMANDS.items())
+    p = Parser(prog="python -m export", formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Export Hiera to ONNX (fp32, fp16, int8, qdq), optimized for onnxruntime, validated "
+               "against PyTorch, as one transaction: the output folder gets the whole new set of files or keeps "
+               "the old one.",
+               epilog=f"other commands (python -m export COMMAND --help):\n{commands}\n\nexit status: 0 ok, 1 a "
+               "parity check failed (the artifacts are written and flagged in the report), 2 bad input")
     p.add_argument("--variant", help="published variant: " + ", ".join(VARIANTS)
                    + " (optional with --weights PATH: taken from the checkpoint)")
-    p.add_argument("--task", default="classify", help="classify (logits), features (last_hidden_state, "
-                   "pooler_output), backbone (stage1..stage4 maps, NCHW) or mae (inputs pixel_values and noise; "
-                   "outputs logits, bool_masked_pos, ids_restore); default classify")
+    p.add_argument("--task", default="classify", choices=TASKS, help="classify (logits), features "
+                   "(last_hidden_state, pooler_output), backbone (stage1..stage4 maps, NCHW) or mae (inputs "
+                   "pixel_values and noise; outputs logits, bool_masked_pos, ids_restore); default classify")
     p.add_argument("--loss", action="store_true", help="mae: also output each image's reconstruction loss")
     p.add_argument("--out-features", nargs="+", metavar="STAGE", help="backbone: the stage maps to output, e.g. "
                    "stage2 stage3 stage4 (default: all)")
     p.add_argument("--weights", help="a local checkpoint (transformers directory, FAIR .pth, timm file), "
-                   "'random' for seeded random weights, or 'hub[:REPO_ID]' (default: the variant's transformers "
-                   "checkpoint from the hub)")
+                   "'random' for seeded random weights, or 'hub[:REPO_ID]' (the variant's transformers "
+                   "checkpoint from the hub; needs a network)")
     p.add_argument("--allow-unverified", action="store_true", help="accept a published checkpoint whose sha256 "
-                   "models.lock does not record yet (a warning is printed; record it with python -m hiera_model "
-                   "lock fill FILE)")
+                   "neither models.lock nor the Hub's download records (a warning is printed)")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="output directory (default artifacts/)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or later (default 17)")
+    p.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET} to {max_opset()} (default 17; "
+                   f"{MIN_OPSET} writes LayerNormalization as primitive operators, for TensorRT 8.5)")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
-    batch.add_argument("--dynamic-batch", action="store_true", help="make the batch axis dynamic")
+    batch.add_argument("--batch", type=int, default=1, help=f"static batch size, 1 to {MAX_BATCH} (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help=f"make the batch axis dynamic (up to {MAX_BATCH})")
     p.add_argument("--precision", nargs="+", default=list(DEFAULT_PRECISIONS), metavar="P",
                    help=f"any of {' '.join(PRECISIONS)} (default: {' '.join(DEFAULT_PRECISIONS)}); qdq is static "
                    "int8 for TensorRT and needs --calibration")
@@ -49,32 +91,27 @@ def parse(argv) -> Options:
                    "to 512, searched recursively), to set qdq's int8 scales")
     p.add_argument("--no-optimize", action="store_true", help="write the graph as traced, without fusions")
     p.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
-    p.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs (default 0)")
     trt = p.add_argument_group("TensorRT", "every export checks its artifacts against TensorRT's ONNX parser and "
                                "puts the trtexec command that builds the engine into the report")
     trt.add_argument("--trt", action="store_true", help="also build the engine here (needs TensorRT and a GPU)")
     trt.add_argument("--trt-version", default=DEFAULT_TARGET, metavar="X.Y", help="the TensorRT the check and the "
                      f"trtexec command target: 8.5 (JetPack 5), 8.6, 10 or 10.x (default {DEFAULT_TARGET})")
-    trt.add_argument("--trt-precision", default="fp16", help="fp16 (default: strongly typed from the fp16 "
-                     "artifact on TensorRT 10), fp32, bf16; int8, fp8 and best need a Q/DQ graph")
-    trt.add_argument("--max-batch", type=int, default=8, help="the largest batch of a --dynamic-batch engine "
-                     "(default 8)")
+    trt.add_argument("--trt-precision", default="fp16", choices=ENGINE_PRECISIONS, help="fp16 (default: strongly "
+                     "typed from the fp16 artifact on TensorRT 10), fp32, bf16; int8 and best need a Q/DQ graph")
+    trt.add_argument("--max-batch", type=int, default=8, help=f"the largest batch of a --dynamic-batch engine, 1 to "
+                     f"{MAX_BATCH} (default 8)")
     trt.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
     trt.add_argument("--timing-cache", type=Path, help="a timing cache file, read and updated: rebuilds are faster")
     trt.add_argument("--hardware-compatible", action="store_true", help="an engine for any GPU from Ampere on")
     trt.add_argument("--version-compatible", action="store_true", help="an engine later TensorRT releases of the "
                      "same major version can run")
     a = p.parse_args(argv)
-    if a.max_batch < 1 or a.workspace <= 0:
-        p.error("--max-batch and --workspace must be positive")
-    if a.task not in TASKS:
-        p.error(f"--task {a.task}: choose from {', '.join(TASKS)}")
     return Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
-                   out_dir=a.out, opset=a.opset,
-                   batch=None if a.dynamic_batch else a.batch, precisions=tuple(a.precision),
-                   calibration=a.calibration, out_features=tuple(a.out_features) if a.out_features else None,
-                   loss=a.loss, optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed,
-                   trt_version=a.trt_version,
+                   out_dir=a.out, opset=a.opset, batch=None if a.dynamic_batch else a.batch,
+                   precisions=tuple(a.precision), calibration=a.calibration,
+                   out_features=tuple(a.out_features) if a.out_features else None, loss=a.loss,
+                   optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version,
                    engine=EngineOptions(precision=a.trt_precision, max_batch=a.max_batch, workspace_gb=a.workspace,
                                         timing_cache=a.timing_cache, hardware_compatible=a.hardware_compatible,
                                         version_compatible=a.version_compatible),
@@ -88,15 +125,19 @@ def trt_verdict(findings: list[str]) -> str:
     return "onnxruntime only" if all("onnxruntime" in f for f in findings) else "no (see report)"
 
 
+def _figure(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
 def summary(report: dict) -> str:
     trt = f"TensorRT {next(iter(report['artifacts'].values()))['tensorrt_check']['version']}"
     rows = [("artifact", "MB", "nodes", "max abs diff", "min cosine", "top-1 agree", trt, "parity")]
     for entry in report["artifacts"].values():
         checked = entry.get("parity")
-        first = next(iter(checked.values())) if checked else {}
+        first = next((e for e in checked.values() if "max_abs" in e), {}) if checked else {}
         rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(entry["nodes"]),
-                     f"{first['max_abs']:.2e}" if first else "-", f"{first['cosine']:.6f}" if first else "-",
-                     f"{first['top1_agreement']:.0%}" if "top1_agreement" in first else "-",
+                     _figure(first.get("max_abs"), ".2e"), _figure(first.get("cosine"), ".6f"),
+                     _figure(first.get("top1_agreement"), ".0%"),
                      trt_verdict(entry["tensorrt_check"]["findings"]),
                      ("ok" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])) if checked else
                      "not checked"))
@@ -107,48 +148,75 @@ def summary(report: dict) -> str:
 
 def check_trt(argv) -> int:
     """python -m export check-trt FILE.onnx [--trt-version X.Y]: exit 0 when TensorRT's parser takes the graph."""
+    from .errors import ExportError
+    from .trt_check import DEFAULT_TARGET, check_file, target
+
     p = Parser(prog="python -m export check-trt", description="Check, without TensorRT, that an ONNX file is one "
-               "TensorRT's ONNX parser builds: operators, opset, ranks, static shapes, types, weight sizes.")
+               "TensorRT's ONNX parser builds: operators, opset, ranks, static shapes, types, weight sizes. Exit 0 "
+               "when every file passes, 1 when one does not, 2 for a file that is not ONNX.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--trt-version", default=DEFAULT_TARGET, metavar="X.Y",
                    help=f"8.5 (JetPack 5), 8.6, 10 or 10.x (default {DEFAULT_TARGET})")
     a = p.parse_args(argv)
     try:
         target(a.trt_version)
-    except ValueError as error:
-        p.error(f"--trt-version: {error}")
-    failed = False
-    for file in a.files:
-        try:
-            findings = check_file(file, a.trt_version)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        failed |= bool(findings)
-        print(f"{file}: {'ok' if not findings else 'not buildable'} for TensorRT {a.trt_version}")
-        for finding in findings:
+        findings = {file: check_file(file, a.trt_version) for file in a.files}
+    except ExportError as error:
+        return fail(error)
+    for file, found in findings.items():
+        print(f"{printable(file)}: {'ok' if not found else 'not buildable'} for TensorRT {a.trt_version}")
+        for finding in found:
             print(f"  {finding}")
-    return 1 if failed else 0
+    return 1 if any(findings.values()) else 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["check-trt"]:
-        return check_trt(argv[1:])
-    options = parse(argv)
+def verify(argv) -> int:
+    """python -m export verify ARTIFACT... [--weights PATH] [--json]: exit 0 when every check holds."""
+    from .verify import verify as run_verify
+
+    p = Parser(prog="python -m export verify", description="Check exported files against their report and "
+               "metadata (sha256 of every file, the report's integrity and verdict, the metadata), and with "
+               "--weights run their parity against PyTorch again. Exit 0 when every check holds, 1 when one "
+               "fails (each failure one line), 2 for bad input.")
+    p.add_argument("files", nargs="+", type=Path, metavar="ARTIFACT", help="exported .onnx files or engines, or a "
+                   ".report.json (then every file it describes)")
+    p.add_argument("--weights", help="the checkpoint the export was made from ('random' for random weights): "
+                   "refused unless it is the one the report records; then parity runs again")
+    p.add_argument("--allow-unverified", action="store_true", help="accept a published checkpoint whose sha256 "
+                   "nothing on disk records")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    a = p.parse_args(argv)
+    result = run_verify(a.files, a.weights, allow_unverified=a.allow_unverified, progress=_progress())
+    if a.json:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        for check in result.checks:
+            if not check.ok:
+                print(f"FAILED {printable(check.subject)}: {check.name}: {printable(check.detail)}")
+        print(f"{'ok' if result.ok else 'FAILED'}: {len(result.checks) - len(result.failures)} of "
+              f"{len(result.checks)} checks hold")
+    return 0 if result.ok else 1
+
+
+def printable(text) -> str:
+    """`text` with control characters escaped, so that a file name cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _progress():
     started = time.perf_counter()
 
     def progress(step: str, message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {step:9s} {message}", file=sys.stderr, flush=True)
+        print(f"[{time.perf_counter() - started:6.1f}s] {step:9s} {printable(message)}", file=sys.stderr, flush=True)
 
-    try:
-        report = run(options, progress)
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: no finished artifact was left half-written", file=sys.stderr)
-        return 130
+    return progress
+
+
+def export(argv) -> int:
+    from .pipeline import run
+
+    options = parse(argv)
+    report = run(options, _progress())
     if report["weights"]["source"].startswith("random:"):
         print(f"note: random weights ({report['weights']['source']}): the graph and its speed are real, "
               "its outputs mean nothing", file=sys.stderr)
@@ -163,12 +231,44 @@ def main(argv=None) -> int:
     else:  # a weakly typed build names every fp32 layer: too long for a terminal
         print(f"TensorRT {engine['version']}: the trtexec command that builds the engine on the GPU machine is "
               "tensorrt.trtexec in the report")
-    print(f"report: {report['report_file']}")
+    print(f"report: {printable(report['report_file'])}")
     if report["passed"] is False:
         print("error: parity checks failed (see the table and the report); the artifacts are kept, flagged in the "
               "report", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        argv = ["--help"]
+    needs = missing_extras()
+    if needs:
+        print(f"error: {needs}", file=sys.stderr)
+        return 2
+    from hiera_model import HieraModelError
+    from runtime.errors import HieraRuntimeError
+
+    from .errors import ExportError
+
+    command = {"check-trt": check_trt, "verify": verify}.get(argv[0])
+    try:
+        return command(argv[1:]) if command else export(argv)
+    except (ExportError, HieraModelError, HieraRuntimeError) as error:
+        return fail(error)
+    except KeyboardInterrupt:
+        print("interrupted: the output folder is as it was", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory (the output folder is as it was)", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug or a library's surprise: still one line, and never a false "ok"
+        if os.environ.get("HIERA_DEBUG"):
+            raise
+        print(f"error: internal error, {type(error).__name__}: {printable(str(error).splitlines()[0] if str(error) else '')}"
+              " (the output folder is as it was; HIERA_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

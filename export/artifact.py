@@ -1,60 +1,62 @@
-"""The artifact contract (../shared/ARCHITECTURE.md): file names, metadata_props, atomic writes.
+"""What an export writes, by name: the files of one export (its "family"), ONNX files and the report.
 
-Every `.onnx` carries the same metadata, as JSON strings under `hiera.*` keys, so the runtime needs
-nothing else: what the model is, how to preprocess its input, what its outputs mean, where its
-weights came from and what produced it.
+The metadata inside each artifact is `runtime.artifact`'s format; this module names the files, writes
+ONNX graphs (external data beyond protobuf's 2 GB) and seals the report so that `verify` can tell an
+edited one. Every write goes through `runtime.files`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
 
+from runtime import files
+from runtime.errors import FileError
+
 from .errors import ExportError
 
-METADATA_VERSION = 1
+REPORT_VERSION = 1
 # Beyond this, protobuf cannot hold the weights in one file (Hiera-H in fp32 is 2.7 GB).
 EXTERNAL_DATA_BYTES = 1_900_000_000
+REPORT_BYTES = 64 << 20
+# The files an export writes, after its family name: `hiera_base_classify.onnx`, `.fp16.onnx`, `.onnx.data`,
+# `.report.json`, `.fp16.engine` and its `.fp16.engine.json`. Only such names are ever replaced or removed.
+FAMILY_SUFFIX = re.compile(r"(\.[a-z0-9_]+)*\.(onnx|onnx\.data|report\.json|engine|engine\.json)")
 
 
-def artifact_path(out_dir: Path, name: str, task: str, precision: str) -> Path:
-    suffix = "" if precision == "fp32" else f".{precision}"
-    return out_dir / f"hiera_{name}_{task}{suffix}.onnx"
+def family(name: str, task: str) -> str:
+    """The stem every file of one export starts with."""
+    return f"hiera_{name}_{task}"
 
 
-def engine_path(out_dir: Path, name: str, task: str, precision: str) -> Path:
-    return out_dir / f"hiera_{name}_{task}.{precision}.engine"
+def in_family(file_name: str, stem: str) -> bool:
+    return file_name.startswith(stem + ".") and FAMILY_SUFFIX.fullmatch(file_name[len(stem):]) is not None
 
 
-def report_path(out_dir: Path, name: str, task: str) -> Path:
-    return out_dir / f"hiera_{name}_{task}.report.json"
+def artifact_name(stem: str, precision: str) -> str:
+    return f"{stem}.onnx" if precision == "fp32" else f"{stem}.{precision}.onnx"
 
 
-def metadata(*, variant: str, task: str, outputs: list[str], input_size, preprocessing: dict, labels, weights: dict,
-             opset: int, precision: str, batch, versions: dict, mae: dict | None = None) -> dict[str, str]:
-    """The `metadata_props` of an artifact: every value a JSON document (`mae` only for MAE models)."""
-    values = {
-        "format_version": METADATA_VERSION,
-        "variant": variant,
-        "task": task,
-        "input_size": list(input_size),
-        "batch": batch,  # an int, or "dynamic"
-        "outputs": outputs,
-        "preprocessing": preprocessing,
-        "labels": list(labels) if labels else None,
-        "weights": weights,  # {"source", "sha256", "verified"}; source "random:SEED" for random weights
-        "opset": opset,
-        "precision": precision,
-        "producer": versions,
-    }
-    if mae is not None:
-        values["mae"] = mae  # {"mask_units", "mask_ratio", "pred_stride", "norm_pix_loss"}
-    return {f"hiera.{key}": json.dumps(value) for key, value in values.items()}
+def engine_name(stem: str, precision: str) -> str:
+    return f"{stem}.{precision}.engine"
+
+
+def report_name(stem: str) -> str:
+    return f"{stem}.report.json"
+
+
+def family_of(path: Path) -> str:
+    """The family stem of an export's file (`hiera_base_classify.fp16.onnx` -> `hiera_base_classify`)."""
+    return Path(path).name.split(".", 1)[0]
+
+
+def data_file(path: Path) -> Path:
+    return path.with_name(path.name + ".data")
 
 
 def is_large(model: onnx.ModelProto) -> bool:
@@ -89,39 +91,83 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
 
 
 def read_artifact(path) -> dict:
-    """The `hiera.*` metadata of an artifact file, decoded (weights are not read)."""
-    model = onnx.load(path, load_external_data=False)
-    return {p.key.removeprefix("hiera."): json.loads(p.value) for p in model.metadata_props
-            if p.key.startswith("hiera.")}
-
-
-def save(model: onnx.ModelProto, path: Path) -> None:
-    """Write a model atomically; weights too large for one protobuf go to `<file>.data` next to it
-    (renamed into place before the `.onnx`, which appears last)."""
-    external = is_large(model)
+    """The `hiera.*` metadata of an artifact file, decoded as JSON (weights are not read)."""
+    model = load_graph(path, weights=False)
     try:
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
-            tmp = Path(staging) / path.name
-            onnx.save_model(model, tmp, save_as_external_data=external, location=f"{path.name}.data")
-            if external:
-                data = tmp.with_name(f"{path.name}.data")
-                shutil.copymode(tmp, data)  # onnx creates it readable by its owner only
-                os.replace(data, path.with_name(f"{path.name}.data"))
-            os.replace(tmp, path)
+        return {p.key.removeprefix("hiera."): json.loads(p.value) for p in model.metadata_props
+                if p.key.startswith("hiera.")}
+    except ValueError as error:
+        raise ExportError(f"{path}: damaged Hiera metadata ({error})") from None
+
+
+def load_graph(path, weights: bool = True) -> onnx.ModelProto:
+    """An ONNX file (with its external data, if `weights`); one line naming the file when it is not one."""
+    try:
+        with files.open_file(path) as file:
+            model = onnx.load(file, load_external_data=False)
+        if weights and has_external_data(model):
+            load_weights(model, path)
+    except FileError as error:
+        raise ExportError(str(error)) from None
+    except Exception as error:  # protobuf's DecodeError and its kin: not an ONNX file
+        raise ExportError(f"{path}: not an ONNX model ({type(error).__name__})") from None
+    return model
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def load_weights(model: onnx.ModelProto, path: Path) -> None:
+    """Read the external data of `model`, saved as `path`, back into it."""
+    files.require_file(data_file(Path(path)))
+    onnx.load_external_data_for_model(model, str(Path(path).parent))
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> None:
+    """Write a graph into the export's staging folder (the transaction makes it appear whole); weights too
+    large for one protobuf go to `<file>.data` beside it. The graph's weights move to that file as they
+    are written, so a large model is not held twice."""
+    try:
+        external = is_large(model)
+        onnx.save_model(model, path, save_as_external_data=external, location=data_file(path).name)
+        if external:
+            shutil.copymode(path, data_file(path))  # onnx makes it readable by its owner only
     except OSError as error:
         raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary file next to `path`, renamed over it once complete."""
+def seal(report: dict) -> dict:
+    """The report with its `integrity` digest: the sha256 of its canonical JSON, so that `verify` can tell a
+    report edited after the export (it is a check against accidents and hand edits, not a signature)."""
+    body = {key: value for key, value in report.items() if key != "integrity"}
+    return {**body, "integrity": {"sha256": _digest(body)}}
+
+
+def is_sealed(report: dict) -> bool:
+    """Whether the report's integrity digest matches its content."""
+    integrity = report.get("integrity")
+    recorded = integrity.get("sha256") if isinstance(integrity, dict) else None
+    body = {key: value for key, value in report.items() if key != "integrity"}
+    return recorded == _digest(body)
+
+
+def _digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def write_report(path: Path, report: dict) -> None:
     try:
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
-            tmp = Path(staging) / path.name
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-    except OSError as error:
-        raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
+        files.write_json(path, seal(report))
+    except FileError as error:
+        raise ExportError(str(error)) from None
 
 
-def write_json(path: Path, data: dict) -> None:
-    write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+def read_report(path: Path) -> dict:
+    try:
+        report = files.read_json(path, REPORT_BYTES)
+    except FileError as error:
+        raise ExportError(str(error)) from None
+    if not isinstance(report, dict):
+        raise ExportError(f"{path}: not an export report (not a JSON object)")
+    return report

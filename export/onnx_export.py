@@ -10,6 +10,8 @@ import onnx
 import onnx.numpy_helper
 import torch
 
+from runtime.artifact import MAX_BATCH
+
 from .errors import ExportError
 
 # The steps a decomposed LayerNormalization's nodes are named by: "<LayerNormalization node>/<step>".
@@ -18,23 +20,19 @@ MIN_OPSET = 16  # 16 writes LayerNormalization (opset 17) as primitive operators
 TRACE_OPSET = 18  # torch's exporter writes 18 or later; older opsets are converted from its folded graph
 
 
-def check_opset(opset: int) -> None:
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset}: the graph needs opset {MIN_OPSET} or later (17 for LayerNormalization, "
-                          "16 with it decomposed)")
-    if opset > onnx.defs.onnx_opset_version():
-        raise ExportError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to "
-                          f"{onnx.defs.onnx_opset_version()}")
+def max_opset() -> int:
+    """The newest opset the installed onnx knows (and so the newest this export can write)."""
+    return onnx.defs.onnx_opset_version()
 
 
 def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
-    """Trace `model` and return its ONNX graph at `opset`; `batch` None makes the batch axis dynamic."""
-    check_opset(opset)
+    """Trace `model` and return its ONNX graph at `opset` (MIN_OPSET..max_opset()); `batch` None makes the
+    batch axis dynamic, up to MAX_BATCH."""
     config = model.config
     examples = {"pixel_values": torch.zeros(batch or 2, config.in_chans, *config.input_size),
                 "noise": torch.rand(batch or 2, config.mask_units)}  # MAE's second input
     examples = {name: examples[name] for name in model.input_names}
-    batch_axis = torch.export.Dim("batch", min=1, max=1024)
+    batch_axis = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = {name: {0: batch_axis} for name in examples} if batch is None else None
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(model, tuple(examples.values()), dynamo=True, opset_version=max(opset, TRACE_OPSET),

@@ -59,38 +59,70 @@ def run_artifact(path, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[
 
 
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:
-    """Per output: max and mean absolute difference, the smallest per-sample cosine similarity; for
-    logits also the share of samples whose top-1 class, and whose set of top-5 classes, agree; for
-    integer and boolean outputs (MAE's mask and restore order) whether they are equal."""
+    """Per output: how many values are not finite (in the reference and in the artifact's output), max and
+    mean absolute difference, the smallest per-sample cosine similarity; for logits also the share of
+    samples whose top-1 class, and whose set of top-5 classes, agree; for integer and boolean outputs
+    (MAE's mask and restore order) whether they are equal. A figure that cannot be computed (an output
+    missing, of another shape, or not finite) is None, never NaN: the report is JSON."""
     result = {}
     for name, ref in reference.items():
-        if not np.issubdtype(ref.dtype, np.floating):
-            result[name] = {"equal": bool(np.array_equal(ref, got[name]))}
+        out = got.get(name)
+        if out is None or out.shape != ref.shape:
+            result[name] = {"shape": None if out is None else list(out.shape), "expected_shape": list(ref.shape)}
             continue
-        out = got[name].astype(np.float64)
-        ref = ref.astype(np.float64)
-        diff = np.abs(out - ref)
-        a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
-        cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-        entry = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "cosine": float(cosine.min())}
-        if name == "logits" and ref.ndim == 2:  # a classifier's
-            k = min(5, ref.shape[1])
-            top_ref, top_out = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
-            entry["top1_agreement"] = float((top_ref[:, 0] == top_out[:, 0]).mean())
-            entry["top5_agreement"] = float(np.mean([set(r) == set(o) for r, o in zip(top_ref, top_out)]))
+        if not np.issubdtype(ref.dtype, np.floating):
+            result[name] = {"equal": bool(np.array_equal(ref, out))}
+            continue
+        out, ref = out.astype(np.float64), ref.astype(np.float64)
+        entry = {"nonfinite_reference": int(np.size(ref) - np.isfinite(ref).sum()),
+                 "nonfinite": int(np.size(out) - np.isfinite(out).sum()),
+                 "max_abs": None, "mean_abs": None, "cosine": None}
+        if entry["nonfinite_reference"] == 0 and entry["nonfinite"] == 0:
+            diff = np.abs(out - ref)
+            a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+            cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+            entry.update(max_abs=float(diff.max()), mean_abs=float(diff.mean()), cosine=float(cosine.min()))
+            if name == "logits" and ref.ndim == 2:  # a classifier's
+                k = min(5, ref.shape[1])
+                top_ref, top_out = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
+                entry["top1_agreement"] = float((top_ref[:, 0] == top_out[:, 0]).mean())
+                entry["top5_agreement"] = float(np.mean([set(r) == set(o) for r, o in zip(top_ref, top_out)]))
         result[name] = entry
     return result
 
 
 def failures(precision: str, parity: dict) -> list[str]:
-    """The checks an artifact of `precision` fails, each as a short sentence."""
+    """The checks an artifact of `precision` fails, each as a short sentence. Each bound is written so that
+    only a finite figure within it passes: a missing figure (None) or NaN fails."""
     limits = THRESHOLDS[precision]
-    found = []
+    found = [] if parity else ["no output was compared"]
     for name, entry in parity.items():
-        if entry.get("equal") is False:
-            found.append(f"{name} differs")
-        if "max_abs" in limits and "max_abs" in entry and entry["max_abs"] > limits["max_abs"]:
-            found.append(f"{name} max abs diff {entry['max_abs']:.3g} > {limits['max_abs']:g}")
-        if "cosine" in limits and "cosine" in entry and entry["cosine"] < limits["cosine"]:
-            found.append(f"{name} cosine {entry['cosine']:.6f} < {limits['cosine']}")
+        if "expected_shape" in entry:
+            found.append(f"{name} has shape {entry['shape']}, expected {entry['expected_shape']}" if entry["shape"]
+                         else f"{name} is missing")
+            continue
+        if "equal" in entry:
+            if entry["equal"] is not True:
+                found.append(f"{name} differs")
+            continue
+        if entry.get("nonfinite_reference") or entry.get("nonfinite"):
+            if entry.get("nonfinite_reference"):
+                found.append(f"PyTorch's {name} has {entry['nonfinite_reference']} non-finite values (NaN or Inf): "
+                             "the weights or the preprocessing are broken")
+            if entry.get("nonfinite"):
+                found.append(f"{name} has {entry['nonfinite']} non-finite values (NaN or Inf)")
+            continue
+        if "max_abs" in limits and not _within(entry.get("max_abs"), limits["max_abs"]):
+            found.append(f"{name} max abs diff {_figure(entry.get('max_abs'))} > {limits['max_abs']:g}")
+        if "cosine" in limits and not _within(limits["cosine"], entry.get("cosine")):
+            found.append(f"{name} cosine {_figure(entry.get('cosine'))} < {limits['cosine']}")
     return found
+
+
+def _within(value, bound) -> bool:
+    """value <= bound, for finite numbers only (a comparison with NaN is False, so NaN never passes)."""
+    return isinstance(value, (int, float)) and isinstance(bound, (int, float)) and bool(value <= bound)
+
+
+def _figure(value) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "not computed"

@@ -1,13 +1,20 @@
-"""The export, step by step: weights, torch -> ONNX, optimize, convert precisions, validate, report.
+"""The export, as the list of its stages: weights, reference, trace, optimize, convert, check, TensorRT,
+validate, report. `run` checks the options, then runs each stage in a transaction (see `transaction`):
+every file is built and validated in a staging folder and moved into place whole, report included.
 
-`run` is the whole job; the CLI (`python -m export`) only parses arguments and shows progress.
+Each stage takes the `Run` (what earlier stages handed on) and returns its part of the report, which is
+merged into what earlier stages returned (a stage may add to an artifact's entry). A stage
+keeps only what later ones need: the PyTorch outputs the artifacts are compared with are computed
+before tracing, so the torch model is freed once the graph exists, and each artifact is written as soon
+as it is converted. The report records each stage's time and peak resident memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import importlib.metadata
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,190 +22,239 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hiera_model.lock import sha256
+from runtime import files
+from runtime.artifact import to_metadata
 from runtime.errors import HieraRuntimeError
 from runtime.preprocess import find_images, load_image
 
 from . import artifact, convert, parity, tensorrt, trt_check
 from .errors import ExportError
-from .onnx_export import check_opset, to_onnx, to_opset_16
+from .onnx_export import to_onnx, to_opset_16
 from .optimize import op_histogram, optimize
+from .options import DEFAULT_PRECISIONS, PRECISIONS, Options, check
+from .transaction import Transaction
 from .weights import load_weights, preprocessing_for
 
-PRECISIONS = ("fp32", "fp16", "int8", "qdq")
-DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # qdq (static int8 for TensorRT) needs calibration images
+__all__ = ["DEFAULT_PRECISIONS", "PRECISIONS", "Options", "run"]
+
 CALIBRATION_IMAGES = 512  # at most, the first in sorted order
 PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime")
+# Which graph each precision is made from, and how. The traced graph has standard operators only (what
+# GPU providers and TensorRT parse and fuse on their own); the optimized one has onnxruntime's fused
+# operators (for its CPU provider). Without optimization both are the traced graph.
+CONVERSIONS = {
+    "fp32": ("optimized", None),
+    "fp16": ("traced", convert.to_fp16),
+    "int8": ("optimized", convert.to_int8),
+    "qdq": ("traced", convert.to_qdq),  # with the calibration images, see `_convert`
+}
 
 
 @dataclass
-class Options:
-    variant: str | None = None
-    task: str = "classify"
-    weights: str | None = None  # a path, "random", "hub" or "hub:REPO_ID"; None: the hub
-    allow_unverified: bool = False  # accept a published file whose sha256 models.lock does not record yet
-    out_dir: Path = Path("artifacts")
-    opset: int = 17
-    batch: int | None = 1  # None: dynamic
-    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
-    calibration: Path | None = None  # a directory of images like those the model will see, for qdq
-    out_features: tuple[str, ...] | None = None  # backbone: the stage maps to output (default: all)
-    loss: bool = False  # mae: also output each image's loss
-    trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check and the trtexec command target
-    engine: tensorrt.EngineOptions = field(default_factory=tensorrt.EngineOptions)  # the report's trtexec command
-    build_engine: bool = False  # build that engine here (needs TensorRT and a GPU)
-    optimize: bool = True
-    validate: bool = True
-    seed: int = 0
+class Run:
+    """What the stages hand on to each other."""
+    options: Options
+    progress: callable
+    model: object = None  # the torch model, until the graph is traced
+    name: str = ""  # the variant, or the checkpoint's name
+    stem: str = ""  # the name every file of this export starts with
+    staging: Path | None = None
+    preprocessing: object = None
+    props: dict = field(default_factory=dict)  # the artifacts' metadata, but for the precision
+    inputs: dict | None = None  # validation inputs by name, one row per sample
+    reference: dict | None = None  # the PyTorch fp32 outputs on them
+    graphs: dict = field(default_factory=dict)  # "traced" / "optimized" -> onnx.ModelProto
+    files: dict = field(default_factory=dict)  # precision -> the artifact in staging
+    engine: Path | None = None
 
 
 def run(options: Options, progress=lambda step, message: None) -> dict:
-    """Export, write the artifacts and their report; return the report. Raises `ExportError` on bad
-    input. Failed parity does not raise: the report's `passed` is False and says why."""
-    unknown = set(options.precisions) - set(PRECISIONS)
-    if unknown or not options.precisions:
-        raise ExportError(f"--precision {' '.join(options.precisions)}: choose from {', '.join(PRECISIONS)}")
-    if options.batch is not None and options.batch < 1:
-        raise ExportError(f"--batch {options.batch}: must be at least 1")
-    check_opset(options.opset)
-    if "qdq" in options.precisions and options.calibration is None:
-        raise ExportError("--precision qdq needs --calibration DIR: a few hundred images like the ones the model "
-                          "will see, to set the int8 scales")
-    if options.loss and options.task != "mae":
-        raise ExportError("--loss: only for --task mae")
-    if options.task == "mae" and "qdq" in options.precisions:
-        raise ExportError("--precision qdq: static int8 for TensorRT is made for the classifier and feature tasks, "
-                          "not for --task mae")
-    if options.calibration is not None and not Path(options.calibration).is_dir():
-        raise ExportError(f"--calibration {options.calibration}: not a directory")
-    try:
-        trt_check.target(options.trt_version)
-    except ValueError as error:
-        raise ExportError(f"--trt-version: {error}") from None
-    installed_trt = tensorrt.tensorrt_version()
-    if options.build_engine and installed_trt is None:
-        raise ExportError("--trt: TensorRT is not installed here (its wheels come from NVIDIA's package index); "
-                          "export without --trt and build on the GPU machine with the trtexec command in the report")
-    _check_writable(options.out_dir)
-    timings = {}
-
-    start = time.perf_counter()
-    progress("weights", "loading " + (options.weights or "from the hub"))
-    model, name, weights_path = load_weights(options.weights, options.variant, options.task, options.seed,
-                                             options.allow_unverified)
-    config = model.config
-    if options.out_features:
-        _select_features(model, options.out_features)
-    model.with_loss = options.loss
-    preprocessing = preprocessing_for(weights_path, config.input_size)
-    timings["weights"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    progress("export", f"tracing Hiera-{name} ({options.task}) to ONNX opset {options.opset}")
-    exported = to_onnx(model, options.opset, options.batch)
-    timings["export"] = time.perf_counter() - start
-    graphs = {"exported": {"nodes": len(exported.graph.node), "ops": op_histogram(exported)}}
-
-    start = time.perf_counter()
-    fp32 = exported
-    if options.optimize:
-        progress("optimize", "fusing and folding")
-        fp32, fused = optimize(exported)
-        graphs["optimized"] = {"nodes": len(fp32.graph.node), "ops": op_histogram(fp32), "fusions": fused}
-    timings["optimize"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    models = {}
-    for precision in options.precisions:
-        progress("convert", precision)
-        if precision == "fp32":
-            models[precision] = fp32
-        elif precision == "fp16":  # for GPUs, whose providers fuse on their own: the standard graph
-            models[precision] = convert.to_fp16(exported)
-        elif precision == "qdq":  # for TensorRT: the standard graph too
-            calibration = _calibration_inputs(options.calibration, preprocessing)
-            progress("convert", f"qdq: calibrating int8 scales on {len(calibration)} images from {options.calibration}")
-            models[precision] = convert.to_qdq(exported, calibration, options.batch)
-        else:
-            models[precision] = convert.to_int8(fp32)
-    if options.opset == 16:  # once every conversion is done: fp16's keeps LayerNormalization's inputs in fp32
-        for graph in models.values():
-            to_opset_16(graph)
-    timings["convert"] = time.perf_counter() - start
-
-    weights, versions = dict(model.provenance), _versions()
-    props = dict(variant=name, task=options.task, outputs=model.output_names, input_size=config.input_size,
-                 preprocessing=preprocessing.to_dict(), labels=model.labels, weights=weights, opset=options.opset,
-                 batch=options.batch or "dynamic", versions=versions, mae=_mae_metadata(model))
-    for precision, graph in models.items():
-        artifact.set_metadata(graph, artifact.metadata(precision=precision, **props))
-        _check(graph, precision)
-    files = {}
-    for precision, graph in models.items():
-        path = artifact.artifact_path(options.out_dir, name, options.task, precision)
-        progress("write", str(path))
-        artifact.save(graph, path)
-        files[precision] = path
-
-    report = {
-        "variant": name, "task": options.task, "opset": options.opset, "batch": options.batch or "dynamic",
-        "weights": weights, "input_size": list(config.input_size), "graphs": graphs, "artifacts": {},
-        "producer": versions,
-    }
-    for precision, path in files.items():
-        findings = trt_check.check(models[precision], options.trt_version)
-        report["artifacts"][precision] = {"file": path.name, "bytes": _size(path), "sha256": sha256(path),
-                                          "nodes": len(models[precision].graph.node),
-                                          "tensorrt_check": {"version": options.trt_version, "findings": findings}}
-
-    report["tensorrt"] = _engine(options, installed_trt, files, models, name, progress)
-
-    start = time.perf_counter()
-    report["passed"] = None
-    if options.validate:
-        inputs, names = parity.validation_inputs(model, preprocessing, options.seed)
-        report["validation"] = {"inputs": names, "reference": "PyTorch fp32 (this package's model, same weights)",
-                                "runtime": "this package's runtime: onnxruntime CPUExecutionProvider (TensorRT for an "
-                                           "engine)", "thresholds": parity.THRESHOLDS}
-        reference = parity.run_torch(model, inputs)
-        report["passed"] = True
-        for precision, path in files.items():
-            progress("validate", f"{precision} against PyTorch fp32 on {len(names)} inputs")
-            result = parity.compare(reference, parity.run_artifact(path, inputs))
-            failed = parity.failures(precision, result)
-            report["artifacts"][precision].update(parity=result, passed=not failed, failures=failed)
-            report["passed"] &= not failed
-        if "engine" in report["tensorrt"]:
-            progress("validate", f"the TensorRT engine against PyTorch fp32 on {len(names)} inputs")
-            result = parity.compare(reference, parity.run_artifact(report["tensorrt"]["engine"], inputs))
-            failed = parity.failures("fp16", result)  # TensorRT's fp32 uses TF32 matmuls: held to fp16's bound
-            report["tensorrt"].update(parity=result, passed=not failed, failures=failed)
-            report["passed"] &= not failed
-    timings["validate"] = time.perf_counter() - start
-    report["timings_s"] = {step: round(seconds, 2) for step, seconds in timings.items()}
-
-    report_file = artifact.report_path(options.out_dir, name, options.task)
-    artifact.write_json(report_file, report)
-    report["report_file"] = str(report_file)
+    """Export, validate and write the artifacts and their report as one transaction; return the report.
+    Raises `ExportError` on bad input or a failed step (the output folder is then as it was). Failed
+    parity does not raise: the artifacts are written, the report's `passed` is False and says why."""
+    r = Run(check(options), progress)
+    report = {"report_version": artifact.REPORT_VERSION, "stages": {}}
+    _stage(r, report, "weights", _weights)
+    with Transaction(r.options.out_dir, r.stem) as transaction:
+        r.staging = transaction.staging
+        for name, stage in STAGES:
+            _stage(r, report, name, stage)
+        names = [*report["files"], artifact.report_name(r.stem)]
+        artifact.write_report(r.staging / names[-1], report)
+        progress("commit", f"moving {len(names)} files into {r.options.out_dir}")
+        transaction.commit(names)
+    report = artifact.seal(report)
+    report["report_file"] = str(r.options.out_dir / names[-1])
     return report
 
 
-def _engine(options: Options, installed_trt: str | None, files: dict, models: dict, name: str, progress) -> dict:
-    """The TensorRT plan of this export and its trtexec command; with `options.build_engine`, the engine itself."""
-    version = installed_trt if options.build_engine else options.trt_version
-    engine = artifact.engine_path(options.out_dir, name, options.task, options.engine.precision)
+def _weights(r: Run) -> dict:
+    o = r.options
+    r.progress("weights", "loading " + (o.weights or "from the hub"))
+    model, r.name, weights_path = load_weights(o.weights, o.variant, o.task, o.seed, o.allow_unverified)
+    if o.out_features:
+        _select_features(model, o.out_features)
+    model.with_loss = o.loss
+    r.model, r.stem = model, artifact.family(r.name, o.task)
+    r.preprocessing = preprocessing_for(weights_path, model.config.input_size)
+    r.props = dict(variant=r.name, task=o.task, outputs=model.output_names, input_size=model.config.input_size,
+                   preprocessing=r.preprocessing.to_dict(), labels=model.labels, weights=dict(model.provenance),
+                   opset=o.opset, batch=o.batch or "dynamic", versions=_versions(), mae=_mae_metadata(model))
+    return {"variant": r.name, "task": o.task, "opset": o.opset, "batch": o.batch or "dynamic",
+            "weights": r.props["weights"], "input_size": list(model.config.input_size), "producer": r.props["versions"]}
+
+
+def _reference(r: Run) -> dict:
+    """The validation inputs and PyTorch's outputs on them, computed now so that the model can go."""
+    if not r.options.validate:
+        return {"validation": None}
+    r.inputs, names = parity.validation_inputs(r.model, r.preprocessing, r.options.seed)
+    r.progress("reference", f"PyTorch fp32 on {len(names)} validation inputs")
+    r.reference = parity.run_torch(r.model, r.inputs)
+    return {"validation": {"inputs": names, "seed": r.options.seed,
+                           "reference": "PyTorch fp32 (this package's model, same weights)",
+                           "runtime": "this package's runtime: onnxruntime CPUExecutionProvider (TensorRT for an "
+                                      "engine)", "thresholds": parity.THRESHOLDS}}
+
+
+def _trace(r: Run) -> dict:
+    o = r.options
+    r.progress("export", f"tracing Hiera-{r.name} ({o.task}) to ONNX opset {o.opset}")
+    r.graphs["traced"] = to_onnx(r.model, o.opset, o.batch)
+    r.model = None  # everything later works on the graph
+    gc.collect()
+    traced = r.graphs["traced"]
+    return {"graphs": {"exported": {"nodes": len(traced.graph.node), "ops": op_histogram(traced)}}}
+
+
+def _optimize(r: Run) -> dict:
+    if not r.options.optimize:
+        r.graphs["optimized"] = r.graphs["traced"]
+        return {}
+    r.progress("optimize", "fusing and folding")
+    r.graphs["optimized"], fused = optimize(r.graphs["traced"])
+    graph = r.graphs["optimized"]
+    return {"graphs": {"optimized": {"nodes": len(graph.graph.node), "ops": op_histogram(graph), "fusions": fused}}}
+
+
+def _convert(r: Run) -> dict:
+    """Each precision from its source graph, with metadata, checked by onnx and written to staging at once."""
+    entries = {}
+    for precision in r.options.precisions:
+        source, converter = CONVERSIONS[precision]
+        r.progress("convert", precision)
+        if precision == "qdq":
+            images = _calibration_inputs(r.options.calibration, r.preprocessing)
+            r.progress("convert", f"qdq: calibrating int8 scales on {len(images)} images from {r.options.calibration}")
+            converter = functools.partial(convert.to_qdq, calibration=images, batch=r.options.batch)
+        graph = r.graphs[source] if converter is None else converter(r.graphs[source])
+        if r.options.opset == 16:  # after conversion: fp16's keeps LayerNormalization's inputs in fp32
+            graph = _copy(graph) if converter is None else graph
+            to_opset_16(graph)
+        artifact.set_metadata(graph, to_metadata(precision=precision, **r.props))
+        _onnx_check(graph, precision)
+        path = r.staging / artifact.artifact_name(r.stem, precision)
+        r.progress("write", path.name)
+        findings = trt_check.check(graph, r.options.trt_version)
+        entries[precision] = {"file": path.name, "nodes": len(graph.graph.node),
+                              "tensorrt_check": {"version": r.options.trt_version, "findings": findings}}
+        artifact.save_graph(graph, path)
+        if graph is r.graphs[source] and artifact.has_external_data(graph):  # saving moved its weights out
+            artifact.load_weights(graph, path)  # later precisions may convert from it
+        r.files[precision] = path
+        del graph
+    r.graphs.clear()  # every artifact is on disk
+    gc.collect()
+    return {"artifacts": entries}
+
+
+def _engine(r: Run) -> dict:
+    """The TensorRT plan of this export and its trtexec command; with `build_engine`, the engine itself."""
+    o = r.options
+    version = tensorrt.tensorrt_version() if o.build_engine else o.trt_version
+    engine = r.staging / artifact.engine_name(r.stem, o.engine.precision)
+    models = {precision: artifact.load_graph(path, weights=False) for precision, path in r.files.items()}
     try:
-        plan = tensorrt.plan(files, models, options.engine, version)
+        plan = tensorrt.plan(r.files, models, o.engine, version)
     except ExportError as error:
-        if options.build_engine:
+        if o.build_engine:
             raise
-        return {"version": version, "plan_error": str(error)}
+        return {"tensorrt": {"version": version, "plan_error": str(error)}}
     entry = {"version": version, "plan": asdict(plan), "trtexec": tensorrt.trtexec_command(plan, engine)}
-    if options.build_engine:
-        progress("tensorrt", f"building {engine.name} with TensorRT {installed_trt} (minutes)")
+    if o.build_engine:
+        r.progress("tensorrt", f"building {engine.name} with TensorRT {version} (minutes)")
         entry["sidecar"] = tensorrt.build(plan, engine)
-        entry["engine"] = str(engine)
-    return entry
+        entry["engine"] = engine.name
+        r.engine = engine
+    return {"tensorrt": entry}
+
+
+def _validate(r: Run) -> dict:
+    """Each artifact (and the engine) through the runtime, against the PyTorch outputs, one at a time."""
+    if not r.options.validate:
+        return {"passed": None}
+    artifacts, passed = {}, True
+    count = len(next(iter(r.inputs.values())))
+    for precision, path in r.files.items():
+        r.progress("validate", f"{precision} against PyTorch fp32 on {count} inputs")
+        result = parity.compare(r.reference, parity.run_artifact(path, r.inputs))
+        failed = parity.failures(precision, result)
+        artifacts[precision] = {"parity": result, "passed": not failed, "failures": failed}
+        passed &= not failed
+    out = {"artifacts": artifacts, "passed": passed}
+    if r.engine is not None:
+        r.progress("validate", f"the TensorRT engine against PyTorch fp32 on {count} inputs")
+        result = parity.compare(r.reference, parity.run_artifact(r.engine, r.inputs))
+        failed = parity.failures("fp16", result)  # TensorRT's fp32 uses TF32 matmuls: held to fp16's bound
+        out["tensorrt"] = {"parity": result, "passed": not failed, "failures": failed}
+        out["passed"] = passed and not failed
+    return out
+
+
+def _files(r: Run) -> dict:
+    """Size and sha256 of every file of the export but the report, as written to staging."""
+    entries, artifacts = {}, {}
+    for precision, path in r.files.items():
+        written = [file for file in (path, artifact.data_file(path)) if file.exists()]
+        for file in written:
+            entries[file.name] = {"bytes": file.stat().st_size, "sha256": files.sha256(file)}
+        artifacts[precision] = {"bytes": sum(entries[file.name]["bytes"] for file in written),
+                                "sha256": entries[path.name]["sha256"]}
+    if r.engine is not None:
+        for file in (r.engine, r.engine.with_name(r.engine.name + ".json")):
+            entries[file.name] = {"bytes": file.stat().st_size, "sha256": files.sha256(file)}
+    return {"artifacts": artifacts, "files": entries}
+
+
+# The stages that run inside the transaction, in order (weights come first, to name the export's files).
+STAGES = [("reference", _reference), ("export", _trace), ("optimize", _optimize), ("convert", _convert),
+          ("tensorrt", _engine), ("validate", _validate), ("files", _files)]
+
+
+def _stage(r: Run, report: dict, name: str, stage) -> None:
+    """Run one stage and merge its part into `report`, with its time and peak resident memory."""
+    _reset_peak_memory()
+    started = time.perf_counter()
+    _merge(report, stage(r))
+    report["stages"][name] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": _peak_memory_mb()}
+
+
+def _merge(into: dict, part: dict) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _select_features(model, names: tuple[str, ...]) -> None:
+    if model.task != "backbone":
+        raise ExportError("out_features: only for task backbone", "out_features")
+    unknown = [n for n in names if n not in model.out_features]
+    if unknown or not names:
+        raise ExportError(f"out_features {' '.join(names)}: choose from {', '.join(model.out_features)}",
+                          "out_features")
+    model.out_features = tuple(n for n in model.out_features if n in names)  # in stage order
 
 
 def _mae_metadata(model) -> dict | None:
@@ -210,15 +266,6 @@ def _mae_metadata(model) -> dict | None:
             "norm_pix_loss": c.norm_pix_loss}
 
 
-def _select_features(model, names: tuple[str, ...]) -> None:
-    if model.task != "backbone":
-        raise ExportError("--out-features: only for --task backbone")
-    unknown = [n for n in names if n not in model.out_features]
-    if unknown or not names:
-        raise ExportError(f"--out-features {' '.join(names)}: choose from {', '.join(model.out_features)}")
-    model.out_features = tuple(n for n in model.out_features if n in names)  # in stage order
-
-
 def _calibration_inputs(directory: Path, preprocessing):
     """The images of `directory` (recursively, sorted, at most CALIBRATION_IMAGES), preprocessed as the runtime
     will preprocess its input."""
@@ -226,10 +273,10 @@ def _calibration_inputs(directory: Path, preprocessing):
         paths = find_images(directory)[:CALIBRATION_IMAGES]
         return np.stack([preprocessing(load_image(path)) for path in paths])
     except HieraRuntimeError as error:
-        raise ExportError(f"--calibration: {error}") from None
+        raise ExportError(f"calibration: {error}", "calibration") from None
 
 
-def _check(model: onnx.ModelProto, precision: str) -> None:
+def _onnx_check(model: onnx.ModelProto, precision: str) -> None:
     """onnx's full check (with strict shape inference) on every artifact before it is written."""
     try:
         if not artifact.is_large(model):
@@ -239,18 +286,10 @@ def _check(model: onnx.ModelProto, precision: str) -> None:
         raise ExportError(f"the {precision} graph fails onnx's checker: {str(error).splitlines()[0]}") from None
 
 
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test."):
-            pass
-    except OSError as error:
-        raise ExportError(f"{out_dir}: output directory is not writable ({error.strerror or error})") from None
-
-
-def _size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _versions() -> dict[str, str]:
@@ -260,4 +299,17 @@ def _versions() -> dict[str, str]:
             versions[package] = importlib.metadata.version(package)
     return versions
 
+
+def _reset_peak_memory() -> None:
+    """Linux: restart the process's peak resident size (VmHWM) so that each stage's own peak is measured."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_memory_mb() -> float | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
 

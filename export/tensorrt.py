@@ -17,9 +17,10 @@ from pathlib import Path
 
 import onnx
 
-from runtime.tensorrt import make_sidecar, this_gpu, write_sidecar
+from runtime.artifact import make_sidecar, write_sidecar
+from runtime.files import write_bytes
+from runtime.tensorrt import this_gpu
 
-from .artifact import write_bytes
 from .errors import ExportError
 from .onnx_export import LAYER_NORM_STEPS
 
@@ -62,22 +63,24 @@ def plan(artifacts: dict[str, Path], models: dict[str, onnx.ModelProto], options
     `artifacts`/`models`: the exported files and graphs by precision. The source must be a standard-op
     graph: TensorRT cannot parse onnxruntime's fused operators."""
     if options.precision not in ENGINE_PRECISIONS:
-        raise ExportError(f"--trt-precision {options.precision}: choose from {', '.join(ENGINE_PRECISIONS)}")
+        raise ExportError(f"engine precision {options.precision}: choose from {', '.join(ENGINE_PRECISIONS)}",
+                          "engine.precision")
     if options.precision == "fp8":
-        raise ExportError("--trt-precision fp8: needs an FP8 Q/DQ graph, which this export does not write (NVIDIA "
-                          "ModelOpt does; build it with trtexec); use fp16, or int8 from the qdq artifact")
+        raise ExportError("engine precision fp8: needs an FP8 Q/DQ graph, which this export does not write (NVIDIA "
+                          "ModelOpt does; build it with trtexec); use fp16, or int8 from the qdq artifact",
+                          "engine.precision")
     major = int(trt_version.split(".")[0])
     strongly_typed = options.precision == "fp16" and major >= 10
     source = "fp16" if strongly_typed else SOURCES[options.precision]
     if source not in artifacts:
-        how = " with --calibration DIR" if source == "qdq" else ""
-        raise ExportError(f"--trt-precision {options.precision} builds from the {source} artifact: add {source} "
-                          f"to --precision{how}")
+        how = " with calibration images" if source == "qdq" else ""
+        raise ExportError(f"engine precision {options.precision} builds from the {source} artifact: add {source} "
+                          f"to the precisions{how}", "precisions")
     graph = models[source]
     fused = [n.op_type for n in graph.graph.node if n.domain not in ("", "ai.onnx")]
     if fused:
-        raise ExportError(f"--trt-precision {options.precision} builds from the {source} graph, which has "
-                          f"onnxruntime's fused {fused[0]}: add --no-optimize")
+        raise ExportError(f"engine precision {options.precision} builds from the {source} graph, which has "
+                          f"onnxruntime's fused {fused[0]}: export it without optimization", "optimize")
     flags = [] if strongly_typed else list(FLAGS[options.precision])
     fp32_layers = []
     if {"FP16", "BF16"} & set(flags):  # weakly typed 16-bit floats: keep the normalizations and softmax in fp32

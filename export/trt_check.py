@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from .artifact import without_weights
+from .artifact import load_graph, without_weights
+from .errors import ExportError
 
 MAX_RANK = 8
 MAX_WEIGHT_ELEMENTS = 2**31 - 1  # TensorRT counts weights in int32
@@ -59,7 +60,7 @@ TARGETS = {
 }
 DEFAULT_TARGET = "10"
 # What a finding suggests, by operator.
-REMEDIES = {"LayerNormalization": "export with --opset 16, which writes it as ReduceMean/Sub/Mul/Sqrt/Div",
+REMEDIES = {"LayerNormalization": "export at opset 16, which writes it as ReduceMean/Sub/Mul/Sqrt/Div",
             "DynamicQuantizeLinear": "onnxruntime's dynamic int8; TensorRT's int8 is the qdq artifact",
             "MatMulInteger": "onnxruntime's dynamic int8; TensorRT's int8 is the qdq artifact"}
 
@@ -67,11 +68,11 @@ REMEDIES = {"LayerNormalization": "export with --opset 16, which writes it as Re
 def target(version: str) -> Target:
     """The table for a TensorRT version: 8.5, 8.6, 10 or 10.x (any 10 release, and later majors, use 10's)."""
     try:
-        major, minor = (int(part) for part in (version.split(".") + ["0"])[:2])
+        major, minor = (int(part) for part in (str(version).split(".") + ["0"])[:2])
     except ValueError:
-        raise ValueError(f"TensorRT version {version!r}: expected MAJOR.MINOR, e.g. 8.5 or 10.3") from None
+        raise ExportError(f"TensorRT version {version!r}: expected MAJOR.MINOR, e.g. 8.5 or 10.3") from None
     if (major, minor) < (8, 5):
-        raise ValueError(f"TensorRT {version}: versions before 8.5 are not supported (JetPack 5 has 8.5)")
+        raise ExportError(f"TensorRT {version}: versions before 8.5 are not supported (JetPack 5 has 8.5)")
     return TARGETS["8.5" if (major, minor) == (8, 5) else "8.6" if major < 10 else "10"]
 
 
@@ -85,14 +86,8 @@ def _nonzero_zero_point(node: onnx.NodeProto, initializers: dict) -> bool:
 
 
 def check_file(path, version: str = DEFAULT_TARGET) -> list[str]:
-    """`check` on a file (its weights are not read); raises ValueError when it is not an ONNX model."""
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
-    except Exception as error:  # protobuf's DecodeError and its kin: not an ONNX file
-        raise ValueError(f"{path}: not an ONNX model ({type(error).__name__})") from None
-    return check(model, version)
+    """`check` on a file (its weights are not read); raises ExportError when it is not an ONNX model."""
+    return check(load_graph(path, weights=False), version)
 
 
 def check(model: onnx.ModelProto, version: str = DEFAULT_TARGET) -> list[str]:
@@ -102,7 +97,7 @@ def check(model: onnx.ModelProto, version: str = DEFAULT_TARGET) -> list[str]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and opset > t.max_opset:
         findings.append(f"opset {opset}: TensorRT {t.name}'s parser reads opsets up to {t.max_opset} "
-                        f"(export with --opset {min(t.max_opset, 17)})")
+                        f"(export at opset {min(t.max_opset, 17)})")
     offending = {}  # (operator, reason) -> the names of the nodes, reported together
     initializers = {w.name: w for w in model.graph.initializer}
     for node in model.graph.node:
@@ -110,7 +105,7 @@ def check(model: onnx.ModelProto, version: str = DEFAULT_TARGET) -> list[str]:
             reason = "zero point is not 0: TensorRT quantizes symmetrically (quantize with symmetric activations)"
         elif node.domain not in ("", "ai.onnx"):
             reason = (f"{node.domain} operator, which only onnxruntime runs (TensorRT needs the standard-op graph: "
-                      "--no-optimize, or the fp16 artifact)")
+                      "the unoptimized fp32 graph, or the fp16 artifact)")
         elif node.op_type in t.unsupported:
             remedy = REMEDIES.get(node.op_type)
             reason = f"not supported by TensorRT {t.name}'s ONNX parser" + (f"; {remedy}" if remedy else "")

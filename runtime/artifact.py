@@ -1,19 +1,37 @@
-"""What an artifact says about itself: the `hiera.*` metadata that export writes (../shared/ARCHITECTURE.md).
+"""The artifact format (../docs/architecture.md): the one module that writes and reads what an artifact says
+about itself.
 
-The runtime reads nothing else to run a model: task, input size, batch, preprocessing and labels all
-come from here, so an exported file is self-contained.
+- An exported `.onnx` carries `hiera.*` metadata_props, each value a JSON document: what the model is,
+  how to preprocess its input, what its outputs mean, where its weights came from and what produced
+  it. `to_metadata` encodes them (export writes through it); `from_metadata` decodes and validates
+  them (the runtime reads nothing else to run a model).
+- A TensorRT engine has a sidecar `<engine>.json`: the TensorRT version and GPU it was built for, the
+  sha256 of its source ONNX and of the engine itself, and the source's `hiera.*` metadata.
+
+Nothing read is trusted: every field is checked for its type and range, and a bad one is one line
+naming the file and the field. Files are read and written through `runtime.files`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import files
 from .errors import HieraRuntimeError
 from .preprocess import Preprocessing
 
-FORMAT_VERSION = 1  # the newest metadata format this runtime reads
+FORMAT_VERSION = 1  # the newest metadata format this runtime reads (and export writes)
 TASKS = ("classify", "features", "backbone", "mae")
+PRECISIONS = ("fp32", "fp16", "int8", "qdq")
+MAX_BATCH = 1024  # the largest batch an artifact may declare (and export traces for a dynamic batch)
+MAX_SIDE = 16384  # pixels (or frames) along one input axis
+SIDECAR_BYTES = 64 << 20  # a sidecar is a few KB; a larger file is not one
+TASK_OUTPUTS = {"classify": {"logits"}, "features": {"last_hidden_state", "pooler_output"},
+                "mae": {"logits", "bool_masked_pos", "ids_restore"}}
 
 
 @dataclass(frozen=True)
@@ -27,32 +45,171 @@ class ModelInfo:
     precision: str | None = None
     weights: dict | None = None  # {"source", "sha256", "verified"}
     mae: dict | None = None  # MAE models: {"mask_units", "mask_ratio", "pred_stride", "norm_pix_loss"}
+    outputs: tuple[str, ...] = ()
 
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels and index < len(self.labels) else None
 
 
+def to_metadata(*, variant: str, task: str, outputs: list[str], input_size, preprocessing: dict, labels,
+                weights: dict, opset: int, precision: str, batch, versions: dict,
+                mae: dict | None = None) -> dict[str, str]:
+    """The `hiera.*` metadata_props of an artifact: every value a JSON document (`mae` only for MAE models).
+    NaN and Inf are refused: they are not JSON."""
+    values = {
+        "format_version": FORMAT_VERSION,
+        "variant": variant,
+        "task": task,
+        "input_size": list(input_size),
+        "batch": batch,  # an int, or "dynamic"
+        "outputs": list(outputs),
+        "preprocessing": preprocessing,
+        "labels": list(labels) if labels else None,
+        "weights": weights,  # {"source", "sha256", "verified"}; source "random:SEED" for random weights
+        "opset": opset,
+        "precision": precision,
+        "producer": versions,
+    }
+    if mae is not None:
+        values["mae"] = mae  # {"mask_units", "mask_ratio", "pred_stride", "norm_pix_loss"}
+    return {f"hiera.{key}": json.dumps(value, allow_nan=False) for key, value in values.items()}
+
+
+class _Bad(ValueError):
+    """A field that fails its check: `from_metadata` names the file and the field."""
+
+
+def _int(value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _Bad(f"{value!r} is not a whole number from {low} to {high}")
+    return value
+
+
+def _number(value, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise _Bad(f"{value!r} is not a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _text(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"{value!r} is not a non-empty string")
+    return value
+
+
+def _object(value) -> dict:
+    if not isinstance(value, dict):
+        raise _Bad(f"{value!r} is not an object")
+    return value
+
+
+def _one_of(value, choices) -> str:
+    if value not in choices:
+        raise _Bad(f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _input_size(value) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) not in (2, 3):
+        raise _Bad(f"{value!r} is not [height, width] or [frames, height, width]")
+    return tuple(_int(side, 1, MAX_SIDE) for side in value)
+
+
+def _texts(value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Bad(f"{value!r} is not a non-empty list of strings")
+    return tuple(_text(item) for item in value)
+
+
+def _decode_fields(meta: dict) -> ModelInfo:
+    """The validated ModelInfo of decoded metadata; raises `_Bad` with the field's name first."""
+    def field(name, check, *args, required=True):
+        if name not in meta:
+            if required:
+                raise _Bad(f"hiera.{name}: missing")
+            return None
+        try:
+            return check(meta[name], *args)
+        except (ValueError, TypeError, KeyError) as error:  # ours (_Bad), or Preprocessing's own checks
+            raise _Bad(f"hiera.{name}: {error}") from None
+
+    version = field("format_version", _int, 1, 1 << 30)
+    if version > FORMAT_VERSION:
+        raise HieraRuntimeError(f"metadata format {version} is newer than this runtime reads ({FORMAT_VERSION}); "
+                                "upgrade hiera-deploy")
+    task = field("task", _one_of, TASKS)
+    input_size = field("input_size", _input_size)
+    batch = field("batch", lambda v: None if v == "dynamic" else _int(v, 1, MAX_BATCH))
+    outputs = field("outputs", _texts)
+    expected = TASK_OUTPUTS.get(task, set())
+    if not expected <= set(outputs):
+        raise _Bad(f"hiera.outputs: {list(outputs)} lacks {', '.join(sorted(expected - set(outputs)))} for a "
+                   f"{task} model")
+    preprocessing = field("preprocessing", lambda v: Preprocessing.from_dict(_object(v)))
+    if tuple(preprocessing.crop_size) != input_size[-2:]:
+        raise _Bad(f"hiera.preprocessing: crops {list(preprocessing.crop_size)}, the model takes "
+                   f"{list(input_size[-2:])}")
+    if preprocessing.frames != (input_size[0] if len(input_size) == 3 else 0):
+        raise _Bad(f"hiera.preprocessing: {preprocessing.frames} frames per clip for input size {list(input_size)}")
+    labels = field("labels", lambda v: None if v is None else _texts(v), required=False)
+    weights = field("weights", _weights, required=False)
+    precision = field("precision", _one_of, PRECISIONS, required=False)
+    variant = field("variant", _text, required=False)
+    mae = field("mae", _mae) if task == "mae" else None
+    return ModelInfo(task=task, input_size=input_size, batch=batch, preprocessing=preprocessing, labels=labels,
+                     variant=variant, precision=precision, weights=weights, mae=mae, outputs=outputs)
+
+
+def _weights(value) -> dict:
+    _object(value)
+    _text(value.get("source"))
+    if value.get("sha256") is not None and not isinstance(value["sha256"], str):
+        raise _Bad(f"sha256 {value['sha256']!r} is not a string")
+    if not isinstance(value.get("verified"), bool):
+        raise _Bad(f"verified {value.get('verified')!r} is not true or false")
+    return value
+
+
+def _mae(value) -> dict:
+    _object(value)
+    try:
+        units = _int(value.get("mask_units"), 1, MAX_SIDE * MAX_SIDE)
+        ratio = _number(value.get("mask_ratio"), 0, 0.999999)
+        stride = _int(value.get("pred_stride"), 1, MAX_SIDE)
+    except _Bad as error:
+        raise _Bad(f"{error} (mask_units, mask_ratio, pred_stride)") from None
+    if not isinstance(value.get("norm_pix_loss"), bool):
+        raise _Bad(f"norm_pix_loss {value.get('norm_pix_loss')!r} is not true or false")
+    if int(units * (1 - ratio)) < 1:
+        raise _Bad(f"mask_ratio {ratio} leaves none of {units} mask units visible")
+    return {"mask_units": units, "mask_ratio": ratio, "pred_stride": stride, "norm_pix_loss": value["norm_pix_loss"]}
+
+
 def from_metadata(props: dict[str, str], path) -> ModelInfo:
-    """Decode the `hiera.*` entries of an ONNX file's (or an engine sidecar's) metadata."""
+    """Decode and validate the `hiera.*` entries of an ONNX file's (or an engine sidecar's) metadata."""
     values = {key.removeprefix("hiera."): value for key, value in props.items() if key.startswith("hiera.")}
     if not values:
         raise HieraRuntimeError(f"{path}: no Hiera metadata (hiera.* metadata_props): not exported by python -m "
-                                "export; pass the preprocessing explicitly (--crop-size) to run it anyway")
+                                "export; give the preprocessing explicitly to run it anyway")
+    meta = {}
+    for key, value in values.items():
+        if not isinstance(value, str):
+            raise HieraRuntimeError(f"{path}: damaged Hiera metadata: hiera.{key} is not a string")
+        try:
+            meta[key] = json.loads(value, parse_constant=_refuse_constant)
+        except ValueError as error:
+            raise HieraRuntimeError(f"{path}: damaged Hiera metadata: hiera.{key} is not JSON ({error})") from None
     try:
-        meta = {key: json.loads(value) for key, value in values.items()}
-        if meta["format_version"] > FORMAT_VERSION:
-            raise HieraRuntimeError(f"{path}: metadata format {meta['format_version']} is newer than this runtime "
-                                    f"reads ({FORMAT_VERSION}); upgrade hiera-deploy")
-        if meta["task"] not in TASKS:
-            raise HieraRuntimeError(f"{path}: task {meta['task']!r} is not one this runtime runs ({', '.join(TASKS)})")
-        batch = meta["batch"]
-        return ModelInfo(task=meta["task"], input_size=tuple(meta["input_size"]),
-                         batch=None if batch == "dynamic" else int(batch),
-                         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
-                         labels=tuple(meta["labels"]) if meta.get("labels") else None, variant=meta.get("variant"),
-                         precision=meta.get("precision"), weights=meta.get("weights"), mae=meta.get("mae"))
-    except (KeyError, TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
-        raise HieraRuntimeError(f"{path}: damaged Hiera metadata ({type(error).__name__}: {error})") from None
+        return _decode_fields(meta)
+    except _Bad as error:
+        raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {error}") from None
+    except HieraRuntimeError as error:
+        raise HieraRuntimeError(f"{path}: {error}") from None
+
+
+def _refuse_constant(constant):
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def for_foreign_model(path, input_shape, output_names, preprocessing: Preprocessing) -> ModelInfo:
@@ -66,4 +223,61 @@ def for_foreign_model(path, input_shape, output_names, preprocessing: Preprocess
     batch = input_shape[0] if isinstance(input_shape[0], int) else None
     task = "classify" if len(output_names) == 1 else "features"
     return ModelInfo(task=task, input_size=preprocessing.crop_size, batch=batch, preprocessing=preprocessing,
-                     labels=None)
+                     labels=None, outputs=tuple(output_names))
+
+
+# The engine sidecar
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+VERSION = re.compile(r"\d+(\.\d+)*")
+CAPABILITY = re.compile(r"\d+\.\d+")
+
+
+def sidecar_path(engine: Path) -> Path:
+    return Path(engine).with_name(Path(engine).name + ".json")
+
+
+def read_sidecar(engine: Path) -> dict:
+    """The validated sidecar of `engine`: a bad field is one line naming the sidecar and the field."""
+    engine = Path(engine)
+    files.require_file(engine)
+    path = sidecar_path(engine)
+    try:
+        files.require_file(path)
+    except HieraRuntimeError:
+        if path.exists():
+            raise
+        raise HieraRuntimeError(f"{engine}: no sidecar {path.name} next to the engine (python -m export --trt "
+                                "writes it; the runtime needs it to check the engine and to preprocess)") from None
+    sidecar = files.read_json(path, SIDECAR_BYTES)
+    checks = {"tensorrt_version": VERSION, "compute_capability": CAPABILITY, "engine_sha256": SHA256}
+    if not isinstance(sidecar, dict):
+        raise HieraRuntimeError(f"{path}: damaged engine sidecar: not a JSON object")
+    for key, pattern in checks.items():
+        value = sidecar.get(key)
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise HieraRuntimeError(f"{path}: damaged engine sidecar: {key} {value!r} is not a "
+                                    f"{'sha256' if pattern is SHA256 else 'version string such as 10.3'}")
+    for key in ("version_compatible", "hardware_compatible"):
+        if not isinstance(sidecar.get(key, False), bool):
+            raise HieraRuntimeError(f"{path}: damaged engine sidecar: {key} {sidecar[key]!r} is not true or false")
+    metadata = sidecar.get("metadata")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise HieraRuntimeError(f"{path}: damaged engine sidecar: metadata is not an object of strings")
+    return sidecar
+
+
+def make_sidecar(engine: Path, onnx_file: Path, metadata: dict[str, str], *, tensorrt_version: str, gpu: str,
+                 compute_capability: str, build: dict) -> dict:
+    """The sidecar of `engine`, built from `onnx_file` (whose `hiera.*` metadata it carries) on this GPU;
+    `build` holds the build options (precision, profile, hardware_compatible, version_compatible, ...)."""
+    return {"tensorrt_version": tensorrt_version, "gpu": gpu, "compute_capability": compute_capability,
+            "onnx": Path(onnx_file).name, "onnx_sha256": files.sha256(onnx_file),
+            "engine_sha256": files.sha256(engine), "metadata": metadata, **build}
+
+
+def write_sidecar(engine: Path, sidecar: dict) -> Path:
+    """Atomically, as `<engine>.json`."""
+    path = sidecar_path(engine)
+    files.write_json(path, sidecar)
+    return path

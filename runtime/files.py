@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import stat
@@ -97,7 +98,9 @@ def open_file(path):
         if not stat.S_ISREG(mode):
             raise FileError(f"{path}: {_kind(mode)}, not a regular file")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        raw = io.FileIO(fd, "rb")
+        raw.name = os.fspath(path)  # readers (onnx, Pillow) take the name for the file's folder and format
+        return io.BufferedReader(raw)
     except BaseException:
         os.close(fd)
         raise

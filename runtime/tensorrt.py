@@ -1,75 +1,26 @@
-"""TensorRT engines: the sidecar that says where an engine can run, and a thin session over `tensorrt`.
+"""TensorRT engines: whether this machine can run one, and a thin session over `tensorrt`.
 
-An engine is tied to the TensorRT version and the GPU it was built for. `python -m export --trt`
-writes `<engine>.json` next to it (and `python -m runtime sidecar` does, for an engine trtexec built):
-the TensorRT version, the GPU and its compute capability, the build options, the sha256 of the source
-ONNX and of the engine, and the artifact's `hiera.*` metadata. The runtime checks the sidecar before it
-deserializes anything, so a mismatch is a message saying what to rebuild rather than a TensorRT error.
+An engine is tied to the TensorRT version and the GPU it was built for. Its sidecar `<engine>.json`
+(format: `runtime.artifact`; `python -m export --trt` writes it, `python -m runtime sidecar` does for an
+engine trtexec built) says which, with the sha256 of the engine and the artifact's `hiera.*` metadata.
+The runtime checks the sidecar before it deserializes anything, so a mismatch is a message saying what
+to rebuild rather than a TensorRT error.
 
 Running an engine needs the `tensorrt` and `cuda-python` packages (`pip install 'hiera-deploy[tensorrt]'`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .artifact import make_sidecar, read_sidecar, write_sidecar
 from .errors import HieraRuntimeError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 # Engines built with the hardware-compatibility level "ampere_plus" run on any GPU from Ampere (8.0) on.
 AMPERE = (8, 0)
-
-
-def sidecar_path(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
-
-
-def read_sidecar(engine: Path) -> dict:
-    path = sidecar_path(engine)
-    if not engine.is_file():
-        raise HieraRuntimeError(f"{engine}: no such file")
-    try:
-        sidecar = json.loads(path.read_text())
-        for key in ("tensorrt_version", "compute_capability", "metadata"):
-            sidecar[key]  # noqa: B018 (only its presence is checked)
-    except FileNotFoundError:
-        raise HieraRuntimeError(f"{engine}: no sidecar {path.name} next to the engine (python -m export --trt "
-                                "writes it; the runtime needs it to check the engine and to preprocess)") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise HieraRuntimeError(f"{path}: damaged engine sidecar ({type(error).__name__}: {error})") from None
-    return sidecar
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def make_sidecar(engine: Path, onnx_file: Path, metadata: dict[str, str], *, tensorrt_version: str, gpu: str,
-                 compute_capability: str, build: dict) -> dict:
-    """The sidecar of `engine`, built from `onnx_file` (whose `hiera.*` metadata it carries) on this GPU;
-    `build` holds the build options (precision, profile, hardware_compatible, version_compatible, ...)."""
-    return {"tensorrt_version": tensorrt_version, "gpu": gpu, "compute_capability": compute_capability,
-            "onnx": onnx_file.name, "onnx_sha256": file_sha256(onnx_file), "engine_sha256": file_sha256(engine),
-            "metadata": metadata, **build}
-
-
-def write_sidecar(engine: Path, sidecar: dict) -> Path:
-    """Atomically, as `<engine>.json`."""
-    path = sidecar_path(engine)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(json.dumps(sidecar, indent=2) + "\n")
-    os.replace(tmp.name, path)
-    return path
 
 
 def this_gpu(cudart) -> tuple[str, str]:

@@ -13,7 +13,8 @@ import pytest
 from export import ExportError, Options, run
 from export.tensorrt import EngineOptions, plan, sidecar, trtexec_command
 from runtime import Classifier, HieraRuntimeError
-from runtime.tensorrt import check_compatible, read_sidecar, sidecar_path
+from runtime.artifact import read_sidecar, sidecar_path
+from runtime.tensorrt import check_compatible
 
 from ..conftest import ROOT
 
@@ -95,13 +96,13 @@ def test_int8_is_explicit_quantization_of_the_qdq_artifact(exports):
 
 def test_plans_that_cannot_build_say_why(exports):
     files, models, _ = exports["optimized"]
-    with pytest.raises(ExportError, match="fused Attention: add --no-optimize"):
+    with pytest.raises(ExportError, match="fused Attention: export it without optimization"):
         plan(files, models, EngineOptions(precision="fp32"), "10")
-    with pytest.raises(ExportError, match="builds from the qdq artifact: add qdq to --precision with --calibration"):
+    with pytest.raises(ExportError, match="builds from the qdq artifact: add qdq to the precisions with calibration images"):
         plan(files, models, EngineOptions(precision="int8"), "10")
     with pytest.raises(ExportError, match="fp8: needs an FP8 Q/DQ graph"):
         plan(files, models, EngineOptions(precision="fp8"), "10")
-    with pytest.raises(ExportError, match="add fp16 to --precision"):
+    with pytest.raises(ExportError, match="add fp16 to the precisions"):
         plan({"fp32": files["fp32"]}, models, EngineOptions(), "10")
 
 

@@ -44,7 +44,7 @@ def test_tensorrt_8_5_needs_the_opset_16_graph(graphs):
     made, reference = graphs
     (finding,) = check(onnx.load(made["standard"]["fp32"]), "8.5")
     assert finding.startswith("LayerNormalization, 11 nodes (node_layer_norm, node_layer_norm_1,")
-    assert "not supported by TensorRT 8.5's ONNX parser; export with --opset 16" in finding
+    assert "not supported by TensorRT 8.5's ONNX parser; export at opset 16" in finding
     for precision in ("fp32", "fp16"):
         model = onnx.load(made["opset16"][precision])
         assert {o.domain: o.version for o in model.opset_import}[""] == 16

@@ -10,11 +10,12 @@ import pytest
 
 from export import Options, read_artifact, run
 from runtime import Classifier, HieraRuntimeError
-from runtime.tensorrt import check_compatible, read_sidecar, sidecar_path
+from runtime.artifact import read_sidecar, sidecar_path
+from runtime.tensorrt import check_compatible
 
 NO_TENSORRT = "TensorRT's libraries come only from NVIDIA's package index, which this machine cannot reach"
 SIDECAR = {"tensorrt_version": "10.3.0", "compute_capability": "8.9", "gpu": "NVIDIA L4", "onnx": "hiera.onnx",
-           "metadata": {}}
+           "engine_sha256": "0" * 64, "metadata": {}}
 
 
 def refusal(sidecar: dict, version: str, capability: tuple) -> str | None:
@@ -48,8 +49,13 @@ def test_a_missing_or_damaged_sidecar_is_named(tmp_path):
     with pytest.raises(HieraRuntimeError, match=r"m.engine: no sidecar m.engine.json next to the engine"):
         read_sidecar(engine)
     sidecar_path(engine).write_text('{"tensorrt_version": "10.3.0"}')
-    with pytest.raises(HieraRuntimeError, match=r"m.engine.json: damaged engine sidecar \(KeyError"):
+    with pytest.raises(HieraRuntimeError, match=r"m.engine.json: damaged engine sidecar: compute_capability None"):
         read_sidecar(engine)
+    for field, value in {"tensorrt_version": 10.3, "engine_sha256": "abc", "version_compatible": "yes",
+                         "metadata": ["hiera.task"]}.items():
+        sidecar_path(engine).write_text(json.dumps({**SIDECAR, field: value}))
+        with pytest.raises(HieraRuntimeError, match=f"m.engine.json: damaged engine sidecar: {field}"):
+            read_sidecar(engine)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed")

@@ -1,0 +1,211 @@
+"""`verify`: check an export again later, as users' CI does: the same checks the export made.
+
+Without weights: the report is the one the export wrote (its integrity digest), it certifies what it
+says (its verdict follows from its own figures and today's thresholds), every file it describes has the
+recorded size and sha256, each artifact's metadata decodes and agrees with the report, and the folder
+holds no file of the export that the report does not describe. With weights: they must be the weights
+the export recorded (sha256, or the seed of random weights), and each artifact is run again against
+PyTorch on the same validation inputs, held to the same bounds.
+
+    result = export.verify(["artifacts/hiera_base_classify.onnx"], weights="random")
+    assert result.ok, result.failures
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runtime import files
+from runtime.artifact import from_metadata, read_sidecar
+from runtime.errors import HieraRuntimeError
+from runtime.tensorrt import ENGINE_SUFFIXES
+
+from . import artifact, parity, transaction
+from .errors import ExportError
+
+
+@dataclass(frozen=True)
+class Check:
+    subject: str  # the file checked, or the export's report
+    name: str  # what was checked: report, sha256, metadata, files, weights, parity
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyResult:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.ok]
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
+
+    def add(self, subject, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(str(subject), name, bool(ok), detail))
+        return ok
+
+
+def verify(paths, weights: str | None = None, *, allow_unverified: bool = False,
+           progress=lambda step, message: None) -> VerifyResult:
+    """Check exported files (artifacts, engines, or a report: then every file it describes). `weights`
+    re-runs parity against PyTorch: a checkpoint path, or "random" for an export of random weights.
+    Raises `ExportError` for input that is not an export's file; a check that fails is in the result."""
+    result = VerifyResult()
+    targets: dict[Path, list[str]] = {}  # report -> the files to check against it
+    for path in map(Path, paths):
+        try:
+            files.require_file(path)
+        except HieraRuntimeError as error:
+            raise ExportError(str(error)) from None
+        if path.name.endswith(".report.json"):
+            targets.setdefault(path, [])
+            continue
+        if path.suffix not in (".onnx", *ENGINE_SUFFIXES):
+            raise ExportError(f"{path}: not an exported artifact (.onnx or a TensorRT engine) nor a report")
+        targets.setdefault(path.with_name(artifact.report_name(artifact.family_of(path))), []).append(path.name)
+    for report_file, names in targets.items():
+        progress("verify", str(report_file))
+        _verify_export(result, report_file, names, weights, allow_unverified, progress)
+    return result
+
+
+def _verify_export(result: VerifyResult, report_file: Path, names: list[str], weights, allow_unverified,
+                   progress) -> None:
+    if not report_file.is_file():
+        result.add(report_file, "report", False, "missing: nothing certifies the files of this export")
+        return
+    report = artifact.read_report(report_file)
+    if not result.add(report_file, "report", artifact.is_sealed(report),
+                      "written by the export" if artifact.is_sealed(report) else
+                      "edited after the export (its integrity digest does not match its content)"):
+        return
+    described = report.get("files", {})
+    names = names or list(described)
+    folder, stem = report_file.parent, artifact.family_of(report_file)
+    if not report.get("report_version") == artifact.REPORT_VERSION or not isinstance(described, dict):
+        raise ExportError(f"{report_file}: a report of another version ({report.get('report_version')!r}); verify it "
+                          "with the hiera-deploy that wrote it")
+    _verdict(result, report_file, report)
+    for name in names:
+        entry = described.get(name)
+        if not result.add(folder / name, "files", entry is not None,
+                          "described by the report" if entry else "not described by the report"):
+            continue
+        _sha256(result, folder / name, entry)
+        if name.endswith(".onnx") and artifact.data_file(folder / name).name in described:
+            _sha256(result, artifact.data_file(folder / name), described[artifact.data_file(folder / name).name])
+        if name.endswith(".onnx"):
+            _metadata(result, folder / name, report)
+    strays = sorted(p.name for p in folder.iterdir() if artifact.in_family(p.name, stem)
+                    and p.name not in described and p != report_file)
+    result.add(folder, "files", not strays, "no file of this export beside the report that it does not describe"
+               if not strays else f"files of this export the report does not describe: {', '.join(strays)}")
+    waiting = transaction.pending(folder)
+    if waiting:
+        result.add(folder, "files", False, f"an interrupted commit is pending in {waiting[0].name}: the next export "
+                                           "into this folder completes it")
+    if weights is not None:
+        _parity(result, folder, names, report, weights, allow_unverified, progress)
+
+
+def _verdict(result: VerifyResult, report_file: Path, report: dict) -> None:
+    """The report's verdict follows from its own figures, under today's bounds."""
+    if report.get("passed") is not True:
+        why = "; ".join(f for entry in report.get("artifacts", {}).values() for f in entry.get("failures", []))
+        result.add(report_file, "report", False, "the export's parity check did not pass" + (f": {why}" if why else
+                                                 " (it was not run)" if report.get("passed") is None else ""))
+        return
+    for precision, entry in report.get("artifacts", {}).items():
+        recomputed = parity.failures(precision, entry.get("parity") or {}) if precision in parity.THRESHOLDS else \
+            ["an unknown precision"]
+        result.add(report_file, "report", not recomputed, f"{precision}: its figures are within today's bounds"
+                   if not recomputed else f"{precision}: its figures fail today's bounds: {'; '.join(recomputed)}")
+
+
+def _sha256(result: VerifyResult, path: Path, entry: dict) -> None:
+    try:
+        digest = files.sha256(path)
+    except HieraRuntimeError as error:
+        result.add(path, "sha256", False, str(error))
+        return
+    result.add(path, "sha256", digest == entry.get("sha256"), "as recorded" if digest == entry.get("sha256")
+               else f"{digest} differs from the recorded {entry.get('sha256')}: the file changed after the export")
+
+
+def _metadata(result: VerifyResult, path: Path, report: dict) -> None:
+    try:
+        model = artifact.load_graph(path, weights=False)
+        info = from_metadata({p.key: p.value for p in model.metadata_props}, path)
+    except (ExportError, HieraRuntimeError) as error:
+        result.add(path, "metadata", False, str(error))
+        return
+    expected = next((p for p, e in report.get("artifacts", {}).items() if e.get("file") == path.name), None)
+    problems = [f"{what} {got!r}, the report says {want!r}" for what, got, want in (
+        ("precision", info.precision, expected), ("variant", info.variant, report.get("variant")),
+        ("task", info.task, report.get("task")), ("weights", info.weights, report.get("weights")))
+        if got != want]
+    result.add(path, "metadata", not problems, "valid, and as the report says" if not problems else
+               "; ".join(problems))
+
+
+def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, weights: str, allow_unverified,
+            progress) -> None:
+    """Run the artifacts again against PyTorch on the weights given, which must be the ones recorded."""
+    from .weights import load_weights  # torch: only when weights are given
+
+    recorded = report.get("weights") or {}
+    source = str(recorded.get("source", ""))
+    task, seed = report.get("task"), (report.get("validation") or {}).get("seed")
+    if seed is None:
+        result.add(folder, "parity", False, "the export did not validate its artifacts: nothing to run again")
+        return
+    random_seed = int(source.removeprefix("random:")) if source.startswith("random:") else None
+    if (weights == "random") != (random_seed is not None):
+        result.add(weights, "weights", False, f"not the weights of this export: it was made from {source}")
+        return
+    onnx_files = [folder / n for n in names if n.endswith(".onnx") or Path(n).suffix in ENGINE_SUFFIXES]
+    if not onnx_files:
+        return
+    info = _info(onnx_files[0])
+    progress("weights", f"loading {weights}")
+    model, _, _ = load_weights(weights, report.get("variant") if weights == "random" else None, task,
+                               random_seed if random_seed is not None else 0, allow_unverified)
+    same = (model.provenance.get("source") == source if weights == "random" else
+            model.provenance.get("sha256") == recorded.get("sha256"))
+    if not result.add(weights, "weights", same, "the weights the export recorded" if same else
+                      f"not the weights of this export (it recorded {source}, sha256 {recorded.get('sha256')}; "
+                      f"these are {model.provenance.get('source')}, sha256 {model.provenance.get('sha256')})"):
+        return
+    if task == "backbone":
+        model.out_features = tuple(info.outputs)
+    model.with_loss = "loss" in info.outputs
+    inputs, _ = parity.validation_inputs(model, info.preprocessing, seed)
+    progress("reference", "PyTorch fp32")
+    reference = parity.run_torch(model, inputs)
+    del model
+    for path in onnx_files:
+        precision = next((p for p, e in report.get("artifacts", {}).items() if e.get("file") == path.name), "fp16")
+        progress("validate", path.name)
+        try:
+            got = parity.run_artifact(path, inputs)
+        except HieraRuntimeError as error:
+            result.add(path, "parity", False, str(error))
+            continue
+        failed = parity.failures(precision, parity.compare(reference, got))
+        result.add(path, "parity", not failed, f"within the {precision} bounds against PyTorch" if not failed else
+                   "; ".join(failed))
+
+
+def _info(path: Path):
+    if path.suffix == ".onnx":
+        model = artifact.load_graph(path, weights=False)
+        return from_metadata({p.key: p.value for p in model.metadata_props}, path)
+    return from_metadata(read_sidecar(path)["metadata"], path)
