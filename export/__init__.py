@@ -14,8 +14,8 @@ import importlib
 
 from .errors import ExportError
 
-_LAZY = {"Options": "options", "PRECISIONS": "options", "run": "pipeline", "verify": "verify",
-         "VerifyResult": "verify", "read_artifact": "artifact"}
+_LAZY = {"Options": "options", "PRECISIONS": "options", "run": "pipeline", "verify": "verification",
+         "VerifyResult": "verification", "read_artifact": "artifact"}
 
 __all__ = ["ExportError", *_LAZY]
 

@@ -172,7 +172,7 @@ def check_trt(argv) -> int:
 
 def verify(argv) -> int:
     """python -m export verify ARTIFACT... [--weights PATH] [--json]: exit 0 when every check holds."""
-    from .verify import verify as run_verify
+    from .verification import verify as run_verify
 
     p = Parser(prog="python -m export verify", description="Check exported files against their report and "
                "metadata (sha256 of every file, the report's integrity and verdict, the metadata), and with "
