@@ -59,6 +59,12 @@ def data_file(path: Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
+def weight_bytes(path: Path) -> int:
+    """The size of a saved graph's weights: its external data, or else the file itself."""
+    data = data_file(Path(path))
+    return data.stat().st_size if data.exists() else Path(path).stat().st_size
+
+
 def is_large(model: onnx.ModelProto) -> bool:
     """Whether the weights need external data: counted tensor by tensor, because the ModelProto's own
     ByteSize() fails above protobuf's 2 GB."""
@@ -124,17 +130,90 @@ def load_weights(model: onnx.ModelProto, path: Path) -> None:
     onnx.load_external_data_for_model(model, str(Path(path).parent))
 
 
-def save_graph(model: onnx.ModelProto, path: Path) -> None:
-    """Write a graph into the export's staging folder (the transaction makes it appear whole); weights too
-    large for one protobuf go to `<file>.data` beside it. The graph's weights move to that file as they
-    are written, so a large model is not held twice."""
+def _external(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The size of a tensor's data, whether it is in the graph or in an external file."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return int(_external(tensor).get("length", 0))
+    return tensor.ByteSize()
+
+
+def save_graph(model: onnx.ModelProto, path: Path, weights_dir: Path | None = None) -> None:
+    """Write a graph into the export's staging folder (the transaction makes it appear whole). Its weights
+    may be in the graph or, where `weights_dir` is given, in the external data file of the graph they were
+    loaded from (`load_graph(..., weights=False)`), which is then read one tensor at a time.
+
+    Below protobuf's 2 GB the file is one protobuf, written tensor by tensor: a serialized ModelProto
+    followed by more of them parses as their merge (protobuf's rule for repeated records), so each
+    initializer goes out as its own small ModelProto, and the graph is never serialized whole (that takes
+    twice its size again). Larger weights go to `<file>.data` beside it: copied from `weights_dir` when
+    they are all there in one file already, else written by onnx."""
     try:
-        external = is_large(model)
-        onnx.save_model(model, path, save_as_external_data=external, location=data_file(path).name)
-        if external:
-            shutil.copymode(path, data_file(path))  # onnx makes it readable by its owner only
+        if sum(tensor_bytes(t) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES:
+            _save_external(model, path, weights_dir)
+        else:
+            _save_streamed(model, path, weights_dir)
     except OSError as error:
         raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def _save_streamed(model: onnx.ModelProto, path: Path, weights_dir: Path | None) -> None:
+    structure = onnx.ModelProto()
+    structure.CopyFrom(without_initializers(model))
+    with open(path, "wb") as out:
+        out.write(structure.SerializeToString())
+        for tensor in model.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                tensor = _read_external(tensor, weights_dir)
+            out.write(onnx.ModelProto(graph=onnx.GraphProto(initializer=[tensor])).SerializeToString())
+
+
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph's structure: everything but its initializers (which are large)."""
+    initializers = list(model.graph.initializer)
+    del model.graph.initializer[:]
+    try:
+        structure = onnx.ModelProto()
+        structure.CopyFrom(model)
+    finally:
+        model.graph.initializer.extend(initializers)
+    return structure
+
+
+def _read_external(tensor: onnx.TensorProto, weights_dir: Path | None) -> onnx.TensorProto:
+    if weights_dir is None:
+        raise ExportError(f"tensor {tensor.name}: its data is in an external file, and no folder was given")
+    entry = _external(tensor)
+    loaded = onnx.TensorProto()
+    loaded.CopyFrom(tensor)
+    del loaded.external_data[:]
+    loaded.data_location = onnx.TensorProto.DEFAULT
+    with files.open_file(Path(weights_dir) / entry["location"]) as data:
+        data.seek(int(entry.get("offset", 0)))
+        loaded.raw_data = data.read(int(entry["length"]))
+    return loaded
+
+
+def _save_external(model: onnx.ModelProto, path: Path, weights_dir: Path | None) -> None:
+    locations = {_external(t).get("location") for t in model.graph.initializer
+                 if t.data_location == onnx.TensorProto.EXTERNAL}
+    if weights_dir is not None and len(locations) == 1 and all(
+            t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() < 1 << 20 for t in model.graph.initializer):
+        # A copy, streamed: onnx refuses external data with several hard links (a guard against link attacks).
+        shutil.copyfile(Path(weights_dir) / locations.pop(), data_file(path))
+        structure = onnx.ModelProto()
+        structure.CopyFrom(model)
+        for tensor in structure.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_file(path).name
+        onnx.save_model(structure, path)
+    else:
+        onnx.save_model(model, path, save_as_external_data=True, location=data_file(path).name)
+        shutil.copymode(path, data_file(path))  # onnx makes it readable by its owner only
 
 
 def seal(report: dict) -> dict:

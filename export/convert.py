@@ -13,18 +13,17 @@ import onnx_ir as ir
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from .artifact import is_large
+from .artifact import EXTERNAL_DATA_BYTES, weight_bytes
+from .optimize import linear_as_matmul
 
 # Kept in fp32: normalizations and softmax accumulate sums that overflow or lose precision in fp16; MAE's
 # masking sorts its noise (TopK), which must rank it exactly as fp32 does.
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "TopK"]
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(source: Path) -> onnx.ModelProto:
     """Weights and matmuls in fp16, `FP32_OPS` in fp32; `pixel_values` and outputs stay float32."""
-    source = onnx.ModelProto()
-    source.CopyFrom(model)  # the converter rewrites its argument, which may be the fp32 artifact (--no-optimize)
-    converted = ir.from_proto(convert_float_to_float16(source, keep_io_types=True, op_block_list=FP32_OPS,
+    converted = ir.from_proto(convert_float_to_float16(onnx.load(source), keep_io_types=True, op_block_list=FP32_OPS,
                                                        disable_shape_infer=True))
     converted.graph.sort()  # the converter appends the output casts after their consumers
     proto = ir.to_proto(converted)
@@ -32,35 +31,33 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _quantize(model: onnx.ModelProto, quantizer) -> onnx.ModelProto:
-    """Run an onnxruntime quantizer, which works on files: `quantizer(src, dst, large)`. A large model needs
-    external data, and saving with it turns the model's own tensors into references to the (temporary) file
-    written, so it is saved from a copy."""
-    large = is_large(model)
-    if large:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        model = copy
+def _quantize(source: Path, quantizer) -> onnx.ModelProto:
+    """Run an onnxruntime quantizer, which works on files: `quantizer(src, dst, large)` reads `source` (with its
+    external data) and writes the quantized graph, which is returned."""
+    large = weight_bytes(source) > EXTERNAL_DATA_BYTES
     root = logging.getLogger()
     level = root.level
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "quantized.onnx")
-        onnx.save_model(model, src, save_as_external_data=large)
+        dst = Path(tmp, "quantized.onnx")
         root.setLevel(logging.ERROR)  # it advises shape-inference preprocessing we don't need
         try:
-            quantizer(src, dst, large)
+            quantizer(str(source), dst, large)
         finally:
             root.setLevel(level)
         return onnx.load(dst)
 
 
-def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_int8(source: Path) -> onnx.ModelProto:
     """Dynamic quantization (onnxruntime): int8 weights per output channel, activations quantized at
     run time, for the Gemm/MatMul layers and the fused Attention (its qkv projection), which hold
-    nearly all of the compute. On CPUs with VNNI these run as integer dot products."""
-    return _quantize(model, lambda src, dst, large: quantize_dynamic(
-        src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large,
-        op_types_to_quantize=["MatMul", "Gemm", "Attention"], extra_options={"MatMulConstBOnly": True}))
+    nearly all of the compute. On CPUs with VNNI these run as integer dot products. The quantizer is given
+    the graph with its Gemms already written as MatMul + Add (`linear_as_matmul`), to bound its memory."""
+    with tempfile.TemporaryDirectory(dir=Path(source).parent, prefix=".int8-source.") as folder:
+        matmuls = Path(folder) / "matmul.onnx"
+        linear_as_matmul(Path(source), matmuls)
+        return _quantize(matmuls, lambda src, dst, large: quantize_dynamic(
+            src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large,
+            op_types_to_quantize=["MatMul", "Gemm", "Attention"], extra_options={"MatMulConstBOnly": True}))
 
 
 class _Calibration:
@@ -75,12 +72,12 @@ class _Calibration:
         return next(self.batches, None)
 
 
-def to_qdq(model: onnx.ModelProto, calibration: np.ndarray, batch: int | None) -> onnx.ModelProto:
+def to_qdq(source: Path, calibration: np.ndarray, batch: int | None) -> onnx.ModelProto:
     """Static int8 in QDQ form, for TensorRT's explicit quantization: QuantizeLinear/DequantizeLinear pairs on
     the inputs of every Gemm and MatMul with constant weights (the attention products stay in float), weights
     per output channel, activation scales from the calibration images (min/max). Scales are symmetric: TensorRT
     takes only zero points of 0."""
-    return _quantize(model, lambda src, dst, large: quantize_static(
+    return _quantize(source, lambda src, dst, large: quantize_static(
         src, dst, _Calibration(calibration, batch), quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,

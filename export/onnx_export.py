@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import warnings
+from pathlib import Path
 
 import onnx
 import onnx.numpy_helper
+import onnx_ir as ir
 import torch
 
 from runtime.artifact import MAX_BATCH
@@ -25,9 +28,10 @@ def max_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
-def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
-    """Trace `model` and return its ONNX graph at `opset` (MIN_OPSET..max_opset()); `batch` None makes the
-    batch axis dynamic, up to MAX_BATCH."""
+def trace(model, opset: int, batch: int | None, path: Path) -> None:
+    """Trace `model` to an ONNX graph at `opset` (MIN_OPSET..max_opset()) and write it to `path`, its weights to
+    `<path>.data`: straight from the torch tensors, never held twice. `batch` None makes the batch axis
+    dynamic, up to MAX_BATCH."""
     config = model.config
     examples = {"pixel_values": torch.zeros(batch or 2, config.in_chans, *config.input_size),
                 "noise": torch.rand(batch or 2, config.mask_units)}  # MAE's second input
@@ -38,10 +42,25 @@ def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
         program = torch.onnx.export(model, tuple(examples.values()), dynamo=True, opset_version=max(opset, TRACE_OPSET),
                                     input_names=list(examples), output_names=model.output_names,
                                     dynamic_shapes=dynamic, optimize=True, verbose=False)
-    proto = program.model_proto
+        # Small constants (shapes, axes) stay in the graph, where the opset rewrite reads them.
+        ir.save(program.model, path, external_data=f"{Path(path).name}.data", size_threshold_bytes=1024)
+    # The exporter's graph values outlive the program (torch keeps some of them), and they hold the model's
+    # parameters: let go of those, so that the weights are freed with the model.
+    for value in program.model.graph.initializers.values():
+        value.const_value = None
+    del program
     if opset < TRACE_OPSET:
-        to_opset_17(proto)
-    return proto
+        graph = onnx.load(path, load_external_data=False)  # the structure only: the weights stay on disk
+        to_opset_17(graph)
+        onnx.save_model(graph, path)
+
+
+def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
+    """`trace`, returned as one in-memory graph (for tools and tests; the export works from files)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "traced.onnx"
+        trace(model, opset, batch, path)
+        return onnx.load(path)
 
 
 def to_opset_17(model: onnx.ModelProto) -> None:

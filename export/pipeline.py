@@ -12,6 +12,7 @@ as it is converted. The report records each stage's time and peak resident memor
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import gc
 import importlib.metadata
@@ -29,7 +30,7 @@ from runtime.preprocess import find_images, load_image
 
 from . import artifact, convert, parity, tensorrt, trt_check
 from .errors import ExportError
-from .onnx_export import to_onnx, to_opset_16
+from .onnx_export import to_opset_16, trace
 from .optimize import op_histogram, optimize
 from .options import DEFAULT_PRECISIONS, PRECISIONS, Options, check
 from .transaction import Transaction
@@ -38,6 +39,7 @@ from .weights import load_weights, preprocessing_for
 __all__ = ["DEFAULT_PRECISIONS", "PRECISIONS", "Options", "run"]
 
 CALIBRATION_IMAGES = 512  # at most, the first in sorted order
+TRACED, OPTIMIZED = ".traced.onnx", ".optimized.onnx"  # the graphs the artifacts are made from, in staging
 PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime")
 # Which graph each precision is made from, and how. The traced graph has standard operators only (what
 # GPU providers and TensorRT parse and fuse on their own); the optimized one has onnxruntime's fused
@@ -63,7 +65,7 @@ class Run:
     props: dict = field(default_factory=dict)  # the artifacts' metadata, but for the precision
     inputs: dict | None = None  # validation inputs by name, one row per sample
     reference: dict | None = None  # the PyTorch fp32 outputs on them
-    graphs: dict = field(default_factory=dict)  # "traced" / "optimized" -> onnx.ModelProto
+    graphs: dict = field(default_factory=dict)  # "traced" / "optimized" -> the graph's file in staging
     files: dict = field(default_factory=dict)  # precision -> the artifact in staging
     engine: Path | None = None
 
@@ -120,10 +122,11 @@ def _reference(r: Run) -> dict:
 def _trace(r: Run) -> dict:
     o = r.options
     r.progress("export", f"tracing Hiera-{r.name} ({o.task}) to ONNX opset {o.opset}")
-    r.graphs["traced"] = to_onnx(r.model, o.opset, o.batch)
+    r.graphs["traced"] = r.staging / TRACED
+    trace(r.model, o.opset, o.batch, r.graphs["traced"])
     r.model = None  # everything later works on the graph
-    gc.collect()
-    traced = r.graphs["traced"]
+    _release_memory()
+    traced = artifact.load_graph(r.graphs["traced"], weights=False)
     return {"graphs": {"exported": {"nodes": len(traced.graph.node), "ops": op_histogram(traced)}}}
 
 
@@ -132,13 +135,14 @@ def _optimize(r: Run) -> dict:
         r.graphs["optimized"] = r.graphs["traced"]
         return {}
     r.progress("optimize", "fusing and folding")
-    r.graphs["optimized"], fused = optimize(r.graphs["traced"])
-    graph = r.graphs["optimized"]
+    r.graphs["optimized"] = r.staging / OPTIMIZED
+    fused = optimize(r.graphs["traced"], r.graphs["optimized"])
+    graph = artifact.load_graph(r.graphs["optimized"], weights=False)
     return {"graphs": {"optimized": {"nodes": len(graph.graph.node), "ops": op_histogram(graph), "fusions": fused}}}
 
 
 def _convert(r: Run) -> dict:
-    """Each precision from its source graph, with metadata, checked by onnx and written to staging at once."""
+    """Each precision from its source graph (a file in staging), with metadata, checked by onnx, written at once."""
     entries = {}
     for precision in r.options.precisions:
         source, converter = CONVERSIONS[precision]
@@ -147,24 +151,21 @@ def _convert(r: Run) -> dict:
             images = _calibration_inputs(r.options.calibration, r.preprocessing)
             r.progress("convert", f"qdq: calibrating int8 scales on {len(images)} images from {r.options.calibration}")
             converter = functools.partial(convert.to_qdq, calibration=images, batch=r.options.batch)
-        graph = r.graphs[source] if converter is None else converter(r.graphs[source])
+        # fp32 is its source graph with metadata: its weights are copied from the source's file as it is written
+        graph = converter(r.graphs[source]) if converter else artifact.load_graph(r.graphs[source], weights=False)
         if r.options.opset == 16:  # after conversion: fp16's keeps LayerNormalization's inputs in fp32
-            graph = _copy(graph) if converter is None else graph
             to_opset_16(graph)
         artifact.set_metadata(graph, to_metadata(precision=precision, **r.props))
-        _onnx_check(graph, precision)
         path = r.staging / artifact.artifact_name(r.stem, precision)
-        r.progress("write", path.name)
         findings = trt_check.check(graph, r.options.trt_version)
         entries[precision] = {"file": path.name, "nodes": len(graph.graph.node),
                               "tensorrt_check": {"version": r.options.trt_version, "findings": findings}}
-        artifact.save_graph(graph, path)
-        if graph is r.graphs[source] and artifact.has_external_data(graph):  # saving moved its weights out
-            artifact.load_weights(graph, path)  # later precisions may convert from it
-        r.files[precision] = path
+        r.progress("write", path.name)
+        artifact.save_graph(graph, path, weights_dir=r.staging)
         del graph
-    r.graphs.clear()  # every artifact is on disk
-    gc.collect()
+        _onnx_check(path, precision)
+        _release_memory()
+        r.files[precision] = path
     return {"artifacts": entries}
 
 
@@ -198,6 +199,7 @@ def _validate(r: Run) -> dict:
     for precision, path in r.files.items():
         r.progress("validate", f"{precision} against PyTorch fp32 on {count} inputs")
         result = parity.compare(r.reference, parity.run_artifact(path, r.inputs))
+        _release_memory()
         failed = parity.failures(precision, result)
         artifacts[precision] = {"parity": result, "passed": not failed, "failures": failed}
         passed &= not failed
@@ -276,20 +278,21 @@ def _calibration_inputs(directory: Path, preprocessing):
         raise ExportError(f"calibration: {error}", "calibration") from None
 
 
-def _onnx_check(model: onnx.ModelProto, precision: str) -> None:
-    """onnx's full check (with strict shape inference) on every artifact before it is written."""
+def _onnx_check(path: Path, precision: str) -> None:
+    """onnx's full check, with strict shape inference, on every artifact as written (from the file, so that the
+    check reads what users will read, and holds no second copy of a large model in Python)."""
     try:
-        if not artifact.is_large(model):
-            onnx.checker.check_model(model, full_check=True)
-        onnx.shape_inference.infer_shapes(artifact.without_weights(model), check_type=True, strict_mode=True)
+        onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise ExportError(f"the {precision} graph fails onnx's checker: {str(error).splitlines()[0]}") from None
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
+def _release_memory() -> None:
+    """Free what the last step dropped and give it back to the system (glibc keeps freed heap otherwise), so
+    that the next step's peak starts from what is really in use."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _versions() -> dict[str, str]:

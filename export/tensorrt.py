@@ -17,10 +17,12 @@ from pathlib import Path
 
 import onnx
 
+from runtime import files
 from runtime.artifact import make_sidecar, write_sidecar
-from runtime.files import write_bytes
+from runtime.errors import FileError
 from runtime.tensorrt import this_gpu
 
+from .artifact import load_graph
 from .errors import ExportError
 from .onnx_export import LAYER_NORM_STEPS
 
@@ -28,6 +30,7 @@ ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "best", "fp8")
 # What each precision builds from (fp16 from the fp16 artifact on TensorRT 10), and its builder flags.
 SOURCES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "int8": "qdq", "best": "qdq"}
 FLAGS = {"fp32": [], "fp16": ["FP16"], "bf16": ["BF16"], "int8": ["INT8"], "best": ["INT8", "FP16"]}
+TIMING_CACHE_BYTES = 1 << 30
 FP32_OP_TYPES = {"LayerNormalization", "Softmax", "ReduceMean", "Sqrt", "Div", "Pow"}  # norms and their parts
 
 
@@ -154,7 +157,7 @@ def tensorrt_version() -> str | None:
 
 
 def build(p: Plan, engine: Path) -> dict:  # pragma: no cover - needs TensorRT and a GPU
-    """Build and write `engine` (atomically) and its sidecar; returns the sidecar."""
+    """Build `engine` with TensorRT and write it, its sidecar and the updated timing cache; returns the sidecar."""
     import tensorrt as trt
     from cuda.bindings import runtime as cudart
 
@@ -188,19 +191,38 @@ def build(p: Plan, engine: Path) -> dict:  # pragma: no cover - needs TensorRT a
         config.add_optimization_profile(shapes)
     if p.hardware_compatible:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-    cache_file = Path(p.timing_cache) if p.timing_cache else None
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file and cache_file.exists() else b"")
+    cache = config.create_timing_cache(read_timing_cache(p))
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{p.source}: TensorRT could not build an engine (see its log above)")
-    write_bytes(engine, bytes(serialized))
-    if cache_file:
-        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     gpu, capability = this_gpu(cudart)
-    metadata = {m.key: m.value for m in onnx.load(p.source, load_external_data=False).metadata_props}
-    data = sidecar(p, engine, tensorrt_version=trt.__version__, gpu=gpu, compute_capability=capability,
-                   metadata=metadata)
-    write_sidecar(engine, data)
-    return data
+    return save_build(p, engine, bytes(serialized), bytes(config.get_timing_cache().serialize()),
+                      tensorrt_version=trt.__version__, gpu=gpu, compute_capability=capability)
 
+
+def read_timing_cache(p: Plan) -> bytes:
+    """The timing cache to start from: the file's, or none yet."""
+    if not p.timing_cache or not Path(p.timing_cache).exists():
+        return b""
+    try:
+        return files.read_bytes(p.timing_cache, TIMING_CACHE_BYTES)
+    except FileError as error:
+        raise ExportError(str(error), "engine.timing_cache") from None
+
+
+def save_build(p: Plan, engine: Path, serialized: bytes, timing_cache: bytes, *, tensorrt_version: str, gpu: str,
+               compute_capability: str) -> dict:
+    """Write what a build made, each file atomically: the engine, its sidecar, and the timing cache (a file the
+    user keeps between builds, so a failed write must leave the old one whole). Returns the sidecar."""
+    try:
+        files.write_bytes(engine, serialized)
+        if p.timing_cache:
+            files.write_bytes(p.timing_cache, timing_cache)
+        metadata = {m.key: m.value for m in load_graph(p.source, weights=False).metadata_props}
+        data = sidecar(p, engine, tensorrt_version=tensorrt_version, gpu=gpu, compute_capability=compute_capability,
+                       metadata=metadata)
+        write_sidecar(engine, data)
+    except FileError as error:
+        raise ExportError(str(error)) from None
+    return data

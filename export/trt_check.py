@@ -114,8 +114,12 @@ def check(model: onnx.ModelProto, version: str = DEFAULT_TARGET) -> list[str]:
         offending.setdefault((node.op_type, reason), []).append(node.name or "(unnamed)")
     for (op, reason), names in offending.items():
         findings.append(f"{op}, {len(names)} node{'s' if len(names) > 1 else ''} ({', '.join(names)}): {reason}")
-    inferred = onnx.shape_inference.infer_shapes(without_weights(model))  # above 2 GB too
-    graph = inferred.graph
+    try:
+        graph = onnx.shape_inference.infer_shapes(without_weights(model)).graph  # above 2 GB too
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as error:
+        findings.append(f"the graph fails onnx's shape inference ({str(error).splitlines()[0]}): TensorRT's parser "
+                        "cannot infer it either")
+        graph = model.graph
     for value in [*graph.input, *graph.value_info, *graph.output]:
         tensor = value.type.tensor_type
         if not value.type.HasField("tensor_type"):

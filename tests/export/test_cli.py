@@ -120,3 +120,24 @@ def test_hub_weights_come_from_the_cache_and_are_checked_against_the_lock(tmp_pa
     weights = json.loads((tmp_path / "out" / "hiera_tiny_classify.report.json").read_text())["weights"]
     assert weights["source"] == "facebook/hiera-tiny-224-in1k-hf/model.safetensors (unverified)"
     assert weights["verified"] is False
+
+
+def run_without(module: str, *args):
+    """`python -m export ARGS` in an install that lacks `module` (its import fails, as if not installed)."""
+    code = (f"import sys, runpy; sys.modules[{module!r}] = None; sys.argv = ['export', *{list(map(str, args))!r}]; "
+            "runpy.run_module('export', run_name='__main__', alter_sys=True)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("module, extra", [("torch", "model"), ("onnx", "export")])
+def test_a_missing_extra_is_named_in_one_line(module, extra):
+    result = run_without(module, "--variant", "tiny", "--weights", "random")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: python -m export needs {module}: pip install 'hiera-deploy[model,export]'")
+    assert f"missing extra: {extra}" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_no_arguments_print_usage_and_the_commands():
+    result = run_cli()
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m export")
+    assert "check-trt" in result.stdout and "verify" in result.stdout and "16 to" in result.stdout

@@ -136,3 +136,24 @@ def test_the_check_trt_command(graphs, tmp_path):
         bad = subprocess.run([*command, *args], capture_output=True, text=True, cwd=ROOT)
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and message in bad.stderr
         assert bad.stderr.count("\n") == 1
+
+
+def test_the_parser_tables_are_pinned():
+    """The operator tables transcribe onnx-tensorrt's support matrix for each release; a change to them must
+    be deliberate (update these figures with the matrix it follows), never an accident such as a dropped row."""
+    import hashlib
+
+    from export.trt_check import TARGETS
+
+    def digest(names) -> str:
+        return hashlib.sha256(" ".join(sorted(names)).encode()).hexdigest()[:16]
+
+    pinned = {"8.5": (38, "4fb38a419b94caed", 17), "8.6": (37, "35ddd788205518a1", 17), "10": (42, "5c97462e940c3282", 20)}
+    assert {name: (len(t.unsupported), digest(t.unsupported), t.max_opset) for name, t in TARGETS.items()} == pinned
+    for name, target in TARGETS.items():  # every row matters: each listed operator is found in a graph
+        for op in sorted(target.unsupported)[:3] + ["MatMulInteger"]:
+            node = helper.make_node(op, ["x"], ["y"], name=f"n_{op}")
+            graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            assert any(f.startswith(f"{op}, 1 node (n_{op})") for f in check(model, name)), (name, op)
