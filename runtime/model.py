@@ -248,6 +248,10 @@ class Classifier(_Model):
                 raise HieraRuntimeError(f"image {index}: {problem}")
         return self.top_k(logits, top_k)
 
+    def prediction(self, outputs: dict[str, np.ndarray], top_k: int = 5) -> list[Prediction]:
+        """The `top_k` classes of one image's outputs (as `outcomes` gives them)."""
+        return self.top_k(_logits(outputs)[None], top_k)[0]
+
     def top_k(self, logits: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """The `top_k` classes of each row of finite `logits` [n, classes], by softmax probability."""
         logits = logits.astype(np.float64)
