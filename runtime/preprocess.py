@@ -47,7 +47,7 @@ def _check_pixels(image: Image.Image, path, max_pixels: int, frame: int = 0) -> 
     """The decompression-bomb guard, on the size a frame declares, before the frame is decoded."""
     width, height = image.size
     if width * height > max_pixels:
-        where = f"frame {frame + 1} is " if frame else ""
+        where = f"frame {frame + 1}: " if frame else ""
         raise HieraRuntimeError(f"{path}: {where}{width} x {height} is {width * height / 1e6:.0f} megapixels, "
                                 f"above the limit of {max_pixels / 1e6:.0f} (a decompression-bomb guard)")
 
