@@ -384,7 +384,10 @@ class _Partial:
     def close(self):
         for file in (self._rows, self._journal, self._lock):
             if file is not None and not file.closed:
-                file.close()
+                try:
+                    file.close()
+                except OSError:  # its buffer could not be flushed (a full disk): rows no journal line names
+                    pass
 
 
 def _lock_or_fail(lock_file, out: Path) -> None:
