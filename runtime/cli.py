@@ -183,7 +183,8 @@ def parse(argv) -> argparse.Namespace:
     model_options(bench)
     bench.add_argument("--batch", type=whole(1, MAX_BATCH_SIZE), default=1,
                        help=f"images per call (default 1, at most {MAX_BATCH_SIZE})")
-    bench.add_argument("--runs", type=whole(1, MAX_RUNS), default=20, help=f"timed calls (default 20, at most {MAX_RUNS})")
+    bench.add_argument("--runs", type=whole(1, MAX_RUNS), default=20,
+                       help=f"timed calls (default 20, at most {MAX_RUNS})")
     bench.add_argument("--warmup", type=whole(0, MAX_WARMUP), default=3,
                        help=f"untimed calls first (default 3, at most {MAX_WARMUP})")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -306,11 +307,10 @@ def embed(args) -> int:
         raise HieraRuntimeError(f"{args.model}: a {model.info.task} model; embed needs a features or backbone model "
                                 "(python -m export --task features)")
     items = expand(args.images, clips=bool(model.info.preprocessing.frames))
-    for path, error in items:
-        if error:
-            say(f"error: {error}", sys.stderr)
+    for error in (error for _, error in items if error):
+        say(f"error: {error}", sys.stderr)
     images = [path for path, error in items if error is None]
-    progress = Progress(len(images), args.progress)
+    progress = Progress(len(set(map(str, images))), args.progress)  # each image once
 
     def on_image(path, error):
         if error:

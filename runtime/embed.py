@@ -20,6 +20,7 @@ complete, and then the folder is removed; a run that fails keeps it, to continue
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -70,23 +71,12 @@ def embed(model: FeatureExtractor, images, out, *, outputs: list[str] | None = N
           on_image: Callable[[str, str | None], None] | None = None) -> Embedding:
     """Write `outputs` (default: `default_outputs`) of every image in `images` (paths) to `out` (.npy or
     .safetensors), `batch_size` images per call, resuming from an earlier run of the same model (see the
-    module's docstring). `on_image(path, error)` is called after each image this run embeds (error None)
-    or fails on."""
+    module's docstring). `on_image(path, error)` is called once for each image (each path once): at the
+    start for those an earlier run did, then as each is embedded (error None) or fails."""
     out = Path(out)
     if out.suffix not in SUFFIXES:
         raise HieraRuntimeError(f"{out}: write features to a .npy or .safetensors file")
-    names = list(outputs or default_outputs(model))
-    unknown = [name for name in names if name not in model.session.output_names]
-    if unknown or len(set(names)) != len(names):
-        raise HieraRuntimeError(f"outputs {', '.join(names)}: choose each once from {', '.join(model.session.output_names)}")
-    if out.suffix == ".npy" and len(names) != 1:
-        raise HieraRuntimeError(f"{out}: a .npy file holds one array; choose one output, or write .safetensors")
-    shapes = {}
-    for name in names:
-        shape = model.session.output_shapes[name][1:]
-        if not all(isinstance(d, int) for d in shape):
-            raise HieraRuntimeError(f"{model.session.path}: output {name} has no fixed shape per image ({shape})")
-        shapes[name] = tuple(shape)
+    shapes = _shapes(model, list(outputs or default_outputs(model)), out)
     identity = {"model": model.session.path.name, "model_sha256": files.sha256(model.session.path),
                 "outputs": {name: list(shape) for name, shape in shapes.items()}}
     images = [str(path) for path in images]
@@ -96,22 +86,21 @@ def embed(model: FeatureExtractor, images, out, *, outputs: list[str] | None = N
     partial = _Partial(out, identity)
     try:
         done = partial.open(images)
-        reused = len(done)
+        reused = [path for path in dict.fromkeys(images) if path in done]
+        for path in reused if on_image else ():
+            on_image(path, None)
         failed = {}
         todo = list(dict.fromkeys(path for path in images if path not in done))
-        step = model.batch_size(batch_size)
-        pending_paths, pending_rows = [], []
-        unnamed = [path for path in todo if not _utf8(path)]  # the index, JSON, cannot hold such a name
-        for path in unnamed:
+        for path in [path for path in todo if not _utf8(path)]:  # the index, JSON, cannot hold such a name
             failed[path] = f"{path}: its name is not valid UTF-8, which the index cannot record"
-        todo = [path for path in todo if path not in failed]
-        for path in unnamed:
             if on_image:
                 on_image(path, failed[path])
+        todo = [path for path in todo if path not in failed]
+        step, pending_paths, pending_rows = model.batch_size(batch_size), [], []
         for path, (result, error) in zip(todo, model.outcomes(todo, batch_size)):
             if error is None:
                 pending_paths.append(path)
-                pending_rows.append(np.concatenate([result[name].astype(np.float32).ravel() for name in names]))
+                pending_rows.append(np.concatenate([result[name].astype(np.float32).ravel() for name in shapes]))
             else:
                 failed[path] = error
             if on_image:
@@ -125,13 +114,29 @@ def embed(model: FeatureExtractor, images, out, *, outputs: list[str] | None = N
         index = {"format": FORMAT, "format_version": FORMAT_VERSION, **identity,
                  "images": [path for path in images if path in done],
                  "failed": [{"image": path, "error": failed[path]} for path in dict.fromkeys(images) if path in failed]}
-        index_path = _write(out, index, shapes, partial.rows(), rows)
+        written_index = _write(out, index, shapes, partial.rows(), rows)
         partial.remove()
     finally:
         partial.close()
     arrays = read(out).arrays
-    return Embedding(out, index_path, index["images"], index["failed"], identity["model"], identity["model_sha256"],
-                     arrays, reused)
+    return Embedding(out, written_index, index["images"], index["failed"], identity["model"], identity["model_sha256"],
+                     arrays, len(reused))
+
+
+def _shapes(model: FeatureExtractor, names: list[str], out: Path) -> dict[str, tuple[int, ...]]:
+    """Each output's shape per image, for the outputs asked for."""
+    if any(name not in model.session.output_names for name in names) or len(set(names)) != len(names):
+        raise HieraRuntimeError(f"outputs {', '.join(names)}: choose each once from "
+                                f"{', '.join(model.session.output_names)}")
+    if out.suffix == ".npy" and len(names) != 1:
+        raise HieraRuntimeError(f"{out}: a .npy file holds one array; choose one output, or write .safetensors")
+    shapes = {}
+    for name in names:
+        shape = model.session.output_shapes[name][1:]
+        if not all(isinstance(d, int) for d in shape):
+            raise HieraRuntimeError(f"{model.session.path}: output {name} has no fixed shape per image ({shape})")
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def _utf8(text: str) -> bool:
@@ -206,8 +211,10 @@ def read(path) -> Embedding:
         else:
             raise ValueError("not a .npy or .safetensors file")
         images, failed = index.get("images"), index.get("failed")
-        checks = {"format": index.get("format") == FORMAT, "format_version": index.get("format_version") == FORMAT_VERSION,
-                  "model_sha256": isinstance(index.get("model_sha256"), str) and SHA256.fullmatch(index["model_sha256"]),
+        digest = index.get("model_sha256")
+        checks = {"format": index.get("format") == FORMAT,
+                  "format_version": index.get("format_version") == FORMAT_VERSION,
+                  "model_sha256": isinstance(digest, str) and SHA256.fullmatch(digest),
                   "images": isinstance(images, list) and all(isinstance(image, str) for image in images),
                   "failed": isinstance(failed, list) and all(isinstance(entry, dict) for entry in failed)}
         for key, good in checks.items():
@@ -384,10 +391,8 @@ class _Partial:
     def close(self):
         for file in (self._rows, self._journal, self._lock):
             if file is not None and not file.closed:
-                try:
-                    file.close()
-                except OSError:  # its buffer could not be flushed (a full disk): rows no journal line names
-                    pass
+                with contextlib.suppress(OSError):  # its buffer could not be flushed (a full disk): rows that
+                    file.close()                    # no journal line names, dropped when the run continues
 
 
 def _lock_or_fail(lock_file, out: Path) -> None:

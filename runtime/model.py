@@ -211,7 +211,9 @@ class _Model:
         chunks = [self._forward(pixel_values[start:start + step],
                                 **{name: array[start:start + step] for name, array in other_inputs.items()})
                   for start in range(0, len(pixel_values), step)]
-        return chunks[0] if len(chunks) == 1 else {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        if len(chunks) == 1:
+            return chunks[0]
+        return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
     def _forward(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
         """One session call on at most one batch: a static batch is padded with zeros, the padding's outputs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,13 @@ def _decode(path, read):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
-            with open_file(path) as file, Image.open(file, formats=_decoders()) as image:
-                return read(image)
+            with open_file(path) as file:
+                if os.fstat(file.fileno()).st_size == 0:
+                    raise HieraRuntimeError(f"{path}: empty file")
+                with Image.open(file, formats=_decoders()) as image:
+                    return read(image)
     except UnidentifiedImageError:
-        what = "empty file" if path.stat().st_size == 0 else \
-            f"not an image this runtime reads ({', '.join(DECODERS)})"
-        raise HieraRuntimeError(f"{path}: {what}") from None
+        raise HieraRuntimeError(f"{path}: not an image this runtime reads ({', '.join(DECODERS)})") from None
     except Image.DecompressionBombError as error:
         raise HieraRuntimeError(f"{path}: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # what Pillow's decoders raise on bad data

@@ -105,7 +105,11 @@ class OnnxSession:
         if provider != PROVIDERS["tensorrt"]:
             return {}
         cache = str(Path(cache_dir) if cache_dir else default_cache_dir())
-        Path(cache).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise HieraRuntimeError(f"{cache}: cannot make the TensorRT cache folder ({error.strerror or error})") \
+                from None
         return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
                 "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
 

@@ -71,7 +71,7 @@ def test_labels_with_escape_sequences_and_newlines_are_escaped(artifacts, photo,
     assert len(lines) == 11  # the path and ten classes: no forged line
     printed = {line[len("  0.1234  "):line.rindex("  (class ")] for line in lines[1:]}
     assert printed == {printable(label) for label in HOSTILE_LABELS}
-    assert "cat\\x1b[2J\\x1b[H" in printed and "\\u202eevil" in printed and "dog\\n  1.0000  forged  (class 7)" in printed
+    assert {"cat\\x1b[2J\\x1b[H", "\\u202eevil", "dog\\n  1.0000  forged  (class 7)"} <= printed
 
 
 def test_json_keeps_the_labels_as_they_are(artifacts, photo, capsys):

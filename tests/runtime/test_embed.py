@@ -109,7 +109,8 @@ def test_a_killed_run_continues_where_it_stopped_and_equals_an_uninterrupted_one
     assert resumed.returncode == 1, resumed.stderr
     assert f"{lines} of them from an earlier run" in resumed.stdout
     assert out.read_bytes() == whole.read_bytes()
-    assert json.loads((tmp_path / "resumed.npy.json").read_text()) == json.loads((tmp_path / "whole.npy.json").read_text())
+    index = json.loads((tmp_path / "resumed.npy.json").read_text())
+    assert index == json.loads((tmp_path / "whole.npy.json").read_text())
     assert not journal.parent.exists()
 
 

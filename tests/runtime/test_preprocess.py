@@ -128,10 +128,11 @@ def test_bad_arrays_are_refused():
 ])
 def test_a_checkpoints_processor_config_gives_transformers_pixels(settings, photo):
     """`Preprocessing.from_image_processor` on the dict transformers itself writes to preprocessor_config.json."""
-    processor = BitImageProcessor(do_resize=True, size={"shortest_edge": settings["edge"]}, resample=settings["resample"],
-                                  do_center_crop=True, crop_size={"height": settings["crop"], "width": settings["crop"]},
-                                  do_rescale=True, do_normalize=True, image_mean=settings["mean"],
-                                  image_std=settings["std"], do_convert_rgb=True)
+    crop = {"height": settings["crop"], "width": settings["crop"]}
+    processor = BitImageProcessor(do_resize=True, size={"shortest_edge": settings["edge"]},
+                                  resample=settings["resample"], do_center_crop=True, crop_size=crop, do_rescale=True,
+                                  do_normalize=True, image_mean=settings["mean"], image_std=settings["std"],
+                                  do_convert_rgb=True)
     config = processor.to_dict()
     ours = Preprocessing.from_image_processor(config, (settings["crop"], settings["crop"]))
     for picture in (photo, photo.rotate(90, expand=True)):
