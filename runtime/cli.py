@@ -41,6 +41,7 @@ MAX_RUNS = 100_000
 MAX_WARMUP = 10_000
 MAX_THREADS = 1024
 MAX_MEGAPIXELS = 1000.0  # Pillow refuses images above 179 megapixels whatever this says
+MAX_CROP = int(MAX_EDGE * 0.875)  # ImageNet preprocessing resizes to crop / 0.875, at most MAX_EDGE
 UNSAFE = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format characters (bidi overrides), surrogates, line breaks
 ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -101,15 +102,15 @@ def megapixels(text: str) -> float:
     return value
 
 
-def crop_size(text: str) -> tuple[int, int]:
-    """`224` or `224x320` (height x width)."""
+def crop_size(text: str) -> Preprocessing:
+    """`224` or `224x320` (height x width): ImageNet preprocessing to that crop."""
     try:
         sizes = [int(part) for part in text.lower().split("x")]
     except ValueError:
         sizes = []
-    if len(sizes) not in (1, 2) or not all(1 <= size <= MAX_EDGE for size in sizes):
-        raise argparse.ArgumentTypeError(f"must be N or HxW, each from 1 to {MAX_EDGE}, not {text!r}")
-    return (sizes * 2)[:2] if len(sizes) == 1 else tuple(sizes)
+    if len(sizes) not in (1, 2) or not all(1 <= size <= MAX_CROP for size in sizes):
+        raise argparse.ArgumentTypeError(f"must be N or HxW, each from 1 to {MAX_CROP}, not {text!r}")
+    return Preprocessing.for_input_size(sizes * 2 if len(sizes) == 1 else sizes)
 
 
 def program() -> str:
@@ -208,7 +209,7 @@ def parse(argv) -> argparse.Namespace:
 
 def load_from_args(args, model_class=None):
     """`model_class` (Classifier, ...) loaded from the arguments, or whichever class the artifact's task needs."""
-    preprocessing = Preprocessing.for_input_size(args.crop_size) if args.crop_size else None
+    preprocessing = args.crop_size  # a Preprocessing, or None
     max_pixels = int(args.max_megapixels * 1e6) if "max_megapixels" in args else MAX_PIXELS
     try:
         return (model_class.load if model_class else load)(
