@@ -182,14 +182,13 @@ class _Model:
             outputs = self._forward(np.stack(good)) if good else {}
             row = 0
             for index, (_, error) in enumerate(prepared, start):
-                if error is None:
-                    result = {name: value[row] for name, value in outputs.items()}
-                    row += 1
-                    problem = non_finite(result)
-                    result, error = (None, f"{_name(items[index], index)}: {problem}") if problem else (result, None)
-                    yield result, error
-                else:
+                if error is not None:
                     yield None, error
+                    continue
+                result = {name: value[row] for name, value in outputs.items()}
+                row += 1
+                problem = non_finite(result)
+                yield (None, f"{_name(items[index], index)}: {problem}") if problem else (result, None)
 
     def _results(self, inputs, batch_size: int | None) -> tuple[list[dict], bool]:
         """Every item's outputs, or the first item's error raised."""

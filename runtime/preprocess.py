@@ -206,6 +206,11 @@ def _three(name: str, values, positive: bool) -> tuple[float, float, float]:
     return tuple(float(value) for value in values)
 
 
+def _check_rescale(factor) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isclose(factor, 1 / 255):
+        raise ValueError(f"rescale_factor {factor!r}: this runtime scales pixels by 1/255 only")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes model input: resize the shortest edge, center crop, scale to [0, 1], normalize,
@@ -275,9 +280,7 @@ class Preprocessing:
                           ("do_rescale", "pixels are scaled to [0, 1]")):
             if not flag(name):
                 raise ValueError(f"{name} false: this runtime always does it ({why})")
-        factor = config.get("rescale_factor", 1 / 255)
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isclose(factor, 1 / 255):
-            raise ValueError(f"rescale_factor {factor!r}: this runtime scales pixels by 1/255 only")
+        _check_rescale(config.get("rescale_factor", 1 / 255))
         size = config.get("size")
         if not isinstance(size, dict) or "shortest_edge" not in size:
             raise ValueError(f"size {size!r}: this runtime resizes the shortest edge (size {{'shortest_edge': N}}), "
@@ -318,9 +321,7 @@ class Preprocessing:
         missing = [key for key in ("resize_shortest_edge", "crop_size", "resample", "mean", "std") if key not in d]
         if missing:
             raise ValueError(f"{', '.join(missing)} missing")
-        factor = d.get("rescale_factor", 1 / 255)
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isclose(factor, 1 / 255):
-            raise ValueError(f"rescale_factor {factor!r}: this runtime scales pixels by 1/255 only")
+        _check_rescale(d.get("rescale_factor", 1 / 255))
         if d.get("color", "RGB") != "RGB":
             raise ValueError(f"color {d['color']!r}: this runtime feeds RGB only")
         return cls(d["resize_shortest_edge"], d["crop_size"], d["resample"], d["mean"], d["std"],
