@@ -279,24 +279,26 @@ def predict(args) -> int:
     outcomes = model.outcomes([path for path, error in items if error is None], args.batch_size)
     progress = Progress(len(items), args.progress)
     failed = 0
-    for path, error in items:
-        outputs = None
-        if error is None:
-            outputs, error = next(outcomes)
-        progress.clear()
-        if args.json:
-            entry = {"image": str(path), "error": error} if error else \
-                {"image": str(path), "top_k": [p.to_dict() for p in model.prediction(outputs, args.top_k)]}
-            say(json.dumps(entry, allow_nan=False))
-        elif error:
-            say(f"error: {error}", sys.stderr)
-        else:
-            say(path)
-            for p in model.prediction(outputs, args.top_k):
-                say(f"  {p.score:.4f}  {p.label if p.label is not None else '-'}  (class {p.index})")
-        failed += error is not None
-        progress.step(failed=error is not None)
-    progress.close()
+    try:
+        for path, error in items:
+            outputs = None
+            if error is None:
+                outputs, error = next(outcomes)
+            progress.clear()
+            if args.json:
+                entry = {"image": str(path), "error": error} if error else \
+                    {"image": str(path), "top_k": [p.to_dict() for p in model.prediction(outputs, args.top_k)]}
+                say(json.dumps(entry, allow_nan=False))
+            elif error:
+                say(f"error: {error}", sys.stderr)
+            else:
+                say(path)
+                for p in model.prediction(outputs, args.top_k):
+                    say(f"  {p.score:.4f}  {p.label if p.label is not None else '-'}  (class {p.index})")
+            failed += error is not None
+            progress.step(failed=error is not None)
+    finally:  # the progress line ends before any error that stops the run
+        progress.close()
     return 1 if failed else 0
 
 
