@@ -202,7 +202,7 @@ def read(path) -> Embedding:
     try:
         if path.suffix == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-            index = files.read_json(index_path(path), INDEX_BYTES)
+            index = _read_json(index_path(path))
             if not isinstance(index, dict) or not isinstance(index.get("outputs"), dict) or len(index["outputs"]) != 1:
                 raise ValueError(f"{index_path(path).name} is not the index of an embedding")
             arrays = {next(iter(index["outputs"])): array}
@@ -255,6 +255,12 @@ def _read_safetensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return index, arrays
 
 
+def _read_json(path: Path):
+    """A JSON file of ours, read up to its own size (files.read_json's buffer is the limit given)."""
+    size = files.require_file(path).stat().st_size
+    return files.read_json(path, min(size, INDEX_BYTES))
+
+
 def _refuse(constant):
     raise ValueError(f"{constant} is not a JSON number")
 
@@ -283,7 +289,7 @@ class _Partial:
             Path(stale).unlink(missing_ok=True)  # a write a killed run left; ours now, under the lock
         about = self.folder / "about.json"
         if about.exists():
-            if files.read_json(about) != self.identity:
+            if _read_json(about) != self.identity:
                 raise HieraRuntimeError(f"{self.folder}: an unfinished run of another model or other outputs; "
                                         f"remove it to start {self.out.name} over")
             return self._resume()
