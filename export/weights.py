@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import hiera_model
 from hiera_model import HieraModelError, get_variant
+from runtime import files
+from runtime.errors import FileError
 from runtime.preprocess import Preprocessing
 
 from .errors import ExportError
 
 HUB_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
-PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL's enum values
 
 
 def load_weights(weights: str | None, variant: str | None, task: str, seed: int, allow_unverified: bool = False):
@@ -80,14 +81,11 @@ def preprocessing_for(path: Path | None, input_size) -> Preprocessing:
     if len(input_size) == 3:  # video: no published processor config describes clips
         return Preprocessing.for_clips(input_size)
     file = path / "preprocessor_config.json" if path is not None and path.is_dir() else None
-    if file is None or not file.is_file():
+    if file is None or not os.path.lexists(file):
         return Preprocessing.for_input_size(input_size)
     try:
-        c = json.loads(file.read_text())
-        size, crop = c["size"], c.get("crop_size") or {"height": input_size[0], "width": input_size[1]}
-        edge = size["shortest_edge"] if "shortest_edge" in size else min(size["height"], size["width"])
-        return Preprocessing(resize_shortest_edge=int(edge), crop_size=(int(crop["height"]), int(crop["width"])),
-                             resample=PIL_RESAMPLE_NAMES[int(c.get("resample", 3))],
-                             mean=tuple(c["image_mean"]), std=tuple(c["image_std"]))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ExportError(f"{file}: not an image processor config this export understands ({error!r})") from None
+        return Preprocessing.from_image_processor(files.read_json(file), input_size)
+    except FileError as error:
+        raise ExportError(str(error)) from None
+    except ValueError as error:
+        raise ExportError(f"{file}: {error}") from None

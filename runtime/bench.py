@@ -7,15 +7,19 @@ import time
 import numpy as np
 
 
-def time_calls(call, runs: int, warmup: int = 2) -> list[float]:
-    """Seconds per call, after `warmup` untimed calls."""
+def time_calls(call, runs: int, warmup: int = 2, on_call=None) -> list[float]:
+    """Seconds per call, after `warmup` untimed calls; `on_call()` after each call, untimed (progress)."""
     for _ in range(warmup):
         call()
+        if on_call:
+            on_call()
     times = []
     for _ in range(runs):
         started = time.perf_counter()
         call()
         times.append(time.perf_counter() - started)
+        if on_call:
+            on_call()
     return times
 
 

@@ -1,46 +1,124 @@
-"""python -m runtime predict IMAGE... --model FILE | reconstruct IMAGE --model FILE | bench --model FILE --batch N |
-info --model FILE | sidecar ENGINE --onnx FILE.
+"""python -m runtime (the console script hiera-runtime): predict IMAGE... --model FILE | embed IMAGE... --model FILE
+--out FILE | reconstruct IMAGE --model FILE | bench --model FILE | info --model FILE | sidecar ENGINE --onnx FILE.
 
 A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
-images, and prints. Exit status: 0 when every image was classified, 1 when some could not be, 2 for
-bad arguments or a model that cannot be loaded.
+images, shows progress on a terminal, and prints. Exit status: 0 when every image was done, 1 when some
+could not be (each says why in one line), 2 for bad arguments or a model that cannot be loaded.
+
+Every line printed as text has its control characters escaped (a label or a file name cannot move the
+cursor, clear the screen or forge a line); `--json` output is JSON, which escapes them itself, and never
+holds NaN.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import files
 from .bench import summarize, time_calls
+from .embed import SUFFIXES as EMBED_SUFFIXES
+from .embed import embed as write_embedding
 from .errors import HieraRuntimeError
-from .model import Classifier, Reconstructor, load
-from .preprocess import MAX_PIXELS, Preprocessing, find_images
+from .model import MAX_BATCH_SIZE, Classifier, FeatureExtractor, MissingMetadata, Reconstructor, load
+from .preprocess import MAX_EDGE, MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
 from .session import PROVIDERS
 from .tensorrt import sidecar_for_trtexec
 
+# Upper bounds of the numeric options, as --help documents them.
+MAX_TOP_K = 1000
+MAX_RUNS = 100_000
+MAX_WARMUP = 10_000
+MAX_THREADS = 1024
+MAX_MEGAPIXELS = 1000.0  # Pillow refuses images above 179 megapixels whatever this says
+MAX_CROP = int(MAX_EDGE * 0.875)  # ImageNet preprocessing resizes to crop / 0.875, at most MAX_EDGE
+UNSAFE = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format characters (bidi overrides), surrogates, line breaks
+ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text) -> str:
+    """`text` with every control character escaped as Python writes it (`\\x1b`, `\\n`, `\\u202e`): escape
+    sequences, newlines and bidi overrides in a label or file name cannot act on the terminal. A file name's
+    undecodable byte (a lone surrogate to Python) shows as the byte, `\\xff`."""
+
+    def escape(char: str) -> str:
+        code = ord(char)
+        if char in ESCAPES:
+            return ESCAPES[char]
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+            return f"\\x{code - 0xDC00:02x}"
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+    return "".join(escape(c) if unicodedata.category(c) in UNSAFE else c for c in str(text))
+
+
+def say(text, stream=None) -> None:
+    """One line of text, escaped, in what the stream's encoding can hold (the rest as backslash escapes)."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    line = printable(text).encode(encoding, "backslashreplace").decode(encoding)
+    stream.write(line + "\n")
+    stream.flush()
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other error of the command
-        self.exit(2, f"error: {message} (see python -m runtime --help)\n")
+        self.exit(2, f"error: {printable(message)} (see {self.prog} --help)\n")
 
 
-def crop_size(text: str) -> tuple[int, int]:
-    """`224` or `224x320` (height x width)."""
-    sizes = [int(part) for part in text.lower().split("x")]
-    if len(sizes) not in (1, 2) or min(sizes) < 1:
-        raise ValueError(text)
-    return (sizes * 2)[:2] if len(sizes) == 1 else tuple(sizes)
+def whole(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}")
+        return value
+
+    return parse
+
+
+def megapixels(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_MEGAPIXELS):
+        raise argparse.ArgumentTypeError(f"must be a number of megapixels above 0 and at most {MAX_MEGAPIXELS:g}, "
+                                         f"not {text!r}")
+    return value
+
+
+def crop_size(text: str) -> Preprocessing:
+    """`224` or `224x320` (height x width): ImageNet preprocessing to that crop."""
+    try:
+        sizes = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or not all(1 <= size <= MAX_CROP for size in sizes):
+        raise argparse.ArgumentTypeError(f"must be N or HxW, each from 1 to {MAX_CROP}, not {text!r}")
+    return Preprocessing.for_input_size(sizes * 2 if len(sizes) == 1 else sizes)
+
+
+def program() -> str:
+    return "hiera-runtime" if Path(sys.argv[0]).name == "hiera-runtime" else "python -m runtime"
 
 
 def parse(argv) -> argparse.Namespace:
-    p = Parser(prog="python -m runtime", description="Run exported Hiera models (ONNX or TensorRT) on images.")
+    p = Parser(prog=program(), description="Run exported Hiera models (ONNX or TensorRT) on images.")
     commands = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def model_options(command):
@@ -48,45 +126,74 @@ def parse(argv) -> argparse.Namespace:
                              "(.engine/.plan) with its sidecar .json")
         command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
                              help="onnxruntime execution provider (default: the fastest available)")
-        command.add_argument("--threads", type=int, help="CPU threads (default: onnxruntime's choice)")
+        command.add_argument("--threads", type=whole(1, MAX_THREADS), help="CPU threads (default: onnxruntime's "
+                             f"choice; at most {MAX_THREADS})")
         command.add_argument("--cache-dir", type=Path, help="where the TensorRT provider caches its engines and "
                              "timing (default ~/.cache/hiera-deploy/tensorrt)")
         command.add_argument("--crop-size", type=crop_size, metavar="N|HxW", help="run an ONNX file without Hiera "
                              "metadata, with ImageNet preprocessing to this size (shortest edge to the crop's / 0.875, "
                              "bicubic, center crop)")
 
+    def image_options(command):
+        command.add_argument("--max-megapixels", type=megapixels, default=MAX_PIXELS / 1e6,
+                             help=f"refuse larger images (every frame of a clip), a decompression-bomb guard "
+                                  f"(default {MAX_PIXELS / 1e6:g}, at most {MAX_MEGAPIXELS:g})")
+
+    def progress_option(command):
+        command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                             help="show progress on stderr (default: when it is a terminal)")
+
     predict = commands.add_parser("predict", help="classify images (or clips, with a video model)")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or directories "
                          "(searched recursively); for a video model, clips: multi-frame files (animated GIF, WebP "
                          "or PNG, multi-page TIFF) or directories of frames, sampled as the model was evaluated")
     model_options(predict)
-    predict.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
-    predict.add_argument("--batch-size", type=int, default=8, help="images per call for a dynamic-batch model "
-                         "(a static one takes its own batch size; default 8)")
+    predict.add_argument("--top-k", type=whole(1, MAX_TOP_K), default=5,
+                         help=f"classes per image (default 5, at most {MAX_TOP_K})")
+    predict.add_argument("--batch-size", type=whole(1, MAX_BATCH_SIZE), default=None,
+                         help=f"images per call for a dynamic-batch model (a static one takes its own batch size; "
+                              f"default 8, at most {MAX_BATCH_SIZE})")
     predict.add_argument("--json", action="store_true", help="one JSON object per image and line")
-    predict.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
-                         help=f"refuse larger images, a decompression-bomb guard (default {MAX_PIXELS / 1e6:g})")
-    predict.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                         help="show progress on stderr (default: when it is a terminal)")
+    image_options(predict)
+    progress_option(predict)
+
+    features = commands.add_parser("embed", help="features of many images (a folder, a dataset) to one .npy or "
+                                   ".safetensors file, resumable")
+    features.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or directories "
+                          "(searched recursively); for a video model, clips")
+    model_options(features)
+    features.add_argument("--out", type=Path, required=True, help="the .npy (one output, its index in OUT.json) or "
+                          ".safetensors (every output chosen, the index inside) to write; if it exists, or a run "
+                          "writing it was stopped, the images already done are not run again")
+    features.add_argument("--outputs", nargs="+", metavar="NAME", help="the model outputs to write (default: "
+                          "pooler_output of a features model, the deepest stage map of a backbone)")
+    features.add_argument("--batch-size", type=whole(1, MAX_BATCH_SIZE), default=None,
+                          help=f"images per call for a dynamic-batch model (default 8, at most {MAX_BATCH_SIZE})")
+    image_options(features)
+    progress_option(features)
 
     rebuild = commands.add_parser("reconstruct", help="MAE: hide most of an image and let the model fill it in; "
                                   "writes the original, the masked input and the reconstruction side by side")
     rebuild.add_argument("image", type=Path, help="an image file")
     model_options(rebuild)
     rebuild.add_argument("--out", type=Path, help="the PNG to write (default: IMAGE's name + .mae.png, here)")
-    rebuild.add_argument("--seed", type=int, default=0, help="which mask units to hide (default 0)")
-    rebuild.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
-                         help=f"refuse larger images, a decompression-bomb guard (default {MAX_PIXELS / 1e6:g})")
+    rebuild.add_argument("--seed", type=whole(0, 2**63 - 1), default=0, help="which mask units to hide (default 0)")
+    image_options(rebuild)
 
     bench = commands.add_parser("bench", help="latency and throughput on random input")
     model_options(bench)
-    bench.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    bench.add_argument("--runs", type=int, default=20, help="timed calls (default 20)")
-    bench.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    bench.add_argument("--batch", type=whole(1, MAX_BATCH_SIZE), default=1,
+                       help=f"images per call (default 1, at most {MAX_BATCH_SIZE})")
+    bench.add_argument("--runs", type=whole(1, MAX_RUNS), default=20,
+                       help=f"timed calls (default 20, at most {MAX_RUNS})")
+    bench.add_argument("--warmup", type=whole(0, MAX_WARMUP), default=3,
+                       help=f"untimed calls first (default 3, at most {MAX_WARMUP})")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    progress_option(bench)
 
     info = commands.add_parser("info", help="what an artifact says about itself")
     model_options(info)
+    info.add_argument("--json", action="store_true", help="as one JSON object")
 
     sidecar = commands.add_parser("sidecar", help="write the sidecar of an engine trtexec built here from our ONNX")
     sidecar.add_argument("engine", type=Path, help="the engine trtexec wrote (--saveEngine)")
@@ -94,70 +201,137 @@ def parse(argv) -> argparse.Namespace:
     sidecar.add_argument("--hardware-compatible", action="store_true", help="built with "
                          "--hardwareCompatibilityLevel=ampere+")
     sidecar.add_argument("--version-compatible", action="store_true", help="built with --versionCompatible")
-    args = p.parse_args(argv)
-    for name in ("top_k", "batch_size", "batch", "runs", "threads"):
-        if getattr(args, name, None) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    return args
+    if not argv:
+        p.print_help(sys.stderr)
+        p.exit(2)
+    return p.parse_args(argv)
 
 
 def load_from_args(args, model_class=None):
-    """`model_class` (Classifier) loaded from the arguments, or whichever class the artifact's task needs."""
-    preprocessing = Preprocessing.for_input_size(args.crop_size) if args.crop_size else None
+    """`model_class` (Classifier, ...) loaded from the arguments, or whichever class the artifact's task needs."""
+    preprocessing = args.crop_size  # a Preprocessing, or None
     max_pixels = int(args.max_megapixels * 1e6) if "max_megapixels" in args else MAX_PIXELS
-    return (model_class.load if model_class else load)(args.model, provider=args.provider, threads=args.threads,
-                                                       cache_dir=args.cache_dir, preprocessing=preprocessing,
-                                                       max_pixels=max_pixels)
+    try:
+        return (model_class.load if model_class else load)(
+            args.model, provider=args.provider, threads=args.threads, cache_dir=args.cache_dir,
+            preprocessing=preprocessing, max_pixels=max_pixels)
+    except MissingMetadata as error:
+        raise HieraRuntimeError(f"{args.model}: no Hiera metadata (hiera.* metadata_props): not exported by "
+                                "python -m export; run it anyway with --crop-size N|HxW (ImageNet preprocessing)") \
+            from error
 
 
 class Progress:
-    """`done/total images` on one rewritten stderr line."""
+    """`done/total images` on stderr, as work goes: on a terminal one line redrawn in place (at most ten
+    times a second), elsewhere (--progress) a line every few seconds and at the end."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.done, self.failed = total, enabled, 0, 0
+    def __init__(self, total: int, enabled: bool | None, unit: str = "images"):
+        self.stream = sys.stderr
+        terminal = self.stream.isatty()
+        self.enabled = terminal if enabled is None else enabled
+        self.in_place = self.enabled and terminal
+        self.total, self.unit, self.done, self.failed = total, unit, 0, 0
+        self.started, self.shown_at, self.shown = time.monotonic(), -math.inf, False
 
-    def step(self, done: int, failed: int) -> None:
-        self.done, self.failed = self.done + done, self.failed + failed
-        if self.enabled:
-            failed = f", {self.failed} failed" if self.failed else ""
-            print(f"\r{self.done}/{self.total} images{failed}", end="", file=sys.stderr, flush=True)
+    def step(self, failed: bool = False) -> None:
+        self.done, self.failed = self.done + 1, self.failed + failed
+        now = time.monotonic()
+        if self.enabled and (self.done == self.total or now - self.shown_at >= (0.1 if self.in_place else 5)):
+            self.shown_at = now
+            text = f"{self.done}/{self.total} {self.unit}" + (f", {self.failed} failed" if self.failed else "")
+            if now - self.started >= 1:
+                text += f", {self.done / (now - self.started):.1f}/s"
+            self.stream.write(f"\r{text}\x1b[K" if self.in_place else text + "\n")
+            self.stream.flush()
+            self.shown = self.in_place
+
+    def clear(self) -> None:
+        """Before another line goes to the terminal."""
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.shown = False
 
     def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
+        if self.shown:
+            self.stream.write("\n")
+            self.shown = False
 
 
-def predict(args) -> int:
-    model = load_from_args(args, Classifier)
-    items = []  # (path, error): the images to classify, and arguments already known to be bad, in order
-    for argument in args.images:
-        if model.info.preprocessing.frames:  # a video model: each argument is one clip (a file or a frames directory)
+def expand(arguments: list[Path], clips: bool) -> list[tuple[Path, str | None]]:
+    """The images the arguments name, in order, each with None, or with why the argument gives none (an
+    empty directory). Directories are searched (skipping what is not a regular file); for a video model
+    each argument is one clip."""
+    items = []
+    for argument in arguments:
+        if clips:
             items.append((argument, None))
             continue
         try:
             items += [(path, None) for path in find_images(argument)]
         except HieraRuntimeError as error:
             items.append((argument, str(error)))
-    step = model.info.batch or args.batch_size
-    progress = Progress(len(items), sys.stderr.isatty() if args.progress is None else args.progress)
+    return items
+
+
+def predict(args) -> int:
+    model = load_from_args(args, Classifier)
+    items = expand(args.images, clips=bool(model.info.preprocessing.frames))
+    outcomes = model.outcomes([path for path, error in items if error is None], args.batch_size)
+    progress = Progress(len(items), args.progress)
     failed = 0
-    for start in range(0, len(items), step):
-        chunk, inputs, errors = items[start:start + step], [], []
-        for path, error in chunk:
+    try:
+        for path, error in items:
+            outputs = None
             if error is None:
-                try:
-                    inputs.append(model.preprocess(path)[0])
-                except HieraRuntimeError as bad:
-                    error = str(bad)
-            errors.append(error)
-        predictions = iter(model.predict_arrays(np.stack(inputs), args.top_k) if inputs else [])
-        bad = sum(error is not None for error in errors)
-        progress.step(len(chunk), bad)
-        for (path, _), error in zip(chunk, errors):
-            report(args, path, error=error, top_k=None if error else next(predictions))
-        failed += bad
-    progress.close()
+                outputs, error = next(outcomes)
+            progress.clear()
+            if args.json:
+                entry = {"image": str(path), "error": error} if error else \
+                    {"image": str(path), "top_k": [p.to_dict() for p in model.prediction(outputs, args.top_k)]}
+                say(json.dumps(entry, allow_nan=False))
+            elif error:
+                say(f"error: {error}", sys.stderr)
+            else:
+                say(path)
+                for p in model.prediction(outputs, args.top_k):
+                    say(f"  {p.score:.4f}  {p.label if p.label is not None else '-'}  (class {p.index})")
+            failed += error is not None
+            progress.step(failed=error is not None)
+    finally:  # the progress line ends before any error that stops the run
+        progress.close()
     return 1 if failed else 0
+
+
+def embed(args) -> int:
+    if args.out.suffix not in EMBED_SUFFIXES:
+        raise HieraRuntimeError(f"--out {args.out}: name it .npy or .safetensors")
+    model = load_from_args(args)
+    if not isinstance(model, FeatureExtractor):
+        raise HieraRuntimeError(f"{args.model}: a {model.info.task} model; embed needs a features or backbone model "
+                                "(python -m export --task features)")
+    items = expand(args.images, clips=bool(model.info.preprocessing.frames))
+    for error in (error for _, error in items if error):
+        say(f"error: {error}", sys.stderr)
+    images = [path for path, error in items if error is None]
+    progress = Progress(len(set(map(str, images))), args.progress)  # each image once
+
+    def on_image(path, error):
+        if error:
+            progress.clear()
+            say(f"error: {error}", sys.stderr)
+        progress.step(failed=error is not None)
+
+    try:
+        result = write_embedding(model, images, args.out, outputs=args.outputs, batch_size=args.batch_size,
+                                 on_image=on_image)
+    finally:
+        progress.close()
+    where = f"; their errors in {result.index}" if result.index else ""
+    reused = f", {result.reused} of them from an earlier run" if result.reused else ""
+    failed = f", {len(result.failed)} failed{where}" if result.failed else ""
+    shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in result.arrays.items())
+    say(f"wrote {result.out}: {len(result.images)} images{reused}{failed} ({shapes})")
+    return 1 if result.failed or any(error for _, error in items) else 0
 
 
 def reconstruct(args) -> int:
@@ -167,30 +341,12 @@ def reconstruct(args) -> int:
         raise HieraRuntimeError(f"--out {out}: the reconstruction is written as PNG; name it .png")
     panels = model.reconstruct(args.image, seed=args.seed)[0]
     picture = side_by_side([panels["original"], panels["masked"], panels["reconstruction"]])
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with files.atomic_path(out) as temporary:  # never a half-written PNG under the name asked for
         picture.save(temporary, format="PNG")
-        os.replace(temporary, out)  # never a half-written PNG under the name asked for
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise HieraRuntimeError(f"{out}: cannot write ({error.strerror or error})") from None
     mae = model.info.mae
     visible = int(mae["mask_units"] * (1 - mae["mask_ratio"]))
-    print(f"wrote {out}: original | masked ({visible} of {mae['mask_units']} mask units visible) | reconstruction")
+    say(f"wrote {out}: original | masked ({visible} of {mae['mask_units']} mask units visible) | reconstruction")
     return 0
-
-
-def report(args, path: Path, error: str | None = None, top_k=None) -> None:
-    if args.json:
-        entry = {"image": str(path), "error": error} if error else \
-            {"image": str(path), "top_k": [p.to_dict() for p in top_k]}
-        print(json.dumps(entry), flush=True)
-    elif error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-    else:
-        print(path)
-        for p in top_k:
-            print(f"  {p.score:.4f}  {p.label if p.label is not None else '-'}  (class {p.index})")
 
 
 def bench(args) -> int:
@@ -200,54 +356,116 @@ def bench(args) -> int:
     # A classifier is timed with its softmax and top-k, a feature extractor with its outputs' copy: the
     # whole call a user makes, less the image decoding, which is timed on its own below.
     if isinstance(model, Classifier):
-        call = lambda: model.predict_arrays(pixel_values)  # noqa: E731
+        call = lambda: model.predict_arrays(pixel_values, batch_size=args.batch)  # noqa: E731
     elif isinstance(model, Reconstructor):
         noise = model.noise(args.batch)
-        call = lambda: model.run(pixel_values, noise=noise)  # noqa: E731
+        call = lambda: model.run(pixel_values, args.batch, noise=noise)  # noqa: E731
     else:
-        call = lambda: model.run(pixel_values)  # noqa: E731
-    figures = summarize(time_calls(call, args.runs, args.warmup), args.batch)
+        call = lambda: model.run(pixel_values, args.batch)  # noqa: E731
+    progress = Progress(2 * (args.warmup + args.runs), args.progress, unit="calls")
+    figures = summarize(time_calls(call, args.runs, args.warmup, on_call=progress.step), args.batch)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    preprocessing = summarize(time_calls(lambda: model.info.preprocessing(photo), args.runs, args.warmup), 1)
+    preprocessing = summarize(time_calls(lambda: model.info.preprocessing(photo), args.runs, args.warmup,
+                                         on_call=progress.step), 1)
+    progress.close()
     result = {"model": str(args.model), "providers": model.providers, "artifact_batch": model.info.batch or "dynamic",
               "inference": figures, "preprocess_640x480": preprocessing}
     if args.json:
-        print(json.dumps(result))
+        say(json.dumps(result, allow_nan=False))
         return 0
-    print(f"{args.model}  ({', '.join(model.providers)}; artifact batch {result['artifact_batch']})")
-    print(f"{'':22s}{'median ms':>10s}{'p90 ms':>10s}{'images/s':>10s}")
+    say(f"{args.model}  ({', '.join(model.providers)}; artifact batch {result['artifact_batch']})")
+    say(f"{'':22s}{'median ms':>10s}{'p90 ms':>10s}{'images/s':>10s}")
     for name, row in ((f"inference, batch {args.batch}", figures), ("preprocess, 640x480", preprocessing)):
-        print(f"{name:22s}{row['median_ms']:10.2f}{row['p90_ms']:10.2f}{row['images_per_s']:10.1f}")
+        say(f"{name:22s}{row['median_ms']:10.2f}{row['p90_ms']:10.2f}{row['images_per_s']:10.1f}")
     return 0
+
+
+def _metadata_values(metadata: dict[str, str]) -> dict:
+    """The artifact's hiera.* entries decoded for display (a value that is not JSON stays the string)."""
+    values = {}
+    for key, value in metadata.items():
+        if key.startswith("hiera."):
+            try:
+                values[key.removeprefix("hiera.")] = json.loads(value, parse_constant=lambda c: c)
+            except (TypeError, ValueError):
+                values[key.removeprefix("hiera.")] = value
+    return values
+
+
+def dims(shape) -> str:
+    """[batch, 3, 224, 224]: a tensor's shape, a symbolic or unknown axis by name."""
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "batch" if i == 0 else str(d or "?")
+                           for i, d in enumerate(shape or [])) + "]"
 
 
 def info(args) -> int:
     model = load_from_args(args)
+    session, i = model.session, model.info
+    extra = _metadata_values(session.metadata)
     details = {"file": str(args.model), "api": type(model).__name__, "providers": model.providers,
-               "input": model.session.input_shape, "outputs": model.session.output_names,
-               **{key.removeprefix("hiera."): json.loads(value) for key, value in model.session.metadata.items()
-                  if key.startswith("hiera.") and key != "hiera.labels"},
-               "labels": len(model.info.labels) if model.info.labels else None}
-    print(json.dumps(details, indent=2))
+               "input": session.input_shape, "outputs": session.output_names,
+               **{key: value for key, value in extra.items() if key != "labels"},
+               "labels": len(i.labels) if i.labels else None}
+    if args.json:
+        say(json.dumps(details, allow_nan=False, default=str))
+        return 0
+    p = i.preprocessing
+    clips = f"clips of {p.frames} frames (every {p.frame_stride}th), " if p.frames else ""
+    rows = [("model", f"{i.variant or 'unnamed'}, {i.task} ({type(model).__name__})"
+                      + (f", {i.precision}" if i.precision else "")),
+            ("input", f"{session.input_name} {dims(session.input_shape)}, "
+                      + (f"static batch {i.batch}" if i.batch else "dynamic batch")),
+            ("outputs", ", ".join(f"{name} {dims(getattr(session, 'output_shapes', {}).get(name))}"
+                                  for name in session.output_names)),
+            ("preprocessing", f"{clips}shortest edge to {p.resize_shortest_edge} ({p.resample}), center crop "
+                              f"{p.crop_size[0]} x {p.crop_size[1]}, mean {' '.join(f'{v:g}' for v in p.mean)}, "
+                              f"std {' '.join(f'{v:g}' for v in p.std)}, RGB"),
+            ("labels", f"{len(i.labels)}: {', '.join(i.labels[:5])}{', ...' if len(i.labels) > 5 else ''}"
+             if i.labels else "none")]
+    if i.weights:
+        digest = i.weights.get("sha256")
+        rows.append(("weights", f"{i.weights.get('source')}" + (f", sha256 {digest[:16]}..." if digest else "")
+                     + (", verified" if i.weights.get("verified") else ", not verified")))
+    if i.mae:
+        rows.append(("mae", ", ".join(f"{key} {value}" for key, value in i.mae.items())))
+    if isinstance(extra.get("producer"), dict):
+        rows.append(("produced by", ", ".join(f"{name} {version}" for name, version in extra["producer"].items())))
+    if "opset" in extra:
+        rows.append(("opset", str(extra["opset"])))
+    rows.append(("runs on", ", ".join(model.providers)))
+    say(args.model)
+    for name, text in rows:
+        say(f"  {name:14s}{text}")
     return 0
 
 
 def sidecar(args) -> int:
     path = sidecar_for_trtexec(args.engine, args.onnx, args.hardware_compatible, args.version_compatible)
-    print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
+COMMANDS = {"predict": predict, "embed": embed, "reconstruct": reconstruct, "bench": bench, "info": info,
+            "sidecar": sidecar}
+
+
 def main(argv=None) -> int:
-    args = parse(argv)
+    """The command line (python -m runtime, hiera-runtime): returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        commands = {"predict": predict, "reconstruct": reconstruct, "bench": bench, "info": info, "sidecar": sidecar}
-        return commands[args.command](args)
+        args = parse(argv)
+    except SystemExit as stop:  # --help, or a bad argument (already reported in one line)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
+    try:
+        return COMMANDS[args.command](args)
     except HieraRuntimeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", sys.stderr)
+        return 2
+    except MemoryError:
+        say("error: out of memory", sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("interrupted", sys.stderr)
         return 130
     except BrokenPipeError:  # the reader stopped (`| head`): quietly, as a killed pipeline would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again

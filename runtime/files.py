@@ -113,10 +113,10 @@ def read_bytes(path, limit: int) -> bytes:
         if size > limit:
             raise FileError(f"{path}: {size:,} bytes, more than the {limit:,} such a file can need")
         try:
-            data = file.read(limit + 1)
+            data = file.read(size + 1)  # one byte more than it says: a file that grows is caught
         except OSError as error:
             raise FileError(f"{path}: cannot read ({_reason(error)})") from None
-    if len(data) > limit:  # grew while being read
+    if len(data) > limit or len(data) > size:  # grew while being read
         raise FileError(f"{path}: more than the {limit:,} bytes such a file can need")
     return data
 

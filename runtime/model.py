@@ -5,12 +5,16 @@
     model.predict("cat.jpg", top_k=5)       # [Prediction(index=281, label="tabby, tabby cat", score=0.91), ...]
 
 Images may be paths, PIL images or HWC uint8 arrays, one or a list. The artifact's metadata says how to
-preprocess them and what the outputs mean; a static batch is filled in chunks (the last one padded),
-a dynamic one takes all images at once.
+preprocess them and what the outputs mean. Work goes to the session in batches, split in one place
+(`_Model.batch_size`): a static batch takes its own size (the last one padded with zeros), a dynamic one
+`batch_size` images at a time (default 8), within what the session can run. `outcomes` streams a list of
+any length batch by batch, keeping each image's failure to itself; the CLI runs on it.
 """
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +28,14 @@ from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
 from .session import OnnxSession
 from .tensorrt import ENGINE_SUFFIXES, EngineSession
 
+DEFAULT_BATCH_SIZE = 8  # images per call for a dynamic batch, unless asked otherwise
+MAX_BATCH_SIZE = 1024  # the most images one call may take: 1024 images of 224 x 224 are 600 MB of input
+
+
+class MissingMetadata(HieraRuntimeError):
+    """An ONNX file without Hiera metadata: it runs only with the preprocessing given by the caller (the CLI
+    says which option gives it)."""
+
 
 def open_session(path, provider: str = "auto", threads: int | None = None, cache_dir=None,
                  io_binding: bool | None = None):
@@ -31,7 +43,7 @@ def open_session(path, provider: str = "auto", threads: int | None = None, cache
     path = Path(path)
     if path.suffix in ENGINE_SUFFIXES:
         if provider not in ("auto", "tensorrt"):
-            raise HieraRuntimeError(f"{path}: a TensorRT engine runs only with TensorRT, not --provider {provider}")
+            raise HieraRuntimeError(f"{path}: a TensorRT engine runs only with TensorRT, not provider {provider!r}")
         return EngineSession(path)
     return OnnxSession(path, provider=provider, threads=threads, cache_dir=cache_dir, io_binding=io_binding)
 
@@ -41,9 +53,50 @@ def open_model(path, *, provider: str = "auto", threads: int | None = None, cach
     """The session and what the artifact says about itself. `preprocessing` is needed only for an ONNX
     file that `python -m export` did not write; it changes nothing for one that it did."""
     session = open_session(path, provider=provider, threads=threads, cache_dir=cache_dir, io_binding=io_binding)
-    if preprocessing is not None and not any(key.startswith("hiera.") for key in session.metadata):
+    if not any(key.startswith("hiera.") for key in session.metadata):
+        if preprocessing is None:
+            raise MissingMetadata(f"{session.path}: no Hiera metadata (hiera.* metadata_props): not exported by "
+                                  "python -m export; give its preprocessing (a runtime.Preprocessing) to run it anyway")
         return session, for_foreign_model(session.path, session.input_shape, session.output_names, preprocessing)
-    return session, from_metadata(session.metadata, session.path)
+    return session, from_metadata(session.metadata, getattr(session, "metadata_path", session.path))
+
+
+def check_labels(session, info: ModelInfo) -> None:
+    """As many class names as the classifier has classes: the names of another model's classes would label
+    every prediction wrongly."""
+    shape = getattr(session, "output_shapes", {}).get("logits")
+    classes = shape[-1] if shape else None
+    if info.task == "classify" and info.labels and isinstance(classes, int) and classes != len(info.labels):
+        raise HieraRuntimeError(f"{getattr(session, 'metadata_path', session.path)}: damaged Hiera metadata: "
+                                f"hiera.labels has {len(info.labels)} names, the model has {classes} classes")
+
+
+def non_finite(outputs: dict[str, np.ndarray]) -> str | None:
+    """What is not finite in `outputs` (NaN or infinite values), or None when every value is."""
+    for name, value in outputs.items():
+        if np.issubdtype(value.dtype, np.floating):
+            bad = value.size - np.count_nonzero(np.isfinite(value))
+            if bad:
+                return f"the model's {name} has {bad} of {value.size} values NaN or infinite"
+    return None
+
+
+def _whole(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or \
+            (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise HieraRuntimeError(f"{name} {value!r}: must be a whole number {bound}")
+    return int(value)
+
+
+def _name(item, index: int) -> str:
+    """How an error names an item: its path, else its place in the list given."""
+    return str(item) if isinstance(item, (str, Path)) else f"image {index}"
+
+
+def _logits(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """A classifier's logits: ours are named so; a foreign model's one output is taken as them."""
+    return outputs.get("logits", next(iter(outputs.values())))
 
 
 @dataclass(frozen=True)
@@ -63,7 +116,8 @@ class _Model:
         if info.task not in self.tasks:
             kind = model_class(info.task).__name__
             raise HieraRuntimeError(f"{session.path}: a {info.task} model; load it with {kind}")
-        self.session, self.info, self.max_pixels = session, info, max_pixels
+        check_labels(session, info)
+        self.session, self.info, self.max_pixels = session, info, _whole("max_pixels", max_pixels, 1)
 
     @classmethod
     def load(cls, path, *, max_pixels: int = MAX_PIXELS, **options):
@@ -74,6 +128,14 @@ class _Model:
     @property
     def providers(self) -> list[str]:
         return self.session.providers
+
+    def batch_size(self, requested: int | None = None) -> int:
+        """Images per session call: a static batch's own size; else `requested` (default 8, at most 1024),
+        and no more than the session runs at once (an engine's profile)."""
+        size = DEFAULT_BATCH_SIZE if requested is None else _whole("batch_size", requested, 1, MAX_BATCH_SIZE)
+        if self.info.batch:
+            return self.info.batch
+        return min(size, self.session.max_batch) if self.session.max_batch else size
 
     def items(self, inputs) -> tuple[list, bool]:
         """The images (clips, for a video model) in `inputs`, and whether a list of them was given. A clip is
@@ -86,49 +148,114 @@ class _Model:
             raise HieraRuntimeError("no images given")
         return items, several
 
+    def prepare(self, item, index: int = 0) -> np.ndarray:
+        """One image (or clip) to model input, [3, height, width] ([3, frames, height, width]); an error names
+        it (`index`: its place in a list, for an image that is not a path)."""
+        p = self.info.preprocessing
+        try:
+            if p.frames:
+                return p.clip(load_clip(item, p.frames, p.frame_stride, self.max_pixels))
+            return p(load_image(item, self.max_pixels))
+        except HieraRuntimeError as error:
+            name, message = _name(item, index), str(error)
+            raise HieraRuntimeError(message if message.startswith(f"{name}: ") else f"{name}: {message}") from None
+
     def preprocess(self, inputs) -> np.ndarray:
         """Images (one or a list) to the model's input, [n, 3, height, width] float32; clips to [n, 3, frames,
         height, width]."""
-        p = self.info.preprocessing
         items, _ = self.items(inputs)
-        if p.frames:
-            return np.stack([p.clip(load_clip(clip, p.frames, p.frame_stride, self.max_pixels)) for clip in items])
-        return np.stack([p(load_image(image, self.max_pixels)) for image in items])
+        return np.stack([self.prepare(item, index) for index, item in enumerate(items)])
 
-    def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def outcomes(self, items, batch_size: int | None = None) -> Iterator[tuple[dict | None, str | None]]:
+        """For each image (or clip) of the list `items`, in order: `(outputs, None)`, its outputs (one row of
+        each, by name), or `(None, error)`, one line naming it, when it cannot be read or the model's outputs
+        for it are not finite. Lazy: each batch is read and run when the caller gets to it."""
+        step = self.batch_size(batch_size)
+        for start in range(0, len(items), step):
+            prepared = []  # (model input, None) or (None, error), per item of the batch
+            for index, item in enumerate(items[start:start + step], start):
+                try:
+                    prepared.append((self.prepare(item, index), None))
+                except HieraRuntimeError as error:
+                    prepared.append((None, str(error)))
+            good = [pixels for pixels, error in prepared if error is None]
+            outputs = self._forward(np.stack(good)) if good else {}
+            row = 0
+            for index, (_, error) in enumerate(prepared, start):
+                if error is not None:
+                    yield None, error
+                    continue
+                result = {name: value[row] for name, value in outputs.items()}
+                row += 1
+                problem = non_finite(result)
+                yield (None, f"{_name(items[index], index)}: {problem}") if problem else (result, None)
+
+    def _results(self, inputs, batch_size: int | None) -> tuple[list[dict], bool]:
+        """Every item's outputs, or the first item's error raised."""
+        items, several = self.items(inputs)
+        results = []
+        for outputs, error in self.outcomes(items, batch_size):
+            if error is not None:
+                raise HieraRuntimeError(error)
+            results.append(outputs)
+        return results, several
+
+    def run(self, pixel_values: np.ndarray, batch_size: int | None = None,
+            **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
         """The model's raw outputs for preprocessed input (and any further inputs, one row per image), whatever
-        its length: a static batch is filled in chunks, the last one padded with zeros (and the padding's
-        outputs dropped)."""
-        count = len(pixel_values)
-        step = self.info.batch or self.session.max_batch or count
-        if count == step:
-            return self.session.run(pixel_values, **other_inputs)
-        inputs = {"pixel_values": pixel_values, **other_inputs}
-        chunks = []
-        for start in range(0, count, step):
-            chunk = {name: array[start:start + step] for name, array in inputs.items()}
-            chunk = {name: np.concatenate([array, np.zeros((step - len(array), *array.shape[1:]), array.dtype)])
-                     for name, array in chunk.items()}
-            chunks.append(self.session.run(**chunk))
-        return {name: np.concatenate([c[name] for c in chunks])[:count] for name in chunks[0]}
+        its length, `batch_size` images per call (see `batch_size`)."""
+        if not len(pixel_values):
+            raise HieraRuntimeError("no images given")
+        step = self.batch_size(batch_size)
+        chunks = [self._forward(pixel_values[start:start + step],
+                                **{name: array[start:start + step] for name, array in other_inputs.items()})
+                  for start in range(0, len(pixel_values), step)]
+        if len(chunks) == 1:
+            return chunks[0]
+        return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+
+    def _forward(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """One session call on at most one batch: a static batch is padded with zeros, the padding's outputs
+        dropped."""
+        count, inputs = len(pixel_values), {"pixel_values": pixel_values, **other_inputs}
+        if self.info.batch and count < self.info.batch:
+            inputs = {name: np.concatenate([array, np.zeros((self.info.batch - count, *array.shape[1:]), array.dtype)])
+                      for name, array in inputs.items()}
+        outputs = self.session.run(**inputs)
+        return outputs if not self.info.batch or count == self.info.batch else \
+            {name: value[:count] for name, value in outputs.items()}
 
 
 class Classifier(_Model):
     tasks = ("classify",)
 
-    def predict(self, images, top_k: int = 5):
+    def predict(self, images, top_k: int = 5, batch_size: int | None = None):
         """The `top_k` classes of each image (or clip) by softmax probability: a list of `Prediction` for one,
-        a list of such lists for a list of them."""
-        _, several = self.items(images)
-        predictions = self.predict_arrays(self.preprocess(images), top_k)
+        a list of such lists for a list of them. An image that cannot be read, or whose logits are not
+        finite, raises `HieraRuntimeError` naming it (`outcomes` keeps going past it instead)."""
+        _whole("top_k", top_k, 1)
+        results, several = self._results(images, batch_size)
+        predictions = self.top_k(np.stack([_logits(outputs) for outputs in results]), top_k)
         return predictions if several else predictions[0]
 
-    def predict_arrays(self, pixel_values: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+    def predict_arrays(self, pixel_values: np.ndarray, top_k: int = 5,
+                       batch_size: int | None = None) -> list[list[Prediction]]:
         """`predict` for input already preprocessed, [n, 3, height, width] (clips: [n, 3, frames, height, width])."""
-        if top_k < 1:
-            raise HieraRuntimeError(f"top_k {top_k}: must be at least 1")
-        outputs = self.run(pixel_values)
-        logits = outputs.get("logits", next(iter(outputs.values()))).astype(np.float64)
+        _whole("top_k", top_k, 1)
+        outputs = self.run(pixel_values, batch_size)
+        logits = _logits(outputs)
+        for index, row in enumerate(logits):
+            if problem := non_finite({"logits": row}):
+                raise HieraRuntimeError(f"image {index}: {problem}")
+        return self.top_k(logits, top_k)
+
+    def prediction(self, outputs: dict[str, np.ndarray], top_k: int = 5) -> list[Prediction]:
+        """The `top_k` classes of one image's outputs (as `outcomes` gives them)."""
+        return self.top_k(_logits(outputs)[None], top_k)[0]
+
+    def top_k(self, logits: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+        """The `top_k` classes of each row of finite `logits` [n, classes], by softmax probability."""
+        logits = logits.astype(np.float64)
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         k = min(top_k, probabilities.shape[1])
@@ -143,10 +270,12 @@ class Classifier(_Model):
 class FeatureExtractor(_Model):
     tasks = ("features", "backbone")
 
-    def extract(self, images) -> dict[str, np.ndarray]:
+    def extract(self, images, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """The outputs for one image or a list of them, by name (`last_hidden_state` and `pooler_output`, or
-        a backbone's `stage1`.. maps, NCHW), each with a leading axis of one entry per image."""
-        return self.run(self.preprocess(images))
+        a backbone's `stage1`.. maps, NCHW), each with a leading axis of one entry per image. An image that
+        cannot be read, or whose outputs are not finite, raises `HieraRuntimeError` naming it."""
+        results, _ = self._results(images, batch_size)
+        return {name: np.stack([outputs[name] for outputs in results]) for name in results[0]}
 
 
 class Reconstructor(_Model):
@@ -157,13 +286,18 @@ class Reconstructor(_Model):
     def noise(self, count: int, seed: int = 0) -> np.ndarray:
         """The masking input for `count` images, [count, mask units]: the units with the lowest noise stay
         visible (as many as the exported mask ratio leaves)."""
+        seed = _whole("seed", seed, 0, 2**63 - 1)
         return np.random.default_rng(seed).random((count, self.info.mae["mask_units"]), dtype=np.float32)
 
     def reconstruct(self, images, seed: int = 0) -> list[dict[str, np.ndarray]]:
         """For each image, the `original`, `masked` and `reconstruction` pictures (HWC uint8), with the mask
         drawn from `seed`."""
-        pixel_values = self.preprocess(images)
+        items, _ = self.items(images)
+        pixel_values = self.preprocess(items)
         outputs = self.run(pixel_values, noise=self.noise(len(pixel_values), seed))
+        for index, logits in enumerate(outputs["logits"]):
+            if problem := non_finite({"logits": logits}):
+                raise HieraRuntimeError(f"{_name(items[index], index)}: {problem}")
         mae = self.info.mae
         return [reconstruct.panels(pixels, logits, visible, self.info.preprocessing, mae["pred_stride"],
                                    mae["norm_pix_loss"])

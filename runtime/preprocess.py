@@ -9,6 +9,9 @@ needs and the processor leaves to its caller: the EXIF orientation is applied, a
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,50 +20,77 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import HieraRuntimeError
+from .files import open_file
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 # What a directory is searched for; any file named on the command line is tried whatever its name.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".avif")
+# The Pillow decoders an image may be read with (those of IMAGE_EXTENSIONS; a JPEG with several pictures opens
+# as MPO through JPEG's). Pillow's others stay closed: some hand the file to another program (EPS to
+# Ghostscript), and none is needed for photographs.
+DECODERS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "AVIF")
 # Decompression-bomb guard: a 64-megapixel RGB image already takes 192 MB once decoded. Pillow's own
 # guard only warns below 179 megapixels.
 MAX_PIXELS = 64_000_000
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+MAX_EDGE = 16384  # the largest resize edge, crop side or clip length a Preprocessing accepts
+# transformers' image processors store the resample filter as PIL's enum value.
+PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
 
-def open_image(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file completely, upright (EXIF orientation applied), in its own mode."""
+def _decoders() -> list[str]:
+    Image.init()  # registers every plugin once; AVIF needs Pillow 11.3 or later
+    return [name for name in DECODERS if name in Image.OPEN]
+
+
+def _check_pixels(image: Image.Image, path, max_pixels: int, frame: int = 0) -> None:
+    """The decompression-bomb guard, on the size a frame declares, before the frame is decoded."""
+    width, height = image.size
+    if width * height > max_pixels:
+        where = f"frame {frame + 1}: " if frame else ""
+        raise HieraRuntimeError(f"{path}: {where}{width} x {height} is {width * height / 1e6:.0f} megapixels, "
+                                f"above the limit of {max_pixels / 1e6:.0f} (a decompression-bomb guard)")
+
+
+def _decode(path, read):
+    """`read(image)` on the image file at `path`, opened only if it is a regular file (a FIFO or a device
+    fails at once), with Pillow's errors turned into one line naming the file."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise HieraRuntimeError(f"{path}: {width} x {height} is {width * height / 1e6:.0f} megapixels, "
-                                            f"above the limit of {max_pixels / 1e6:.0f} (a decompression-bomb guard)")
-                image.load()
-                return ImageOps.exif_transpose(image)  # a new image, also when there is nothing to rotate
-    except FileNotFoundError:
-        raise HieraRuntimeError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise HieraRuntimeError(f"{path}: is a directory") from None
-    except PermissionError:
-        raise HieraRuntimeError(f"{path}: permission denied") from None
+            with open_file(path) as file:
+                if os.fstat(file.fileno()).st_size == 0:
+                    raise HieraRuntimeError(f"{path}: empty file")
+                with Image.open(file, formats=_decoders()) as image:
+                    return read(image)
     except UnidentifiedImageError:
-        what = "empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
-        raise HieraRuntimeError(f"{path}: {what}") from None
+        raise HieraRuntimeError(f"{path}: not an image this runtime reads ({', '.join(DECODERS)})") from None
     except Image.DecompressionBombError as error:
         raise HieraRuntimeError(f"{path}: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # what Pillow's decoders raise on bad data
         raise HieraRuntimeError(f"{path}: cannot decode ({error})") from None
 
 
+def open_image(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file completely, upright (EXIF orientation applied), in its own mode. Only the first
+    frame of a multi-frame file is decoded, and only once its size passed the guard."""
+
+    def read(image):
+        _check_pixels(image, path, max_pixels)
+        image.load()
+        return ImageOps.exif_transpose(image)  # a new image, also when there is nothing to rotate
+
+    return _decode(path, read)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB, as transformers' `convert_to_rgb` does (transparency onto white)."""
     if image.mode in SIXTEEN_BIT:
         # Pillow converts 16-bit to 8-bit by clipping at 255, which turns most of a real image white.
-        image = Image.fromarray(np.round(np.asarray(image, np.float64) / 257).astype(np.uint8))
+        # round(x / 257) in integers: no value of x falls halfway, and 4 bytes a pixel instead of float64's 8
+        image = Image.fromarray(((np.asarray(image, np.uint32) + 128) // 257).astype(np.uint8))
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
@@ -119,26 +149,32 @@ def sample_frames(available: int, frames: int, stride: int) -> list[int]:
 
 def open_clip(path, frames: int, stride: int, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
     """The sampled frames of a clip, upright, in their own mode: a multi-frame image file (animated GIF, WebP
-    or PNG, multi-page TIFF) or a directory of frame images (in name order)."""
+    or PNG, multi-page TIFF) or a directory of frame images (in name order). Every frame is held to the
+    megapixel guard before it is decoded."""
     path = Path(path)
     if path.is_dir():
         files = find_images(path)
         return [open_image(files[i], max_pixels) for i in sample_frames(len(files), frames, stride)]
-    open_image(path, max_pixels)  # a single image's checks and errors, on the first frame
-    try:
-        with Image.open(path) as video:
-            count = getattr(video, "n_frames", 1)
-            if count == 1:
-                raise HieraRuntimeError(f"{path}: a single image, not a clip; pass a multi-frame file (animated GIF, "
-                                        "WebP or PNG, multi-page TIFF) or a directory of frames (ffmpeg -i clip.mp4 "
-                                        "DIR/%05d.png makes one)")
-            clip = []
-            for index in sample_frames(count, frames, stride):
-                video.seek(index)
-                clip.append(ImageOps.exif_transpose(video.copy()))
-            return clip
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise HieraRuntimeError(f"{path}: cannot decode its frames ({error})") from None
+
+    def read(video):
+        _check_pixels(video, path, max_pixels)
+        count = getattr(video, "n_frames", 1)  # reads frame headers only
+        if count == 1:
+            raise HieraRuntimeError(f"{path}: a single image, not a clip; pass a multi-frame file (animated GIF, "
+                                    "WebP or PNG, multi-page TIFF) or a directory of frames (ffmpeg -i clip.mp4 "
+                                    "DIR/%05d.png makes one)")
+        wanted = sample_frames(count, frames, stride)
+        decoded = {}
+        # Frame by frame: seeking decodes the frame before (GIF and APNG frames build on the previous one),
+        # and each frame's size is known, and checked, before then.
+        for index in range(max(wanted) + 1):
+            video.seek(index)
+            _check_pixels(video, path, max_pixels, index)
+            if index in wanted:
+                decoded[index] = ImageOps.exif_transpose(video.copy())
+        return [decoded[index] for index in wanted]
+
+    return _decode(path, read)
 
 
 def load_clip(source, frames: int, stride: int, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
@@ -152,8 +188,35 @@ def load_clip(source, frames: int, stride: int, max_pixels: int = MAX_PIXELS) ->
                             "directory of frames) or a non-empty list of frames")
 
 
+def _whole(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ValueError(f"{name} {value!r} is not a whole number from {low} to {high}")
+    return int(value)
+
+
+def _three(name: str, values, positive: bool) -> tuple[float, float, float]:
+    """Three finite numbers (above 0 if `positive`): a mean or std for R, G and B."""
+    what = "three finite numbers" + (" above 0" if positive else "")
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != 3:
+        raise ValueError(f"{name} {values!r} is not {what}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or (positive and value <= 0):
+            raise ValueError(f"{name} {list(values)!r} is not {what}")
+    return tuple(float(value) for value in values)
+
+
+def _check_rescale(factor) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isclose(factor, 1 / 255):
+        raise ValueError(f"rescale_factor {factor!r}: this runtime scales pixels by 1/255 only")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
+    """How an image becomes model input: resize the shortest edge, center crop, scale to [0, 1], normalize,
+    RGB. Checked when made: a bad value is a `ValueError` naming the field (the artifact decoder and export
+    add the file)."""
+
     resize_shortest_edge: int
     crop_size: tuple[int, int]  # (height, width)
     resample: str = "bicubic"
@@ -161,6 +224,22 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     frames: int = 0  # video: frames per clip (0: an image model)
     frame_stride: int = 1  # video: the temporal stride the clip is sampled at
+
+    def __post_init__(self):
+        def set_field(name, value):  # frozen: normalized once, here
+            object.__setattr__(self, name, value)
+
+        set_field("resize_shortest_edge", _whole("resize_shortest_edge", self.resize_shortest_edge, 1, MAX_EDGE))
+        crop = self.crop_size
+        if not isinstance(crop, (list, tuple)) or len(crop) != 2:
+            raise ValueError(f"crop_size {crop!r} is not [height, width]")
+        set_field("crop_size", tuple(_whole("crop_size", side, 1, MAX_EDGE) for side in crop))
+        if not isinstance(self.resample, str) or self.resample not in RESAMPLE:
+            raise ValueError(f"resample {self.resample!r} is not one of {', '.join(RESAMPLE)}")
+        set_field("mean", _three("mean", self.mean, positive=False))
+        set_field("std", _three("std", self.std, positive=True))
+        set_field("frames", _whole("frames", self.frames, 0, MAX_EDGE))
+        set_field("frame_stride", _whole("frame_stride", self.frame_stride, 1, MAX_EDGE))
 
     @classmethod
     def for_input_size(cls, input_size) -> Preprocessing:
@@ -176,6 +255,56 @@ class Preprocessing:
         return cls(resize_shortest_edge=min(height, width), crop_size=(height, width), resample="bilinear",
                    mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), frames=frames, frame_stride=frame_stride)
 
+    @classmethod
+    def from_image_processor(cls, config: dict, input_size) -> Preprocessing:
+        """A checkpoint's `preprocessor_config.json` (transformers' `BitImageProcessor` and the ImageNet-style
+        processors like it), for a model taking `input_size` (height, width) images. A processor that crops
+        another size has its recipe scaled to the model's: the resize edge by the ratio of the crops.
+
+        What this runtime cannot do as the processor says (no resize, no crop, a fixed height and width
+        that ignores the aspect ratio, another rescale than 1/255) is a `ValueError` naming the field."""
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        if len(input_size) != 2:
+            raise ValueError(f"input_size {list(input_size)}: an image processor describes images (height, width)")
+        height, width = (_whole("input_size", side, 1, MAX_EDGE) for side in input_size)
+
+        def flag(name):
+            value = config.get(name, True)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} {value!r} is not true or false")
+            return value
+
+        for name, why in (("do_resize", "images of every size need resizing"),
+                          ("do_center_crop", "the model takes one image size"),
+                          ("do_rescale", "pixels are scaled to [0, 1]")):
+            if not flag(name):
+                raise ValueError(f"{name} false: this runtime always does it ({why})")
+        _check_rescale(config.get("rescale_factor", 1 / 255))
+        size = config.get("size")
+        if not isinstance(size, dict) or "shortest_edge" not in size:
+            raise ValueError(f"size {size!r}: this runtime resizes the shortest edge (size {{'shortest_edge': N}}), "
+                             "not to a fixed height and width")
+        edge = _whole("size.shortest_edge", size["shortest_edge"], 1, MAX_EDGE)
+        crop = config.get("crop_size", {"height": height, "width": width})
+        if not isinstance(crop, dict) or set(crop) != {"height", "width"}:
+            raise ValueError(f"crop_size {crop!r} is not {{'height': H, 'width': W}}")
+        crop = [_whole(f"crop_size.{key}", crop[key], 1, MAX_EDGE) for key in ("height", "width")]
+        resample = config.get("resample", 3)
+        if isinstance(resample, bool) or not isinstance(resample, int) or resample not in PIL_RESAMPLE_NAMES:
+            names = ", ".join(f"{number} ({name})" for number, name in PIL_RESAMPLE_NAMES.items())
+            raise ValueError(f"resample {resample!r} is not one of {names}")
+        if flag("do_normalize"):
+            mean, std = (config.get(key) for key in ("image_mean", "image_std"))
+            mean, std = ([v] * 3 if isinstance(v, numbers.Real) and not isinstance(v, bool) else v for v in (mean, std))
+            mean, std = _three("image_mean", mean, positive=False), _three("image_std", std, positive=True)
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        if crop != [height, width]:
+            edge = int(edge * min(height, width) / min(crop))
+        return cls(resize_shortest_edge=edge, crop_size=(height, width), resample=PIL_RESAMPLE_NAMES[resample],
+                   mean=mean, std=std)
+
     def to_dict(self) -> dict:
         d = {"resize_shortest_edge": self.resize_shortest_edge, "crop_size": list(self.crop_size),
              "resample": self.resample, "rescale_factor": 1 / 255, "mean": list(self.mean),
@@ -186,11 +315,17 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        if d["resample"] not in RESAMPLE:
-            raise ValueError(f"resample {d['resample']!r} is not one of {', '.join(RESAMPLE)}")
-        return cls(int(d["resize_shortest_edge"]), tuple(int(x) for x in d["crop_size"]), d["resample"],
-                   tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]),
-                   int(d.get("frames", 0)), int(d.get("frame_stride", 1)))
+        """The inverse of `to_dict`, checked: a `ValueError` names the field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{d!r} is not an object")
+        missing = [key for key in ("resize_shortest_edge", "crop_size", "resample", "mean", "std") if key not in d]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} missing")
+        _check_rescale(d.get("rescale_factor", 1 / 255))
+        if d.get("color", "RGB") != "RGB":
+            raise ValueError(f"color {d['color']!r}: this runtime feeds RGB only")
+        return cls(d["resize_shortest_edge"], d["crop_size"], d["resample"], d["mean"], d["std"],
+                   d.get("frames", 0), d.get("frame_stride", 1))
 
     def clip(self, frames: list[Image.Image]) -> np.ndarray:
         """A clip's frames (as many as the model takes) to a normalized float32 array [3, frames, height, width]."""
@@ -206,6 +341,9 @@ class Preprocessing:
         # transformers rounds the long edge down (int()), so do we, to get the same pixels.
         size = (self.resize_shortest_edge, int(height * scale)) if width <= height else \
             (int(width * scale), self.resize_shortest_edge)
+        if size[0] * size[1] > MAX_PIXELS:  # a 1 x 60000 image would resize to 256 x 15 million
+            raise HieraRuntimeError(f"{width} x {height} pixels resize to {size[0]} x {size[1]}, above "
+                                    f"{MAX_PIXELS / 1e6:.0f} megapixels: crop it closer to the model's aspect first")
         image = image.resize(size, RESAMPLE[self.resample])
         crop_h, crop_w = self.crop_size
         left, top = (size[0] - crop_w) // 2, (size[1] - crop_h) // 2

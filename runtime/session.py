@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import HieraRuntimeError
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -45,14 +47,22 @@ def default_cache_dir() -> Path:
 
 class OnnxSession:
     """One onnxruntime session on an ONNX file: `run(pixel_values, **other_inputs)` returns the outputs by name
-    (MAE models take a second input, `noise`)."""
+    (MAE models take a second input, `noise`).
+
+    Safe to call from several threads at once, each call with its own buffers: onnxruntime's `run` is
+    thread-safe and allocates each call's outputs. With IO binding (the default on GPUs) a binding and its
+    device input buffer serve one call at a time: a call takes an idle one of its batch shape from a pool
+    (or makes one) and gives it back when done, so serial calls reuse one and concurrent calls never share.
+    """
 
     def __init__(self, path, provider: str = "auto", threads: int | None = None, optimization: str = "all",
                  cache_dir=None, io_binding: bool | None = None):
         ort = import_onnxruntime()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise HieraRuntimeError(f"{self.path}: no such file")
+        self.path = files.require_file(path)  # a FIFO or a device would hang onnxruntime's reader
+        external = self.path.with_name(self.path.name + ".data")  # weights beyond 2 GB, as export writes them
+        if os.path.lexists(external):
+            files.require_file(external)
+        self.metadata_path = self.path  # where the hiera.* metadata is read from
         if optimization not in OPTIMIZATION_LEVELS:
             raise HieraRuntimeError(f"optimization {optimization!r}: choose from {', '.join(OPTIMIZATION_LEVELS)}")
         providers = choose_providers(provider, ort.get_available_providers())
@@ -77,12 +87,16 @@ class OnnxSession:
         self.input_dtype = DTYPES.get(model_input.type, np.float32)
         self.other_inputs = {i.name: DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()[1:]}
         self.output_names = [output.name for output in self.session.get_outputs()]
+        # Each output's shape, a name (str) or None where it depends on the input (the batch axis).
+        self.output_shapes = {output.name: [d if isinstance(d, int) and d >= 0 else None for d in output.shape]
+                              for output in self.session.get_outputs()}
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] in (PROVIDERS["tensorrt"], PROVIDERS["cuda"]) else "cpu"
         # On a GPU, binding a device buffer per batch size saves onnxruntime a staging copy and an allocation
         # per call; on the CPU onnxruntime reads the numpy array in place, so plain run() is already best.
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
-        self._bound = {}  # batch size -> (IOBinding, input OrtValue)
+        self._idle_bindings = {}  # input shape -> [(IOBinding, input OrtValue)] not in use by any call
+        self._lock = threading.Lock()
         self.max_batch = None  # any batch the input's batch axis allows (engines have a profile's limit)
         self._ort = ort
 
@@ -91,7 +105,11 @@ class OnnxSession:
         if provider != PROVIDERS["tensorrt"]:
             return {}
         cache = str(Path(cache_dir) if cache_dir else default_cache_dir())
-        Path(cache).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise HieraRuntimeError(f"{cache}: cannot make the TensorRT cache folder ({error.strerror or error})") \
+                from None
         return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
                 "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
 
@@ -107,21 +125,31 @@ class OnnxSession:
                          for name, value in other_inputs.items()}
                 outputs = self.session.run(self.output_names, {self.input_name: pixel_values, **feeds})
                 return dict(zip(self.output_names, outputs))
-            binding, device_input = self._binding(pixel_values.shape)
-            device_input.update_inplace(pixel_values)
-            self.session.run_with_iobinding(binding)
-            return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+            return self._run_bound(pixel_values)
         except Exception as error:  # e.g. an input shape a foreign model does not take, or device memory
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise HieraRuntimeError(f"{self.path}: onnxruntime failed on input {list(pixel_values.shape)} "
                                     f"({reason})") from None
 
-    def _binding(self, shape):
-        if shape not in self._bound:
-            device_input = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, self.input_dtype, self.device, 0)
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input(self.input_name, device_input)
-            for name in self.output_names:
-                binding.bind_output(name, self.device, 0)
-            self._bound[shape] = binding, device_input
-        return self._bound[shape]
+    def _run_bound(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        shape = pixel_values.shape
+        with self._lock:
+            idle = self._idle_bindings.setdefault(shape, [])
+            bound = idle.pop() if idle else None
+        if bound is None:
+            bound = self._new_binding(shape)
+        binding, device_input = bound
+        device_input.update_inplace(pixel_values)
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+        with self._lock:  # only after a clean run: a binding whose run failed is dropped
+            self._idle_bindings[shape].append(bound)
+        return outputs
+
+    def _new_binding(self, shape):
+        device_input = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, self.input_dtype, self.device, 0)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, device_input)
+        for name in self.output_names:
+            binding.bind_output(name, self.device, 0)
+        return binding, device_input

@@ -11,11 +11,14 @@ Running an engine needs the `tensorrt` and `cuda-python` packages (`pip install 
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import make_sidecar, read_sidecar, write_sidecar
+from . import files
+from .artifact import make_sidecar, read_sidecar, sidecar_path, write_sidecar
 from .errors import HieraRuntimeError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -80,8 +83,8 @@ def _import(engine: Path):
         from cuda.bindings import runtime as cudart
     except ImportError as error:
         raise HieraRuntimeError(f"{engine}: running a TensorRT engine needs {error.name} "
-                                "(pip install 'hiera-deploy[tensorrt]'); or run the .onnx with --provider "
-                                "tensorrt") from None
+                                "(pip install 'hiera-deploy[tensorrt]'); or run the .onnx with onnxruntime's "
+                                "TensorRT provider") from None
     return tensorrt, cudart
 
 
@@ -93,18 +96,41 @@ def _cuda(result):
     return values[0] if len(values) == 1 else values
 
 
+# The largest engine read: Hiera-H in fp32 is 2.7 GB; an engine of 32 GB fits no GPU's memory either.
+MAX_ENGINE_BYTES = 32 << 30
+
+
 class EngineSession:
     """A TensorRT engine with the same interface as `OnnxSession`: `run(pixel_values, **other_inputs)` ->
-    outputs by name."""
+    outputs by name.
+
+    Before anything is deserialized, the sidecar must say this TensorRT and this GPU can run the engine,
+    and the engine's sha256 must be the `engine_sha256` the sidecar records: the labels and preprocessing
+    in the sidecar describe that engine and no other.
+
+    Safe to call from several threads at once, serialized: TensorRT lets an optimization profile serve one
+    execution context at a time (our engines have one), so calls take turns on the one context, its stream
+    and its device buffers, under a lock. Each call has its own host arrays, in and out.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
         sidecar = read_sidecar(self.path)
+        self.metadata_path = sidecar_path(self.path)
         trt, self._cudart = _import(self.path)
         _, capability = this_gpu(self._cudart)
         check_compatible(self.path, sidecar, trt.__version__, tuple(version_tuple(capability)))
+        size = self.path.stat().st_size
+        if size > MAX_ENGINE_BYTES:
+            raise HieraRuntimeError(f"{self.path}: {size:,} bytes, more than any engine ({MAX_ENGINE_BYTES:,})")
+        plan = files.read_bytes(self.path, size)  # hashed and deserialized from the same bytes
+        if hashlib.sha256(plan).hexdigest() != sidecar.get("engine_sha256"):
+            raise HieraRuntimeError(f"{self.path}: not the engine its sidecar {self.metadata_path.name} describes "
+                                    "(its sha256 differs from engine_sha256); rebuild the engine and its sidecar "
+                                    f"from {sidecar.get('onnx', 'its ONNX file')}")
         self.metadata = sidecar["metadata"]
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(self.path.read_bytes())
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
+        del plan
         if self.engine is None:
             raise HieraRuntimeError(f"{self.path}: TensorRT cannot deserialize this engine (damaged, or built "
                                     "with other options than its sidecar says)")
@@ -113,6 +139,8 @@ class EngineSession:
         self.input_name, self.output_names = inputs[0], [n for n in names if n not in inputs]
         self.other_inputs = inputs[1:]
         self.input_shape = [d if d >= 0 else "batch" for d in self.engine.get_tensor_shape(self.input_name)]
+        self.output_shapes = {n: [d if d >= 0 else None for d in self.engine.get_tensor_shape(n)]
+                              for n in self.output_names}
         # A dynamic batch runs up to its optimization profile's largest batch.
         self.max_batch = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0] \
             if self.input_shape[0] == "batch" else None
@@ -121,25 +149,31 @@ class EngineSession:
         self.context = self.engine.create_execution_context()
         self.stream = _cuda(self._cudart.cudaStreamCreate())
         self._device = {}  # tensor name -> (device pointer, bytes): grown, never shrunk
+        self._lock = threading.Lock()  # one call at a time on the context, stream and buffers
 
     def _buffer(self, name: str, nbytes: int) -> int:
         pointer, size = self._device.get(name, (None, 0))
         if size < nbytes:
             if pointer is not None:
                 _cuda(self._cudart.cudaFree(pointer))
+                del self._device[name]
             pointer = _cuda(self._cudart.cudaMalloc(nbytes))
             self._device[name] = pointer, nbytes
             self.context.set_tensor_address(name, int(pointer))
         return pointer
 
     def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
-        cudart = self._cudart
         if set(other_inputs) != set(self.other_inputs):
             expected, given = [self.input_name, *self.other_inputs], [self.input_name, *other_inputs]
             raise HieraRuntimeError(f"{self.path}: the engine takes inputs {', '.join(expected)}; "
                                     f"given {', '.join(given)}")
         host_inputs = {name: np.ascontiguousarray(value, dtype=self.dtypes[name])
                        for name, value in {self.input_name: pixel_values, **other_inputs}.items()}
+        with self._lock:
+            return self._run(host_inputs)
+
+    def _run(self, host_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cudart = self._cudart
         for name, host_input in host_inputs.items():  # kept alive until the stream is synchronized
             self.context.set_input_shape(name, host_input.shape)
             _cuda(cudart.cudaMemcpyAsync(self._buffer(name, host_input.nbytes), host_input.ctypes.data,
@@ -149,6 +183,7 @@ class EngineSession:
         for name, host in outputs.items():
             self._buffer(name, host.nbytes)
         if not self.context.execute_async_v3(int(self.stream)):
+            _cuda(cudart.cudaStreamSynchronize(self.stream))  # the copies already queued still read our arrays
             raise HieraRuntimeError(f"{self.path}: TensorRT failed to run the engine")
         for name, host in outputs.items():
             _cuda(cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name][0], host.nbytes,
@@ -157,5 +192,8 @@ class EngineSession:
         return outputs
 
     def __del__(self):
+        cudart = getattr(self, "_cudart", None)
         for pointer, _ in getattr(self, "_device", {}).values():
-            self._cudart.cudaFree(pointer)
+            cudart.cudaFree(pointer)
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)

@@ -1,5 +1,9 @@
 """The Python API against transformers: the same images through transformers' processor and model."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +14,8 @@ from transformers import AutoImageProcessor
 import runtime
 from runtime import Classifier, FeatureExtractor, HieraRuntimeError, Preprocessing
 from runtime.session import PROVIDERS, OnnxSession, choose_providers
+
+from ..conftest import ROOT
 
 TOLERANCE = 1e-4  # max abs diff of softmax scores and of features
 
@@ -100,7 +106,7 @@ def without_metadata(artifact, path):
 def test_an_onnx_file_without_our_metadata_is_refused_unless_preprocessing_is_given(exported, tmp_path):
     artifact, _, _ = exported("small_q_pool", batch=2)
     foreign = without_metadata(artifact, tmp_path / "foreign.onnx")
-    with pytest.raises(HieraRuntimeError, match=r"foreign.onnx: no Hiera metadata .*give the preprocessing"):
+    with pytest.raises(HieraRuntimeError, match=r"foreign.onnx: no Hiera metadata .*give its preprocessing"):
         Classifier.load(foreign)
     preprocessing = Preprocessing(73, (64, 96))
     ours, theirs = Classifier.load(artifact), Classifier.load(foreign, preprocessing=preprocessing)
@@ -129,3 +135,20 @@ def test_providers_are_chosen_by_availability_with_an_override():
         choose_providers("cuda", ["CPUExecutionProvider"])
     with pytest.raises(HieraRuntimeError, match="choose from"):
         choose_providers("rocm", everything)
+
+
+def test_labels_must_match_the_classifiers_classes(exported, tmp_path):
+    artifact, _, _ = exported("small_q_pool", batch=2)
+    model = onnx.load(artifact)
+    next(p for p in model.metadata_props if p.key == "hiera.labels").value = json.dumps([f"c{i}" for i in range(11)])
+    onnx.save(model, tmp_path / "labels.onnx")
+    with pytest.raises(HieraRuntimeError) as refused:
+        Classifier.load(tmp_path / "labels.onnx")
+    assert str(refused.value) == (f"{tmp_path / 'labels.onnx'}: damaged Hiera metadata: hiera.labels has 11 names, "
+                                  "the model has 10 classes")
+
+
+def test_the_runtime_imports_no_torch():
+    code = "import runtime, runtime.cli, runtime.embed, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr

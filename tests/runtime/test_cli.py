@@ -70,8 +70,10 @@ def test_directories_are_expanded_with_progress(exported, photo_files):
     result = runtime_cli("predict", photo_files[0].parent, "--model", artifact, "--json", "--progress")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == sorted(map(str, photo_files))
-    # one line rewritten after each batch of 2 (text mode reads the carriage returns as line ends)
-    assert result.stderr.splitlines() == ["", "2/3 images", "3/3 images"]
+    # not a terminal: a line now and then, and one at the end
+    assert result.stderr.splitlines()[-1] == "3/3 images"
+    quiet = runtime_cli("predict", photo_files[0].parent, "--model", artifact, "--json", "--no-progress")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == result.stdout
 
 
 def test_a_bad_model_is_one_line_and_exit_2(exported, photo_files, tmp_path):
@@ -107,8 +109,15 @@ def test_bench_and_info(exported):
     assert figures["providers"] == ["CPUExecutionProvider"] and figures["artifact_batch"] == 2
     table = runtime_cli("bench", "--model", artifact, "--runs", "2")
     assert table.returncode == 0 and "median ms" in table.stdout and "images/s" in table.stdout
-    info = json.loads(runtime_cli("info", "--model", artifact).stdout)
+    info = json.loads(runtime_cli("info", "--model", artifact, "--json").stdout)
     assert info["api"] == "Classifier" and info["task"] == "classify" and info["batch"] == 2 and info["labels"] == 10
+    readable = runtime_cli("info", "--model", artifact)
+    assert readable.returncode == 0, readable.stderr
+    lines = readable.stdout.splitlines()
+    assert lines[0] == str(artifact)
+    assert "  input         pixel_values [2, 3, 64, 96], static batch 2" in lines
+    assert "  labels        10: class 0, class 1, class 2, class 3, class 4, ..." in lines
+    assert any(line.startswith("  preprocessing shortest edge to 73 (bicubic), center crop 64 x 96") for line in lines)
 
 
 def test_bad_arguments_are_one_line():

@@ -6,6 +6,8 @@ which is what transformers uses without torchvision), applied to the image that 
 file, so Pillow's decoders for each format and mode are part of what is compared.
 """
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -118,3 +120,73 @@ def test_bad_arrays_are_refused():
         load_image(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(HieraRuntimeError, match="channels"):
         load_image(np.zeros((8, 8, 2), np.uint8))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(edge=256, crop=224, resample=Image.Resampling.BICUBIC, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    dict(edge=288, crop=256, resample=Image.Resampling.BILINEAR, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
+])
+def test_a_checkpoints_processor_config_gives_transformers_pixels(settings, photo):
+    """`Preprocessing.from_image_processor` on the dict transformers itself writes to preprocessor_config.json."""
+    crop = {"height": settings["crop"], "width": settings["crop"]}
+    processor = BitImageProcessor(do_resize=True, size={"shortest_edge": settings["edge"]},
+                                  resample=settings["resample"], do_center_crop=True, crop_size=crop, do_rescale=True,
+                                  do_normalize=True, image_mean=settings["mean"], image_std=settings["std"],
+                                  do_convert_rgb=True)
+    config = processor.to_dict()
+    ours = Preprocessing.from_image_processor(config, (settings["crop"], settings["crop"]))
+    for picture in (photo, photo.rotate(90, expand=True)):
+        reference = processor(picture, return_tensors="np")["pixel_values"][0]
+        assert np.abs(ours(picture) - reference).max() <= TOLERANCE
+
+
+def test_a_processor_for_another_crop_is_scaled_to_the_model():
+    config = hiera_processor().to_dict()  # shortest edge 256, crop 224
+    assert Preprocessing.from_image_processor(config, (224, 224)) == OURS
+    assert Preprocessing.from_image_processor(config, (384, 384)) == Preprocessing.for_input_size((384, 384))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"size": {"shortest_edge": 0}}, "size.shortest_edge 0 is not a whole number from 1 to 16384"),
+    ({"image_std": [0, 0, 0]}, r"image_std \[0, 0, 0\] is not three finite numbers above 0"),
+    ({"image_std": 0}, r"image_std \[0, 0, 0\] is not three finite numbers above 0"),
+    ({"image_mean": [0.5, 0.5]}, r"image_mean \[0.5, 0.5\] is not three finite numbers"),
+    ({"size": {"height": 224, "width": 224}}, "size .*: this runtime resizes the shortest edge"),
+    ({"crop_size": {"height": -1, "width": 224}}, "crop_size.height -1 is not a whole number"),
+    ({"resample": 4}, r"resample 4 is not one of 0 \(nearest\), 1 \(lanczos\), 2 \(bilinear\), 3 \(bicubic\)"),
+    ({"do_center_crop": False}, "do_center_crop false: this runtime always does it"),
+    ({"do_rescale": "yes"}, "do_rescale 'yes' is not true or false"),
+    ({"rescale_factor": 1.0}, "rescale_factor 1.0: this runtime scales pixels by 1/255 only"),
+])
+def test_processor_configs_this_runtime_cannot_follow_are_refused_by_field(change, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        Preprocessing.from_image_processor({**hiera_processor().to_dict(), **change}, (224, 224))
+
+
+def test_from_dict_round_trips_and_names_what_is_wrong():
+    clip = Preprocessing.for_clips((16, 224, 224))
+    assert Preprocessing.from_dict(clip.to_dict()) == clip and Preprocessing.from_dict(OURS.to_dict()) == OURS
+    for change, message in [({"resize_shortest_edge": None}, "resize_shortest_edge None is not a whole number"),
+                            ({"crop_size": "224"}, "crop_size '224' is not"), ({"color": "BGR"}, "color 'BGR'"),
+                            ({"rescale_factor": 2}, "rescale_factor 2"), ({"std": [1, 1, -1]}, "std")]:
+        with pytest.raises(ValueError, match=message):
+            Preprocessing.from_dict({**OURS.to_dict(), **change})
+    with pytest.raises(ValueError, match="^mean, std missing$"):
+        Preprocessing.from_dict({"resize_shortest_edge": 1, "crop_size": [1, 1], "resample": "nearest"})
+
+
+def test_export_reads_a_checkpoints_processor_config_through_it(tmp_path):
+    from export import ExportError
+    from export.weights import preprocessing_for
+
+    hiera_processor().save_pretrained(tmp_path)
+    assert preprocessing_for(tmp_path, (224, 224)) == OURS
+    config = tmp_path / "preprocessor_config.json"
+    config.write_text(config.read_text().replace('"shortest_edge": 256', '"shortest_edge": 0'))
+    with pytest.raises(ExportError) as refused:
+        preprocessing_for(tmp_path, (224, 224))
+    assert str(refused.value) == f"{config}: size.shortest_edge 0 is not a whole number from 1 to 16384"
+    config.unlink()
+    os.mkfifo(config)
+    with pytest.raises(ExportError, match=r"preprocessor_config.json: a FIFO, not a regular file$"):
+        preprocessing_for(tmp_path, (224, 224))

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from export import Options, read_artifact, run
-from runtime import Classifier, HieraRuntimeError
+from runtime import Classifier, HieraRuntimeError, Preprocessing, files
 from runtime.artifact import read_sidecar, sidecar_path
-from runtime.tensorrt import check_compatible
+from runtime.tensorrt import EngineSession, check_compatible
+
+from . import fake_tensorrt
 
 NO_TENSORRT = "TensorRT's libraries come only from NVIDIA's package index, which this machine cannot reach"
 SIDECAR = {"tensorrt_version": "10.3.0", "compute_capability": "8.9", "gpu": "NVIDIA L4", "onnx": "hiera.onnx",
@@ -66,7 +68,7 @@ def test_without_tensorrt_an_engine_gets_an_install_hint(tmp_path):
     with pytest.raises(HieraRuntimeError, match=r"m.engine: running a TensorRT engine needs tensorrt "
                                                 r"\(pip install 'hiera-deploy\[tensorrt\]'\)"):
         Classifier.load(engine)
-    with pytest.raises(HieraRuntimeError, match="runs only with TensorRT, not --provider cpu"):
+    with pytest.raises(HieraRuntimeError, match="runs only with TensorRT, not provider 'cpu'"):
         Classifier.load(engine, provider="cpu")
 
 
@@ -87,7 +89,8 @@ def test_an_engine_matches_onnxruntime(transformers_checkpoint, tmp_path):
     error, properties = cudart.cudaGetDeviceProperties(0)
     metadata = {f"hiera.{key}": json.dumps(value) for key, value in read_artifact(onnx_file).items()}
     sidecar_path(engine).write_text(json.dumps({"tensorrt_version": trt.__version__, "metadata": metadata,
-                                                "compute_capability": f"{properties.major}.{properties.minor}"}))
+                                                "compute_capability": f"{properties.major}.{properties.minor}",
+                                                "engine_sha256": files.sha256(engine)}))
     image = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     expected = Classifier.load(onnx_file).predict(image)
     got = Classifier.load(engine).predict(image)
@@ -118,3 +121,61 @@ def test_the_sidecar_command_for_trtexec_engines_needs_tensorrt(tmp_path):
     engine.write_bytes(b"engine")
     assert main(["sidecar", str(engine), "--onnx", "m.onnx"]) == 2  # no TensorRT to say what built it
     assert not sidecar_path(engine).exists()
+
+
+def stand_in_metadata(labels: int = fake_tensorrt.CLASSES) -> dict[str, str]:
+    """The hiera.* metadata of a classifier as the stand-in engine is one: 8 x 12 images, dynamic batch."""
+    values = {"format_version": 1, "variant": "stand-in", "task": "classify", "input_size": list(fake_tensorrt.SIZE),
+              "batch": "dynamic", "outputs": ["logits"], "precision": "fp16",
+              "preprocessing": Preprocessing.for_input_size(fake_tensorrt.SIZE).to_dict(),
+              "labels": [f"class {i}" for i in range(labels)],
+              "weights": {"source": "random:0", "sha256": None, "verified": False}}
+    return {f"hiera.{key}": json.dumps(value) for key, value in values.items()}
+
+
+def test_an_engine_runs_through_the_classifier(tmp_path, monkeypatch):
+    """EngineSession's logic on the stand-in for TensorRT and CUDA: the classifier's top 5 from its logits."""
+    fake_tensorrt.install(monkeypatch)
+    engine = tmp_path / "model.engine"
+    fake_tensorrt.write_engine(engine, metadata=stand_in_metadata())
+    classifier = Classifier.load(engine)
+    assert classifier.providers == ["TensorRT 10.3.0"] and classifier.session.max_batch == fake_tensorrt.MAX_BATCH
+    images = [np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8) for i in range(11)]
+    predictions = classifier.predict(images, batch_size=16)  # two calls: the profile takes at most 8
+    logits = fake_tensorrt.expected_logits(classifier.preprocess(images)).astype(np.float64)
+    scores = np.exp(logits - logits.max(1, keepdims=True))
+    scores /= scores.sum(1, keepdims=True)
+    for top5, expected in zip(predictions, scores):
+        assert [p.index for p in top5] == list(np.argsort(-expected)[:5])
+        assert np.abs([p.score for p in top5] - np.sort(expected)[::-1][:5]).max() <= 1e-6
+        assert top5[0].label == f"class {top5[0].index}"
+
+
+def test_a_swapped_engine_is_refused_before_it_is_deserialized(tmp_path, monkeypatch):
+    deserialized = fake_tensorrt.install(monkeypatch)
+    engine = tmp_path / "model.engine"
+    fake_tensorrt.write_engine(engine, metadata=stand_in_metadata())
+    engine.write_bytes(fake_tensorrt.MAGIC + b"another model's weights")  # same TensorRT, same GPU
+    with pytest.raises(HieraRuntimeError) as refused:
+        EngineSession(engine)
+    assert str(refused.value) == (f"{engine}: not the engine its sidecar model.engine.json describes (its sha256 "
+                                  "differs from engine_sha256); rebuild the engine and its sidecar from model.onnx")
+    assert deserialized == []
+
+
+def test_a_damaged_engine_is_one_line(tmp_path, monkeypatch):
+    fake_tensorrt.install(monkeypatch)
+    engine = tmp_path / "model.engine"
+    fake_tensorrt.write_engine(engine, plan=b"garbage that hashes as recorded")
+    with pytest.raises(HieraRuntimeError, match=r"model.engine: TensorRT cannot deserialize this engine"):
+        EngineSession(engine)
+
+
+def test_labels_must_match_the_engines_classes(tmp_path, monkeypatch):
+    fake_tensorrt.install(monkeypatch)
+    engine = tmp_path / "model.engine"
+    fake_tensorrt.write_engine(engine, metadata=stand_in_metadata(labels=9))
+    with pytest.raises(HieraRuntimeError) as refused:
+        Classifier.load(engine)
+    assert str(refused.value) == (f"{sidecar_path(engine)}: damaged Hiera metadata: hiera.labels has 9 names, the "
+                                  "model has 10 classes")
