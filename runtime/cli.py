@@ -1,5 +1,5 @@
 """python -m runtime predict IMAGE... --model FILE | reconstruct IMAGE --model FILE | bench --model FILE --batch N |
-info --model FILE | sidecar ENGINE --onnx FILE.
+info --model FILE | sidecar ENGINE --onnx FILE | triton MODEL... --repo DIR.
 
 A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
 images, and prints. Exit status: 0 when every image was classified, 1 when some could not be, 2 for
@@ -24,6 +24,8 @@ from .preprocess import MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
 from .session import PROVIDERS
 from .tensorrt import sidecar_for_trtexec
+from .triton import add_parser as add_triton_parser
+from .triton import command as triton
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,6 +96,7 @@ def parse(argv) -> argparse.Namespace:
     sidecar.add_argument("--hardware-compatible", action="store_true", help="built with "
                          "--hardwareCompatibilityLevel=ampere+")
     sidecar.add_argument("--version-compatible", action="store_true", help="built with --versionCompatible")
+    add_triton_parser(commands)
     args = p.parse_args(argv)
     for name in ("top_k", "batch_size", "batch", "runs", "threads"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
@@ -241,7 +244,8 @@ def sidecar(args) -> int:
 def main(argv=None) -> int:
     args = parse(argv)
     try:
-        commands = {"predict": predict, "reconstruct": reconstruct, "bench": bench, "info": info, "sidecar": sidecar}
+        commands = {"predict": predict, "reconstruct": reconstruct, "bench": bench, "info": info, "sidecar": sidecar,
+                    "triton": triton}
         return commands[args.command](args)
     except HieraRuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
