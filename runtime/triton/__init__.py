@@ -52,11 +52,12 @@ def add_parser(commands) -> None:
                    f"batch, an engine profile's largest, else {DEFAULT_MAX_BATCH})")
     p.add_argument("--top-k", type=positive, default=5, help="classifiers: classes per image (default 5)")
     p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
-                   help="serve each request as it comes (default: Triton's dynamic batcher)")
+                   help="run the model on each request as it comes (default: Triton's dynamic batcher forms "
+                   "batches across requests)")
     p.add_argument("--preferred-batch", type=positive, nargs="+", metavar="N", help="batch sizes the dynamic "
                    "batcher waits for (default: half the max batch and the max batch)")
-    p.add_argument("--queue-delay-us", type=not_negative, default=1000, help="how long the dynamic batcher may hold a "
-                   "request to fill a preferred batch, in microseconds (default 1000)")
+    p.add_argument("--queue-delay-us", type=not_negative, default=100, help="how long the dynamic batcher may hold a "
+                   "request to fill a preferred batch, in microseconds (default 100)")
     p.add_argument("--trt-fp16", action="store_true", help="--kind gpu, ONNX: onnxruntime's TensorRT accelerator "
                    "in fp16")
     p.add_argument("--python-path", nargs="+", default=[], metavar="DIR", help="absolute import paths for the "

@@ -53,12 +53,12 @@ PYTHON_MODEL = Path(__file__).with_name("python_model.py")
 class Options:
     backend: str = "native"  # "native": onnxruntime_onnx / tensorrt_plan; "python": runtime runs the artifact
     kind: str = "cpu"  # where the model step's instances run: "cpu" or "gpu"
-    instances: int = 1  # instances of the model step and of the preprocessing, each
+    instances: int = 1  # instances of the model step and of the preprocessing (decoding), each
     max_batch: int | None = None  # default: a static artifact's batch, an engine profile's largest, else 8
     top_k: int = 5  # classifiers: classes per image in the ensemble's outputs
-    dynamic_batching: bool = True
+    dynamic_batching: bool = True  # the model step and the postprocessing
     preferred_batch: tuple[int, ...] | None = None  # default: half the max batch and the max batch
-    queue_delay_us: int = 1000  # how long the dynamic batcher may hold a request to fill a batch
+    queue_delay_us: int = 100  # how long the dynamic batcher may hold a request to fill a preferred batch
     trt_fp16: bool = False  # native ONNX on GPU: onnxruntime's TensorRT accelerator in fp16
     python_path: tuple[str, ...] = ()  # import paths for the python steps (written to python_path.json)
     max_pixels: int = MAX_PIXELS  # the preprocessing's decompression-bomb guard
@@ -336,7 +336,9 @@ def preprocess_config(s: Served, o: Options) -> dict:
     pixel_values = Tensor("pixel_values", s.input.data_type, s.input.dims)
     return {"name": f"{s.name}_preprocess", "backend": "python", "max_batch_size": s.max_batch,
             "input": [tensor(Tensor("image", "TYPE_STRING", (1,)))], "output": [tensor(pixel_values)],
-            "instance_group": instance_group(o.instances, "cpu"), **batching(s.max_batch, o),
+            # No dynamic batching: decoding is per image, a batch only makes images wait for each other (measured
+            # several times slower than one request at a time); instances run it in parallel.
+            "instance_group": instance_group(o.instances, "cpu"),
             "parameters": parameters({"hiera_step": "preprocess",
                                       "preprocessing": json.dumps(s.info.preprocessing.to_dict()),
                                       "max_pixels": str(o.max_pixels),

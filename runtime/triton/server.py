@@ -16,6 +16,7 @@ with (`python_path(venv, ...)`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -104,10 +105,10 @@ class LocalServer:
                 f"--backend-config=python,shm-region-prefix-name=hiera{os.getpid()}p{self.http_port}"]
 
     def start(self) -> LocalServer:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)  # its own group: stop() ends its python stubs too
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL,
+                                            start_new_session=True)  # its own group: stop() ends its stubs too
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -132,14 +133,10 @@ class LocalServer:
         process, self.process = self.process, None
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the group this server started: whatever of it is left
-        except ProcessLookupError:
-            pass
         process.wait()
 
     def restart(self) -> LocalServer:

@@ -69,7 +69,8 @@ def test_native_repository_parses_and_says_what_the_artifact_says(digits, tmp_pa
     assert [(t.name, t.data_type, list(t.dims)) for t in model.input] == [("pixel_values", TYPE_FP32, [3, 64, 64])]
     assert [(t.name, t.data_type, list(t.dims)) for t in model.output] == [("logits", TYPE_FP32, [10])]
     assert list(model.dynamic_batching.preferred_batch_size) == [4, 8]
-    assert model.dynamic_batching.max_queue_delay_microseconds == 1000
+    assert model.dynamic_batching.max_queue_delay_microseconds == 100
+    assert not configs["hiera_digits_classify_preprocess"].HasField("dynamic_batching")  # decoding: one at a time
     assert [(g.count, g.kind) for g in model.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
     assert (repo / "hiera_digits_classify_model" / "1" / "model.onnx").read_bytes() == digits["classify"].read_bytes()
 
@@ -141,7 +142,8 @@ def test_a_static_batch_is_served_by_the_python_backend_up_to_its_batch(digits, 
 
 
 def test_engines_of_one_model_for_several_gpus(digits, tmp_path):
-    engines = [fake_engine(digits["classify"], tmp_path / folder, cc) for folder, cc in (("a100", "8.0"), ("l4", "8.9"))]
+    gpus = (("a100", "8.0"), ("l4", "8.9"))
+    engines = [fake_engine(digits["classify"], tmp_path / folder, cc) for folder, cc in gpus]
     write_repository(engines, tmp_path / "native")
     configs = parse_repository(tmp_path / "native")
     model = configs["hiera_digits_classify_fp16_model"]
