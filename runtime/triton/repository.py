@@ -397,7 +397,7 @@ def kserve_name(text: str) -> str:
 def kserve_manifest(name: str, folder: str, kind: str) -> str:
     if kind == "gpu":
         resources = ('        requests: {cpu: "4", memory: 16Gi, nvidia.com/gpu: "1"}\n'
-                     '        limits: {cpu: "8", memory: 16Gi, nvidia.com/gpu: "1"}\n')
+                     '        limits: {cpu: "4", memory: 16Gi, nvidia.com/gpu: "1"}\n')
     else:
         resources = ('        requests: {cpu: "4", memory: 8Gi}\n'
                      '        limits: {cpu: "4", memory: 8Gi}\n')
