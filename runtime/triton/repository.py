@@ -189,6 +189,9 @@ def read_engines(engines: list[Path]):
     whose sha256 the sidecars record), files by compute capability and the smallest profile limit."""
     sidecars = [read_sidecar(require_file(engine)) for engine in engines]
     first, sidecar = engines[0], sidecars[0]
+    if not sidecar.get("onnx"):
+        raise HieraRuntimeError(f"{first}: its sidecar names no source ONNX file; the repository's config needs the "
+                                "input and output shapes it records")
     source = first.with_name(sidecar["onnx"])
     if not source.is_file():
         raise HieraRuntimeError(f"{first}: its source {sidecar['onnx']} (named in its sidecar) is not beside it; "
@@ -352,25 +355,27 @@ def classifier_outputs(s: Served) -> list[Tensor]:
 
 def postprocess_config(s: Served, o: Options) -> dict:
     return {"name": f"{s.name}_postprocess", "backend": "python", "max_batch_size": s.max_batch,
-            "input": [tensor(s.outputs[0])], "output": [tensor(t) for t in classifier_outputs(s)],
+            "input": [tensor(Tensor("logits", s.outputs[0].data_type, s.outputs[0].dims))],
+            "output": [tensor(t) for t in classifier_outputs(s)],
             "instance_group": instance_group(1, "cpu"), **batching(s.max_batch, o),
             "parameters": parameters({"hiera_step": "postprocess", "top_k": str(s.top_k),
                                       "labels": json.dumps(list(s.info.labels or []))})}
 
 
 def ensemble_config(s: Served) -> dict:
-    def step(model: str, inputs: list[str], outputs: list[str]) -> dict:
+    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
+        """`inputs`, `outputs`: the step model's tensor name -> the ensemble's tensor name."""
         return {"model_name": model, "model_version": -1,
-                "input_map": [{"key": name, "value": name} for name in inputs],
-                "output_map": [{"key": name, "value": name} for name in outputs]}
+                "input_map": [{"key": key, "value": value} for key, value in inputs.items()],
+                "output_map": [{"key": key, "value": value} for key, value in outputs.items()]}
 
-    model_outputs = [t.name for t in s.outputs]
-    steps = [step(f"{s.name}_preprocess", ["image"], ["pixel_values"]),
-             step(f"{s.name}_model", ["pixel_values"], model_outputs)]
+    model_outputs = {t.name: t.name for t in s.outputs}
+    steps = [step(f"{s.name}_preprocess", {"image": "image"}, {"pixel_values": "pixel_values"}),
+             step(f"{s.name}_model", {"pixel_values": "pixel_values"}, model_outputs)]
     outputs = list(s.outputs)
     if s.info.task == "classify":
         outputs = classifier_outputs(s)
-        steps.append(step(f"{s.name}_postprocess", model_outputs[:1], [t.name for t in outputs]))
+        steps.append(step(f"{s.name}_postprocess", {"logits": s.outputs[0].name}, {t.name: t.name for t in outputs}))
     return {"name": s.name, "platform": "ensemble", "max_batch_size": s.max_batch,
             "input": [tensor(Tensor("image", "TYPE_STRING", (1,)))], "output": [tensor(t) for t in outputs],
             "ensemble_scheduling": {"step": steps}}
