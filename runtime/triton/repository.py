@@ -180,8 +180,10 @@ def external_data(path: Path) -> dict[str, Path]:
 
 def engine_limit(sidecar: dict) -> int | None:
     """The largest batch of an engine's optimization profile, where its sidecar records it."""
-    profile = sidecar.get("profile") or {}
-    return int(profile["pixel_values"]["max"][0]) if "pixel_values" in profile else None
+    try:
+        return int(sidecar["profile"]["pixel_values"]["max"][0])
+    except (KeyError, TypeError, IndexError, ValueError):  # a static engine, or one trtexec built: not recorded
+        return None
 
 
 def read_engines(engines: list[Path]):
