@@ -1,5 +1,6 @@
 """python -m runtime (the console script hiera-runtime): predict IMAGE... --model FILE | embed IMAGE... --model FILE
---out FILE | reconstruct IMAGE --model FILE | bench --model FILE | info --model FILE | sidecar ENGINE --onnx FILE.
+--out FILE | reconstruct IMAGE --model FILE | bench --model FILE | info --model FILE | sidecar ENGINE --onnx FILE |
+triton MODEL... --repo DIR.
 
 A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
 images, shows progress on a terminal, and prints. Exit status: 0 when every image was done, 1 when some
@@ -34,6 +35,8 @@ from .preprocess import MAX_EDGE, MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
 from .session import PROVIDERS
 from .tensorrt import sidecar_for_trtexec
+from .triton import add_parser as add_triton_parser
+from .triton import command as triton
 
 # Upper bounds of the numeric options, as --help documents them.
 MAX_TOP_K = 1000
@@ -201,6 +204,7 @@ def parse(argv) -> argparse.Namespace:
     sidecar.add_argument("--hardware-compatible", action="store_true", help="built with "
                          "--hardwareCompatibilityLevel=ampere+")
     sidecar.add_argument("--version-compatible", action="store_true", help="built with --versionCompatible")
+    add_triton_parser(commands)
     if not argv:
         p.print_help(sys.stderr)
         p.exit(2)
@@ -446,7 +450,7 @@ def sidecar(args) -> int:
 
 
 COMMANDS = {"predict": predict, "embed": embed, "reconstruct": reconstruct, "bench": bench, "info": info,
-            "sidecar": sidecar}
+            "sidecar": sidecar, "triton": triton}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,521 @@
+"""A Triton model repository for exported artifacts: what `python -m runtime triton` writes.
+
+For each artifact `<stem>.onnx` (or TensorRT engines of one model, each with its sidecar), four models
+that follow Triton's layout (`<model>/config.pbtxt`, `<model>/1/...`):
+
+    <name>_preprocess   python backend: encoded image files (TYPE_STRING, one per batch row) -> pixel_values,
+                        runtime's decoding and the artifact's own preprocessing
+    <name>_model        the artifact: onnxruntime_onnx (1/model.onnx) or tensorrt_plan (1/model.plan; several
+                        GPUs' engines by cc_model_filenames); or, with backend "python", runtime running it
+    <name>_postprocess  classifiers only, python backend: logits -> softmax top-k scores, indices, labels
+    <name>              the ensemble clients call: image bytes in, the task's outputs out
+
+`<name>` is the artifact's file stem with anything but letters, digits, `_` and `-` turned into `_`. Beside
+the models: `hiera_repository.json` (what was written from what; it marks the folder as ours) and
+`inferenceservice.yaml` (KServe). Triton reads only the model folders.
+
+The repository is built in a staging folder beside the target and moved into place whole: an existing
+repository of ours is replaced (moved aside, the new one moved in, the old one removed); any other existing
+folder that is not empty is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..artifact import ModelInfo, from_metadata
+from ..errors import FileError, HieraRuntimeError
+from ..files import open_file, read_bytes, require_file, sha256, write_bytes, write_json
+from ..preprocess import MAX_PIXELS
+from ..session import OnnxSession
+from ..tensorrt import ENGINE_SUFFIXES, read_sidecar, sidecar_path
+
+MARKER = "hiera_repository.json"
+MANIFEST = "inferenceservice.yaml"
+FORMAT_VERSION = 1
+DEFAULT_MAX_BATCH = 8  # for a dynamic batch axis with no other limit
+BACKENDS = ("native", "python")
+KINDS = ("cpu", "gpu")
+# onnxruntime's element types -> Triton's, and Triton's -> numpy's (the preprocess step casts to the model's type)
+TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64",
+         "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(bool)": "TYPE_BOOL"}
+NUMPY_TYPES = {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_FP64": "float64"}
+PYTHON_MODEL = Path(__file__).with_name("python_model.py")
+
+
+@dataclass(frozen=True)
+class Options:
+    backend: str = "native"  # "native": onnxruntime_onnx / tensorrt_plan; "python": runtime runs the artifact
+    kind: str = "cpu"  # where the model step's instances run: "cpu" or "gpu"
+    instances: int = 1  # instances of the model step and of the preprocessing (decoding), each
+    max_batch: int | None = None  # default: a static artifact's batch, an engine profile's largest, else 8
+    top_k: int = 5  # classifiers: classes per image in the ensemble's outputs
+    dynamic_batching: bool = True  # the model step and the postprocessing
+    preferred_batch: tuple[int, ...] | None = None  # default: half the max batch and the max batch
+    queue_delay_us: int = 100  # how long the dynamic batcher may hold a request to fill a preferred batch
+    trt_fp16: bool = False  # native ONNX on GPU: onnxruntime's TensorRT accelerator in fp16
+    python_path: tuple[str, ...] = ()  # import paths for the python steps (written to python_path.json)
+    max_pixels: int = MAX_PIXELS  # the preprocessing's decompression-bomb guard
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: str  # Triton's name: TYPE_FP32, ...
+    dims: tuple[int, ...]  # without the batch axis; -1 where the size varies
+
+
+@dataclass(frozen=True)
+class Served:
+    """One model as the repository serves it."""
+
+    name: str
+    info: ModelInfo
+    platform: str  # onnxruntime_onnx or tensorrt_plan
+    files: dict[str, Path]  # file name in the version folder -> the file it is copied from
+    artifacts: tuple[str, ...]  # the model files among them (engines: one per compute capability)
+    capabilities: dict[str, str]  # several engines: compute capability -> file name
+    input: Tensor
+    outputs: tuple[Tensor, ...]
+    max_batch: int
+    top_k: int  # classifiers: top k, at most the number of classes
+
+    @property
+    def steps(self) -> list[str]:
+        post = [f"{self.name}_postprocess"] if self.info.task == "classify" else []
+        return [f"{self.name}_preprocess", f"{self.name}_model", *post]
+
+
+# ----------------------------------------------------------------------------------------------- config text
+
+class Enum(str):
+    """A protobuf enum value, written bare (TYPE_FP32), where other strings are quoted."""
+
+
+def quote(text: str) -> str:
+    """A protobuf text-format string: printable ASCII as is (quote and backslash escaped), every other byte of
+    its UTF-8 as an octal escape."""
+    escaped = {34: '\\"', 92: "\\\\"}
+    return '"' + "".join(escaped.get(b) or (chr(b) if 32 <= b < 127 else f"\\{b:03o}") for b in text.encode()) + '"'
+
+
+def pbtxt(message: dict, indent: int = 0) -> str:
+    """A message in protobuf text format (Triton's config.pbtxt): dicts are messages, lists of dicts repeated
+    messages, lists of scalars repeated scalars; map fields are lists of {"key", "value"} dicts."""
+    pad, lines = " " * indent, []
+    for key, value in message.items():
+        if isinstance(value, list) and not any(isinstance(item, dict) for item in value):
+            if value:
+                lines.append(f"{pad}{key}: [ {', '.join(scalar(item) for item in value)} ]")
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                inner = pbtxt(item, indent + 2)
+                lines += [f"{pad}{key} {{", *([inner] if inner else []), f"{pad}}}"]
+            else:
+                lines.append(f"{pad}{key}: {scalar(item)}")
+    return "\n".join(lines)
+
+
+def scalar(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return quote(str(value))
+
+
+def tensor(t: Tensor) -> dict:
+    return {"name": t.name, "data_type": Enum(t.data_type), "dims": list(t.dims)}
+
+
+def parameters(values: dict[str, str]) -> list[dict]:
+    return [{"key": key, "value": {"string_value": value}} for key, value in values.items()]
+
+
+# ----------------------------------------------------------------------------------------------- what to serve
+
+def sanitized(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", stem)
+
+
+def tensors(values, path) -> tuple[Tensor, ...]:
+    """onnxruntime's input or output descriptions as Triton tensors, without the batch axis."""
+    found = []
+    for value in values:
+        if value.type not in TYPES:
+            raise HieraRuntimeError(f"{path}: {value.name} is {value.type}, which this repository does not serve")
+        found.append(Tensor(value.name, TYPES[value.type], tuple(d if isinstance(d, int) else -1
+                                                                    for d in value.shape[1:])))
+    return tuple(found)
+
+
+def describe_onnx(path: Path):
+    """The metadata, input and outputs of an ONNX file, read by onnxruntime (no graph optimization: only
+    the descriptions are needed)."""
+    session = OnnxSession(require_file(path), provider="cpu", optimization="disable")
+    info = from_metadata(session.metadata, path)
+    inputs = session.session.get_inputs()
+    if info.task == "mae" or len(inputs) != 1:
+        raise HieraRuntimeError(f"{path}: an MAE model: its second input, noise, is drawn on the client from a seed "
+                                "(runtime.Reconstructor.noise); an ensemble that takes only image bytes cannot draw "
+                                "it. Reconstruct with the runtime instead")
+    return info, tensors(inputs, path)[0], tensors(session.session.get_outputs(), path)
+
+
+def external_data(path: Path) -> dict[str, Path]:
+    """The weights file export writes beside an artifact over 2 GB (`<file>.data`), under its own name: the
+    ONNX file refers to it by that name."""
+    data = path.with_name(path.name + ".data")
+    return {data.name: data} if data.exists() else {}
+
+
+def engine_limit(sidecar: dict) -> int | None:
+    """The largest batch of an engine's optimization profile, where its sidecar records it."""
+    try:
+        return int(sidecar["profile"]["pixel_values"]["max"][0])
+    except (KeyError, TypeError, IndexError, ValueError):  # a static engine, or one trtexec built: not recorded
+        return None
+
+
+def read_engines(engines: list[Path]):
+    """Engines of one model (one source ONNX): their metadata, tensors (from the source ONNX beside them,
+    whose sha256 the sidecars record), files by compute capability and the smallest profile limit."""
+    sidecars = [read_sidecar(require_file(engine)) for engine in engines]
+    first, sidecar = engines[0], sidecars[0]
+    if not sidecar.get("onnx"):
+        raise HieraRuntimeError(f"{first}: its sidecar names no source ONNX file; the repository's config needs the "
+                                "input and output shapes it records")
+    source = first.with_name(sidecar["onnx"])
+    if not source.is_file():
+        raise HieraRuntimeError(f"{first}: its source {sidecar['onnx']} (named in its sidecar) is not beside it; "
+                                "the repository's config needs the input and output shapes it records")
+    if sha256(source) != sidecar.get("onnx_sha256"):
+        raise HieraRuntimeError(f"{first}: {source.name} beside it is not the file it was built from (sha256 "
+                                "differs from its sidecar's)")
+    _, model_input, outputs = describe_onnx(source)
+    info = from_metadata(sidecar["metadata"], first)
+    by_capability = {}
+    for engine, engine_sidecar in zip(engines, sidecars):
+        capability = str(engine_sidecar["compute_capability"])
+        if capability in by_capability:
+            raise HieraRuntimeError(f"{engine}: another engine of the same model is for compute capability "
+                                    f"{capability} too ({by_capability[capability]}); give one engine per GPU kind")
+        by_capability[capability] = engine
+    limits = [limit for limit in map(engine_limit, sidecars) if limit]
+    return info, model_input, outputs, by_capability, min(limits) if limits else None
+
+
+def group(paths: list[Path]) -> list[list[Path]]:
+    """Each ONNX file alone; engines grouped by the ONNX file they were built from (one model, several GPUs)."""
+    groups, engines = [], {}
+    for path in paths:
+        if path.suffix not in ENGINE_SUFFIXES:
+            groups.append([path])
+            continue
+        sidecar = read_sidecar(require_file(path))
+        key = sidecar.get("onnx_sha256") or str(path)
+        if key not in engines:
+            engines[key] = []
+            groups.append(engines[key])
+        engines[key].append(path)
+    return groups
+
+
+def check_options(o: Options) -> None:
+    for name in ("instances", "top_k", "max_batch"):
+        if getattr(o, name) is not None and getattr(o, name) < 1:
+            raise HieraRuntimeError(f"{name} {getattr(o, name)}: must be at least 1")
+    if o.backend not in BACKENDS:
+        raise HieraRuntimeError(f"backend {o.backend!r}: choose from {', '.join(BACKENDS)}")
+    if o.kind not in KINDS:
+        raise HieraRuntimeError(f"kind {o.kind!r}: choose from {', '.join(KINDS)}")
+    if o.queue_delay_us < 0:
+        raise HieraRuntimeError(f"queue_delay_us {o.queue_delay_us}: must be 0 or more")
+    if o.trt_fp16 and (o.kind != "gpu" or o.backend != "native"):
+        raise HieraRuntimeError("trt_fp16 is onnxruntime's TensorRT accelerator in Triton's onnxruntime backend: it "
+                                "needs kind gpu and the native backend")
+    for path in o.python_path:
+        if not os.path.isabs(path):
+            raise HieraRuntimeError(f"python_path {path}: must be absolute (a path on the server's machine)")
+
+
+def serve(paths: list[Path], o: Options) -> Served:
+    """What one model (an ONNX file, or engines of one model) becomes in the repository."""
+    first = paths[0]
+    if first.suffix in ENGINE_SUFFIXES:
+        info, model_input, outputs, by_capability, limit = read_engines(paths)
+        if o.trt_fp16:
+            raise HieraRuntimeError(f"{first}: an engine is already built for its precision; trt_fp16 is for ONNX")
+        if len(by_capability) == 1:
+            files, capabilities = {"model.plan": first}, {}
+        else:
+            capabilities = {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in by_capability}
+            files = {capabilities[cc]: engine for cc, engine in by_capability.items()}
+        artifacts = tuple(files)
+        files.update({name + ".json": sidecar_path(engine) for name, engine in list(files.items())})
+        platform = "tensorrt_plan"
+    else:
+        info, model_input, outputs = describe_onnx(first)
+        files, capabilities, limit = {"model.onnx": first, **external_data(first)}, {}, None
+        artifacts, platform = ("model.onnx",), "onnxruntime_onnx"
+    if info.batch is None:
+        if limit and o.max_batch and o.max_batch > limit:
+            raise HieraRuntimeError(f"{first}: its engine's profile runs batches up to {limit}; max_batch "
+                                    f"{o.max_batch} is more")
+        max_batch = o.max_batch or limit or DEFAULT_MAX_BATCH
+    else:
+        if o.backend == "native":
+            raise HieraRuntimeError(f"{first}: a static batch of {info.batch}; Triton's {platform} backend batches "
+                                    "only along a variable batch axis: export it with a dynamic batch, or serve this "
+                                    "file with the python backend (the runtime fills its batch)")
+        if o.max_batch and o.max_batch > info.batch:
+            raise HieraRuntimeError(f"{first}: a static batch of {info.batch}; it cannot take batches of "
+                                    f"max_batch {o.max_batch} (export it with a dynamic batch for larger ones)")
+        max_batch = o.max_batch or info.batch
+    if o.preferred_batch and max(o.preferred_batch) > max_batch:
+        raise HieraRuntimeError(f"preferred_batch {max(o.preferred_batch)}: above the max batch of {first.name}, "
+                                f"{max_batch}")
+    top_k = min(o.top_k, outputs[0].dims[-1]) if info.task == "classify" and outputs[0].dims[-1] > 0 else o.top_k
+    return Served(name=sanitized(first.stem), info=info, platform=platform, files=files, artifacts=artifacts,
+                  capabilities=capabilities, input=model_input, outputs=outputs, max_batch=max_batch, top_k=top_k)
+
+
+def plan(paths, options: Options = Options()) -> list[Served]:
+    """Everything the repository will hold, checked: reads the artifacts, writes nothing."""
+    check_options(options)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise HieraRuntimeError("no models given")
+    served = [serve(models, options) for models in group(paths)]
+    names = {}
+    for s in served:
+        for name in (s.name, *s.steps):
+            if name in names:
+                raise HieraRuntimeError(f"{s.files[s.artifacts[0]]} and {names[name]} would both be served as "
+                                        f"{name}; rename one of them")
+            names[name] = s.files[s.artifacts[0]]
+    return served
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+def instance_group(count: int, kind: str) -> list[dict]:
+    return [{"count": count, "kind": Enum("KIND_GPU" if kind == "gpu" else "KIND_CPU")}]
+
+
+def batching(max_batch: int, o: Options) -> dict:
+    """Triton's dynamic batcher: it holds a request up to the queue delay to form one of the preferred sizes."""
+    if not o.dynamic_batching or max_batch == 1:
+        return {}
+    preferred = sorted(set(o.preferred_batch or (max(1, max_batch // 2), max_batch)))
+    return {"dynamic_batching": {"preferred_batch_size": preferred, "max_queue_delay_microseconds": o.queue_delay_us}}
+
+
+def model_config(s: Served, o: Options) -> dict:
+    common = {"name": f"{s.name}_model", "max_batch_size": s.max_batch, "input": [tensor(s.input)],
+              "output": [tensor(t) for t in s.outputs],
+              "instance_group": instance_group(o.instances, o.kind), **batching(s.max_batch, o)}
+    if o.backend == "python":
+        return {"name": common.pop("name"), "backend": "python", **common, "parameters": parameters({
+            "hiera_step": "model", "artifacts": json.dumps(list(s.artifacts)),
+            "outputs": json.dumps([t.name for t in s.outputs])})}
+    config = {"name": common.pop("name"), "platform": s.platform, **common}
+    if s.capabilities:
+        config["cc_model_filenames"] = [{"key": cc, "value": name} for cc, name in s.capabilities.items()]
+    if o.trt_fp16:
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
+            {"name": "tensorrt", "parameters": [{"key": "precision_mode", "value": "FP16"}]}]}}
+    return config
+
+
+def preprocess_config(s: Served, o: Options) -> dict:
+    pixel_values = Tensor("pixel_values", s.input.data_type, s.input.dims)
+    return {"name": f"{s.name}_preprocess", "backend": "python", "max_batch_size": s.max_batch,
+            "input": [tensor(Tensor("image", "TYPE_STRING", (1,)))], "output": [tensor(pixel_values)],
+            # No dynamic batching: decoding is per image, a batch only makes images wait for each other (measured
+            # several times slower than one request at a time); instances run it in parallel.
+            "instance_group": instance_group(o.instances, "cpu"),
+            "parameters": parameters({"hiera_step": "preprocess",
+                                      "preprocessing": json.dumps(s.info.preprocessing.to_dict()),
+                                      "max_pixels": str(o.max_pixels),
+                                      "dtype": NUMPY_TYPES.get(s.input.data_type, "float32")})}
+
+
+def classifier_outputs(s: Served) -> list[Tensor]:
+    return [Tensor("scores", "TYPE_FP32", (s.top_k,)), Tensor("indices", "TYPE_INT64", (s.top_k,)),
+            Tensor("labels", "TYPE_STRING", (s.top_k,))]
+
+
+def postprocess_config(s: Served, o: Options) -> dict:
+    return {"name": f"{s.name}_postprocess", "backend": "python", "max_batch_size": s.max_batch,
+            "input": [tensor(Tensor("logits", s.outputs[0].data_type, s.outputs[0].dims))],
+            "output": [tensor(t) for t in classifier_outputs(s)],
+            "instance_group": instance_group(1, "cpu"), **batching(s.max_batch, o),
+            "parameters": parameters({"hiera_step": "postprocess", "top_k": str(s.top_k),
+                                      "labels": json.dumps(list(s.info.labels or []))})}
+
+
+def ensemble_config(s: Served) -> dict:
+    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
+        """`inputs`, `outputs`: the step model's tensor name -> the ensemble's tensor name."""
+        return {"model_name": model, "model_version": -1,
+                "input_map": [{"key": key, "value": value} for key, value in inputs.items()],
+                "output_map": [{"key": key, "value": value} for key, value in outputs.items()]}
+
+    model_outputs = {t.name: t.name for t in s.outputs}
+    steps = [step(f"{s.name}_preprocess", {"image": "image"}, {"pixel_values": "pixel_values"}),
+             step(f"{s.name}_model", {"pixel_values": "pixel_values"}, model_outputs)]
+    outputs = list(s.outputs)
+    if s.info.task == "classify":
+        outputs = classifier_outputs(s)
+        steps.append(step(f"{s.name}_postprocess", {"logits": s.outputs[0].name}, {t.name: t.name for t in outputs}))
+    return {"name": s.name, "platform": "ensemble", "max_batch_size": s.max_batch,
+            "input": [tensor(Tensor("image", "TYPE_STRING", (1,)))], "output": [tensor(t) for t in outputs],
+            "ensemble_scheduling": {"step": steps}}
+
+
+def configs(s: Served, o: Options) -> dict[str, dict]:
+    """Each model folder's config, by folder name."""
+    found = {s.name: ensemble_config(s), f"{s.name}_preprocess": preprocess_config(s, o),
+             f"{s.name}_model": model_config(s, o)}
+    if s.info.task == "classify":
+        found[f"{s.name}_postprocess"] = postprocess_config(s, o)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------- KServe
+
+def kserve_name(text: str) -> str:
+    """A Kubernetes resource name (RFC 1035 label): lowercase letters, digits and '-', starting with a letter."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name)[:45].rstrip("-")  # KServe adds suffixes of its own to the 63 allowed
+    return name or "hiera"
+
+
+def kserve_manifest(name: str, folder: str, kind: str) -> str:
+    if kind == "gpu":
+        resources = ('        requests: {cpu: "4", memory: 16Gi, nvidia.com/gpu: "1"}\n'
+                     '        limits: {cpu: "4", memory: 16Gi, nvidia.com/gpu: "1"}\n')
+    else:
+        resources = ('        requests: {cpu: "4", memory: 8Gi}\n'
+                     '        limits: {cpu: "4", memory: 8Gi}\n')
+    return (f"# KServe InferenceService serving this Triton model repository (python -m runtime triton).\n"
+            f"# Upload the folder, set storageUri to where it is and image to a Triton image with hiera-deploy\n"
+            f"# installed (docs/serving.md), then: kubectl apply -f {MANIFEST}\n"
+            "apiVersion: serving.kserve.io/v1beta1\n"
+            "kind: InferenceService\n"
+            "metadata:\n"
+            f"  name: {name}\n"
+            "spec:\n"
+            "  predictor:\n"
+            "    model:\n"
+            "      modelFormat:\n"
+            "        name: triton\n"
+            "      runtime: kserve-tritonserver\n"
+            f"      storageUri: s3://BUCKET/PATH/{folder}  # placeholder: where this folder is uploaded\n"
+            "      image: REGISTRY/tritonserver-hiera:TAG  # placeholder: nvcr.io/nvidia/tritonserver + hiera-deploy\n"
+            "      resources:\n"
+            f"{resources}")
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def copy_file(source: Path, target: Path) -> None:
+    with open_file(source) as reader:
+        try:
+            with open(target, "wb") as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+        except OSError as error:
+            raise FileError(f"{target}: cannot write ({error.strerror or error})") from None
+
+
+def check_target(repo: Path) -> bool:
+    """Whether `repo` holds a repository of ours (to be replaced); refuse anything else that is there."""
+    if repo.is_symlink() or (repo.exists() and not repo.is_dir()):
+        raise HieraRuntimeError(f"{repo}: exists and is not a folder")
+    if not repo.exists():
+        return False
+    try:
+        entries = os.listdir(repo)
+    except OSError as error:
+        raise FileError(f"{repo}: cannot read ({error.strerror or error})") from None
+    if entries and MARKER not in entries:
+        raise HieraRuntimeError(f"{repo}: exists and is not a repository this command wrote (no {MARKER}); "
+                                "choose another folder, or empty this one")
+    return bool(entries)
+
+
+def write_model_folder(folder: Path, config: dict, files: dict[str, Path], python: bool, o: Options) -> None:
+    (folder / "1").mkdir(parents=True)
+    write_bytes(folder / "config.pbtxt", (pbtxt(config) + "\n").encode())
+    for name, source in files.items():
+        copy_file(source, folder / "1" / name)
+    if python:
+        write_bytes(folder / "1" / "model.py", read_bytes(PYTHON_MODEL, 1 << 20))
+        if o.python_path:
+            write_json(folder / "python_path.json", list(o.python_path))
+
+
+def record(served: list[Served], o: Options) -> dict:
+    return {"format_version": FORMAT_VERSION, "written_by": "python -m runtime triton", "options": asdict(o),
+            "models": [{"name": s.name, "task": s.info.task, "steps": s.steps, "platform": s.platform,
+                        "backend": o.backend, "max_batch": s.max_batch,
+                        "artifacts": [{"file": s.files[name].name, "as": name, "sha256": sha256(s.files[name])}
+                                      for name in s.artifacts]} for s in served]}
+
+
+def write_repository(paths, repo, options: Options = Options()) -> dict:
+    """Write the repository for the artifacts at `paths` to the folder `repo`, whole or not at all. Returns
+    what it wrote (the content of hiera_repository.json) with `replaced`: whether a repository of ours was
+    there before."""
+    served = plan(paths, options)
+    repo = Path(repo)
+    replaced = check_target(repo)
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=repo.parent, prefix=f".{repo.name}.", suffix=".staging"))
+    try:
+        for s in served:
+            for folder, config in configs(s, options).items():
+                files = s.files if folder == f"{s.name}_model" else {}
+                write_model_folder(staging / folder, config, files, config.get("backend") == "python", options)
+        result = record(served, options)
+        write_json(staging / MARKER, result)
+        write_bytes(staging / MANIFEST, kserve_manifest(kserve_name(repo.name), repo.name, options.kind).encode())
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the server may run as another user
+        swap(staging, repo)
+    except OSError as error:
+        raise FileError(f"{repo}: cannot write ({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**result, "replaced": replaced}
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def swap(staging: Path, repo: Path) -> None:
+    """Move the staged repository into place; an existing one is moved aside first and removed after."""
+    if not repo.exists():
+        os.rename(staging, repo)
+        return
+    old = Path(tempfile.mkdtemp(dir=repo.parent, prefix=f".{repo.name}.", suffix=".old"))
+    os.rename(repo, old / "repository")
+    try:
+        os.rename(staging, repo)
+    except OSError:
+        os.rename(old / "repository", repo)  # the old repository back, as it was
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,54 @@
+import io
+import os
+import site
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from export import Options, run
+from export.parity import photographs
+
+from ..conftest import ROOT
+
+# The environment whose nvidia-pytriton runs the server (runtime/triton/server.py says why it is a separate one).
+SERVER_VENV = Path(os.environ.get("HIERA_TRITONSERVER_VENV", ROOT / ".venv-tritonserver"))
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    """The trained digits model (models/digits), exported in fp32: `classify` and `features` with a dynamic
+    batch, `static` a classifier with a static batch of 2."""
+    found = {}
+    for key, task, batch in (("classify", "classify", None), ("features", "features", None), ("static", "classify", 2)):
+        out = tmp_path_factory.mktemp(f"digits-{key}")
+        report = run(Options(weights=str(ROOT / "models" / "digits"), task=task, batch=batch, out_dir=out,
+                             precisions=("fp32",), validate=False))
+        found[key] = out / report["artifacts"]["fp32"]["file"]
+    return found
+
+
+@pytest.fixture(scope="session")
+def photo_files(tmp_path_factory) -> list[Path]:
+    """scikit-learn's two photographs as JPEG files, and a portrait PNG with transparency."""
+    directory = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name, image in photographs().items():
+        image.save(directory / name, quality=95)
+        paths.append(directory / name)
+    portrait = photographs()["flower.jpg"].rotate(90, expand=True)
+    portrait.putalpha(Image.linear_gradient("L").resize(portrait.size))
+    portrait.save(directory / "flower-portrait.png")
+    return [*paths, directory / "flower-portrait.png"]
+
+
+def encoded(image: Image.Image, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def checkout_paths() -> list[str]:
+    """Where this checkout and this environment's packages (Pillow, onnxruntime) are, for a repository's python
+    models; the server environment's site-packages goes first (server.python_path)."""
+    return [str(ROOT), *site.getsitepackages()]
