@@ -135,6 +135,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check-trt"]:
         return check_trt(argv[1:])
+    if argv[:1] == ["hub"]:
+        from .hub import hub_command
+
+        return hub_command(argv[1:])
     options = parse(argv)
     started = time.perf_counter()
 
