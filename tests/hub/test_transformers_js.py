@@ -4,7 +4,8 @@
   file, and the same top-5.
 - Given the photographs themselves (it decodes and resizes them with sharp, we with Pillow), the same top-1; how
   far its resize moves the pixels and the scores is measured, and bounded.
-- A feature extractor loads as `HieraModel`: `last_hidden_state` and `pooler_output` within 1e-4 of `runtime`'s.
+- A feature extractor loads as `HieraModel`: `last_hidden_state` and `pooler_output` within 1e-4 of `runtime`'s;
+  so do a backbone (stage maps) and an MAE model (pixel_values and noise in; logits, mask, restore order out).
 """
 
 import json
@@ -12,7 +13,9 @@ import json
 import numpy as np
 import pytest
 
+from export import Options, hub, run
 from runtime import Classifier, FeatureExtractor, load_image
+from runtime import load as runtime_load
 
 from .clients import load, run_node, save
 
@@ -100,3 +103,32 @@ def test_features_as_hieramodel(features_hub, tmp_path):
     assert sorted(result["outputs"]) == ["last_hidden_state", "pooler_output"]
     for name, value in expected.items():
         assert np.abs(load(result["outputs"][name]) - value).max() <= 1e-4, name
+
+
+def test_backbone_and_mae_load_as_models_with_their_outputs_named(exported, transformers_mae, tmp_path):
+    """No pipeline takes stage maps or MAE's masks, but transformers.js loads both folders as `HieraModel` and
+    returns every output by name: the maps within 1e-4, MAE's mask and restore order exactly."""
+    backbone, checkpoint, _ = exported("small_q_pool", "backbone")
+    mae_dir, _ = transformers_mae
+    report = run(Options(weights=str(mae_dir), task="mae", out_dir=tmp_path / "mae", precisions=("fp32",),
+                         validate=False))
+    mae = tmp_path / "mae" / report["artifacts"]["fp32"]["file"]
+    for artifact, source in ((backbone, checkpoint), (mae, mae_dir)):
+        folder = hub.publish(hub.layout({"fp32": artifact}, hub.report_for(artifact), source), tmp_path / artifact.stem)
+        ours = runtime_load(folder / FILES["fp32"], provider="cpu")
+        inputs = {"pixel_values": np.random.default_rng(2).standard_normal((1, 3, *ours.info.input_size),
+                                                                           dtype=np.float32)}
+        if ours.info.task == "mae":
+            inputs["noise"] = ours.noise(1, seed=3)
+        expected = ours.run(**inputs)
+        result = run_node("transformers_js.mjs", {"folder": str(folder), "dtype": "fp32", "head": "model",
+                                                  "inputs": {k: save(tmp_path, k, v) for k, v in inputs.items()}},
+                          tmp_path)
+        assert result["class"] == "HieraModel"
+        assert sorted(result["outputs"]) == sorted(expected), ours.info.task
+        for name, value in expected.items():
+            got = load(result["outputs"][name])
+            if np.issubdtype(value.dtype, np.floating):
+                assert np.abs(got - value).max() <= 1e-4, name
+            else:
+                assert np.array_equal(got.astype(value.dtype), value), name
