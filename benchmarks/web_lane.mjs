@@ -34,10 +34,13 @@ for (const [name, file] of Object.entries(spec.files)) {
     result.candidates[name] = { error: String(error?.message ?? error).split('\n')[0] };
   }
 }
+// Untimed runs first, then one timed run of each candidate in turn: a machine whose speed drifts treats them alike.
 for (let round = 0; round < spec.rounds; round++) {
-  for (const [name, session] of Object.entries(sessions)) {
+  for (const session of Object.values(sessions)) {
     for (let i = 0; i < spec.warmup; i++) await session.run({ pixel_values: input });
-    for (let i = 0; i < spec.runs; i++) {
+  }
+  for (let i = 0; i < spec.runs; i++) {
+    for (const [name, session] of Object.entries(sessions)) {
       const started = performance.now();
       await session.run({ pixel_values: input });
       result.candidates[name].times_ms.push(performance.now() - started);

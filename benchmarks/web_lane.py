@@ -7,9 +7,10 @@ One seeded transformers checkpoint (as benchmarks/export_speed.py builds it) giv
   ours fp16                our fp16 artifact (onnx/model_fp16.onnx)
   ours int8                our dynamic int8 artifact (onnx/model_quantized.onnx, transformers.js' "q8")
   ours int8, standard ops  the same quantization of the standard-op graph
-Each runs in onnxruntime-web's WASM backend in one Node process per thread count, interleaved in rounds, at batch 1;
-each output is checked against Python onnxruntime on the same file first. The table gives the median latency and the
-speed-up over transformers' export at each thread count; the JSON has every time.
+Each runs in onnxruntime-web's WASM backend in one Node process per thread count, at batch 1, one timed run of each
+candidate in turn; each output is checked against Python onnxruntime on the same file first. The table gives the
+median (and, for a busy machine, the minimum) latency and the median's speed-up over transformers' export at each
+thread count; the JSON has every time.
 
     python benchmarks/web_lane.py --variant base                    # table on stdout, JSON in benchmarks/results/
     python benchmarks/web_lane.py --variant tiny --rounds 1 --runs 2 --threads 1   # a smoke run
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -73,8 +75,9 @@ def main() -> None:
                                                               if not v.config.is_video])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="WASM threads, one Node process each "
                         "(default 1 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per candidate and round, after 2 untimed")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each with untimed runs first (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per candidate and round (default 5), after 2 "
+                        "untimed")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/web_lane_<variant>.json")
     args = parser.parse_args()
     node = shutil.which("node")
@@ -117,11 +120,12 @@ def main() -> None:
                 rows[name]["threads"][threads] = {"error": entry["error"]}
                 continue
             rows[name]["threads"][threads] = {"median_ms": statistics.median(entry["times_ms"]),
+                                              "min_ms": min(entry["times_ms"]),
                                               "p90_ms": float(np.percentile(entry["times_ms"], 90)),
                                               "runs": len(entry["times_ms"]), "load_ms": entry["load_ms"],
                                               "max_abs_diff_vs_onnxruntime": entry["max_abs_diff"]}
     result = {"variant": args.variant, "batch": 1, "rows": rows, "recommendation": recommend(rows, args.threads),
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores_seen_by_node": None,
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "onnxruntime_web": runs[args.threads[0]]["onnxruntime_web"], "node": node_version(node),
                           "onnxruntime": ort.__version__, "torch": torch.__version__, **versions}}
     print(table(result, args.threads))
@@ -150,14 +154,14 @@ def node_version(node: str) -> str:
 
 def table(result: dict, thread_counts) -> str:
     rows = result["rows"]
-    header = ["", "nodes", "MB", *(f"{t} thr median ms" for t in thread_counts),
+    header = ["", "nodes", "MB", *(f"{t} thr median / min ms" for t in thread_counts),
               *(f"{t} thr vs transformers" for t in thread_counts), "max abs diff"]
     lines = [header]
     for name, row in rows.items():
         cells = [name, str(row["nodes"]), f"{row['mb']:.1f}"]
         for t in thread_counts:
             entry = row["threads"][t]
-            cells.append(f"{entry['median_ms']:.1f}" if "median_ms" in entry else "error")
+            cells.append(f"{entry['median_ms']:.1f} / {entry['min_ms']:.1f}" if "median_ms" in entry else "error")
         for t in thread_counts:
             entry, base = row["threads"][t], rows[REFERENCE]["threads"][t]
             cells.append(f"{base['median_ms'] / entry['median_ms']:.2f}x"
