@@ -22,7 +22,6 @@ renames it into place whole, which is what `python -m export hub ARTIFACT.onnx -
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -48,11 +47,11 @@ from .errors import ExportError
 # weights per output channel, which is what its "q8" (model_quantized.onnx) names.
 ONNX_FILES = {"fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "int8": "onnx/model_quantized.onnx",
               "qdq": "onnx/model_qdq.onnx"}
-TRANSFORMERS_JS_DTYPES = {"fp32": "fp32", "fp16": "fp16", "int8": "q8"}
 OPTIMUM_FILE = "model.onnx"
 ARCHITECTURES = {"classify": "HieraForImageClassification", "features": "HieraModel", "backbone": "HieraBackbone",
                  "mae": "HieraForPreTraining"}
-PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}  # PIL's enum values, as transformers stores them
+# PIL's enum values, as transformers stores them
+PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 REPORT_LIMIT = 64 << 20
 NEEDS_FP32 = "the hub layout needs the fp32 artifact: optimum and transformers.js load model.onnx by default"
 
@@ -143,7 +142,7 @@ def publish(files_by_path: Mapping[str, Path | bytes], out: Path) -> Path:
     parent = out.resolve().parent
     if not parent.is_dir():
         raise ExportError(f"{parent}: no such directory")
-    with _lock(parent / f".{out.name}.lock"):
+    with _lock(out):
         previous = _replaceable(out)
         try:
             staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.staging-"))
@@ -252,9 +251,10 @@ def model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed:
               f"- sha256: `{weights.get('sha256') or '-'}`",
               f"- verified against hiera-deploy's models.lock: {'yes' if weights.get('verified') else 'no'}", ""]
 
+    inputs = ", ".join(report.get("validation", {}).get("inputs", [])) or "none"
     lines += ["## Files", "", "Each ONNX file carries hiera-deploy's `hiera.*` metadata (preprocessing, labels, "
-              "provenance), so `python -m runtime` runs it as it is. Parity: against PyTorch fp32 with the same weights, "
-              f"on the inputs the report names ({', '.join(report.get('validation', {}).get('inputs', [])) or 'none'}).",
+              "provenance), so `python -m runtime` runs it as it is. Parity: against PyTorch fp32 with the same "
+              f"weights, on the inputs the report names ({inputs}).",
               "", "| file | precision | MB | sha256 | max abs diff | min cosine | top-1 agree | runs in |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for precision, target in ONNX_FILES.items():
@@ -272,7 +272,10 @@ def model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed:
     if any(name.endswith("_data") for name in out):
         lines += ["", "Weights over 2 GB are in `onnx/*.onnx_data`; the graph files beside them name that file (their "
                   "sha256 differs from the report's for that reason; the weights are the exported ones)."]
-    lines += ["", f"The export's own report: `{next(name for name in out if name.endswith('.report.json'))}`.", ""]
+    lines += ["", "transformers.js picks a file by `dtype`: `fp32`, `fp16`, `q8` (the int8 file); this config.json "
+              "makes `fp32` its default, and `q8` on WASM where the folder has it. optimum loads `model.onnx`, or "
+              "another file with `subfolder='onnx', file_name=...`.", "",
+              f"The export's own report: `{next(name for name in out if name.endswith('.report.json'))}`.", ""]
 
     lines += ["## Speed", ""]
     if speed:
@@ -283,14 +286,19 @@ def model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed:
     else:
         lines.append("Not measured here. On your machine: `python -m runtime bench --model onnx/model.onnx`.")
     lines += ["", "## Use", "", *USAGE[task], ""]
+    if task == "classify":
+        lines += ["transformers.js decodes and resizes images itself (sharp in Node, a canvas in browsers): its "
+                  "bicubic resize does not widen the filter when it shrinks an image as Pillow and transformers do, "
+                  "and it drops an alpha channel where they composite onto white. Its scores on a photograph can "
+                  "therefore differ a little from Python's; given the same pixel_values, the outputs are the same.", ""]
     return "\n".join(lines)
 
 
 RUNS_IN = {
-    "fp32": "onnxruntime (Python, Node, Web/WASM); contrib ops: not TensorRT",
-    "fp16": "onnxruntime on GPUs, WebGPU; CPU and WASM run it slower than fp32",
-    "int8": "onnxruntime CPU (Python, Node, Web/WASM)",
-    "qdq": "TensorRT int8 (onnxruntime CPU runs it slowly)",
+    "fp32": "onnxruntime: Python, Node, Web (WASM); com.microsoft fused ops, so not TensorRT",
+    "fp16": "onnxruntime on CUDA GPUs; CPUs and WASM run it, slower than fp32 (no fp16 arithmetic there)",
+    "int8": "onnxruntime on CPUs: Python, Node, Web (WASM); the fastest there",
+    "qdq": "TensorRT int8; no Hugging Face tool picks it by name",
 }
 
 _JS_SETUP = ["```js", "import { env, pipeline, AutoModel, RawImage } from '@huggingface/transformers';",
@@ -402,7 +410,8 @@ def measure(artifacts: Mapping[str, Path], runs: int, threads: int = 2) -> dict[
         inputs = {"pixel_values": np.zeros((batch, 3, *model.info.input_size), np.float32)}
         if model.info.task == "mae":
             inputs["noise"] = model.noise(batch)
-        speed[precision] = {**summarize(time_calls(lambda: model.run(**inputs), runs), batch), "threads": threads}
+        call = lambda model=model, inputs=inputs: model.run(**inputs)  # noqa: E731
+        speed[precision] = {**summarize(time_calls(call, runs), batch), "threads": threads}
     return speed
 
 
@@ -553,23 +562,23 @@ def _replaceable(out: Path) -> bool:
     if entries and not ((out / "README.md").is_file() and (out / "onnx").is_dir()
                         and any(p.name.endswith(".report.json") for p in entries)):
         raise ExportError(f"{out}: a directory that is not a hub folder written by python -m export hub; choose "
-                          "another --out or remove it")
+                          "another folder or remove it")
     return True
 
 
 @contextlib.contextmanager
-def _lock(path: Path):
-    """One writer at a time for one output folder."""
+def _lock(out: Path):
+    """One writer at a time for one output folder: a lock file beside it."""
+    path = out.resolve().parent / f".{out.name}.lock"
     try:
-        handle = open(path, "a")
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ExportError(f"{out}: another export is writing it") from None
+            yield
     except OSError as error:
         raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ExportError(f"{path.parent / path.name[1:-5]}: another export is writing it") from None
-        yield
 
 
 def _safe_relative(relative: str) -> Path:
