@@ -65,6 +65,6 @@ def optimum_command() -> tuple[list[str], dict]:
     if probe.returncode:
         reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "import failed"
         pytest.skip(f"optimum's onnxruntime models are not importable ({reason[:150]}): no optimum release installs "
-                    f"beside transformers 5 (optimum-onnx pins transformers<4.58); .ci/run installs them apart and sets "
-                    f"{OPTIMUM_PATH}")
+                    "beside transformers 5 (optimum-onnx pins transformers<4.58); .ci/run installs them apart and "
+                    f"sets {OPTIMUM_PATH}")
     return [sys.executable], environment

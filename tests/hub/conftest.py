@@ -27,7 +27,7 @@ def digits_hub(digits_export, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def features_hub(exported, tmp_path_factory):
+def features_hub(exported, tmp_path_factory):  # noqa: F811  (the fixture imported above)
     """`(folder, transformers directory, transformers HieraModel)`: a small feature extractor's Hub folder."""
     artifact, directory, model = exported("small_q_pool", "features")
     folder = hub.publish(hub.layout({"fp32": artifact}, hub.report_for(artifact), directory),

@@ -179,3 +179,18 @@ def test_a_failed_write_leaves_nothing(digits_export, tmp_path):
     with pytest.raises(ExportError, match="not a regular file"):
         hub.publish(files, tmp_path / "hub")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hub.lock"]
+
+
+@pytest.mark.parametrize("checkpoint", ["fair_hub", "timm_hub"])
+def test_fair_and_timm_weights_get_a_transformers_config_of_their_architecture(checkpoint, tmp_path):
+    """FAIR's and timm's checkpoints have no transformers config: config.json is made from the architecture our
+    loader reads from their config.json, and reads back as the same architecture."""
+    path = ROOT / "tests" / "fixtures" / "reference" / checkpoint
+    report = run(Options(weights=str(path), out_dir=tmp_path / "export", precisions=("fp32",), validate=False))
+    fp32 = tmp_path / "export" / report["artifacts"]["fp32"]["file"]
+    folder = hub.publish(hub.layout({"fp32": fp32}, hub.report_for(fp32), path), tmp_path / "hub")
+    config = json.loads((folder / "config.json").read_text())
+    assert AutoConfig.from_pretrained(folder).model_type == "hiera"
+    assert config["id2label"] == {str(i): f"LABEL_{i}" for i in range(10)}
+    ours, _ = hiera_model.checkpoints.config_from_file(config, folder)
+    assert ours.replace(num_classes=len(config["id2label"])) == hiera_model.load(path).config  # classes: from the head

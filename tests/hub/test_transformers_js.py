@@ -65,8 +65,8 @@ def test_photographs_same_top1_and_how_far_sharp_moves_the_scores(digits_hub, ph
         pixel_diff = np.abs(load(their_pixels) - our_pixels)
         ours_by_label = {p.label: p.score for p in ours.predict_arrays(our_pixels, top_k=10)[0]}
         score_shift = max(abs(entry["score"] - ours_by_label[entry["label"]]) for entry in theirs)
-        record_property(f"{photo.name}: sharp vs Pillow", f"pixels max {pixel_diff.max():.3f} mean {pixel_diff.mean():.4f}"
-                                                          f", top-5 scores max {score_shift:.4f}")
+        record_property(f"{photo.name}: sharp vs Pillow", f"pixels max {pixel_diff.max():.3f} mean "
+                        f"{pixel_diff.mean():.4f}, top-5 scores max {score_shift:.4f}")
         assert score_shift <= RESIZE_SCORES, photo.name
         assert 0 < pixel_diff.mean() < RESIZE_PIXELS, photo.name  # different resizers, same picture
 
@@ -88,7 +88,8 @@ def test_how_far_sharp_moves_the_published_checkpoints_pixels(photo_files, tmp_p
                       tmp_path)
     for photo, theirs in zip(photos, result["processor"]):
         diff = np.abs(load(theirs)[0] - ours(load_image(photo)))
-        record_property(f"{photo.name} at 256/224: sharp vs Pillow", f"pixels max {diff.max():.3f} mean {diff.mean():.4f}")
+        record_property(f"{photo.name} at 256/224: sharp vs Pillow",
+                        f"pixels max {diff.max():.3f} mean {diff.mean():.4f}")
         assert 0 < diff.mean() < RESIZE_PIXELS, photo.name
 
 
