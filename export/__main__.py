@@ -22,7 +22,8 @@ FLAGS = {"out_dir": "--out", "precisions": "--precision", "engine.precision": "-
          "engine.max_batch": "--max-batch", "engine.workspace_gb": "--workspace", "build_engine": "--trt",
          "optimize": "--no-optimize"}
 COMMANDS = {"check-trt": "check ONNX files against TensorRT's parser, without TensorRT",
-            "verify": "check an export again: hashes, metadata, report, and parity against weights"}
+            "verify": "check an export again: hashes, metadata, report, and parity against weights",
+            "hub": "turn an export into the folder the Hugging Face Hub, transformers.js and optimum read"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -198,6 +199,12 @@ def verify(argv) -> int:
     return 0 if result.ok else 1
 
 
+def hub(argv) -> int:
+    from .hub import hub_command
+
+    return hub_command(argv)
+
+
 def printable(text) -> str:
     """`text` with control characters escaped, so that a file name cannot drive the terminal."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
@@ -252,7 +259,7 @@ def main(argv=None) -> int:
 
     from .errors import ExportError
 
-    command = {"check-trt": check_trt, "verify": verify}.get(argv[0])
+    command = {"check-trt": check_trt, "verify": verify, "hub": hub}.get(argv[0])
     try:
         return command(argv[1:]) if command else export(argv)
     except (ExportError, HieraModelError, HieraRuntimeError) as error:
