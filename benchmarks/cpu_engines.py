@@ -32,7 +32,6 @@ import argparse
 import collections
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,21 +108,12 @@ def main() -> None:
         ov.save_model(nncf_int8(nncf, core.read_model(files[OPENVINO_SUFFIX]), calibration, batch), our_int8,
                       compress_to_fp16=False)
 
-        def compiled(model, precision):
-            request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                        "INFERENCE_NUM_THREADS": THREADS}).create_infer_request()
-            return lambda x: request.infer({"pixel_values": x})[0]
-
-        def ours(path, provider, precision=None):
-            model = load(path, provider=provider, threads=THREADS, inference_precision=precision)
-            return lambda x: model.run(x)["logits"]
-
-        their_session = onnx_session(theirs)
         precisions = ["f32", "bf16"] if bf16 else ["f32"]
-        candidates = {EAGER: lambda x: eager(torch.from_numpy(x)).numpy(),
-                      "transformers ONNX, ort": lambda x: their_session.run(None, {"pixel_values": x})[0]}
-        candidates.update({f"transformers ONNX, OV {p}": compiled(core.read_model(theirs), p) for p in precisions})
-        candidates["transformers ONNX, OV NNCF int8"] = compiled(their_int8, "f32")
+        candidates = {EAGER: lambda pixels: eager(torch.from_numpy(pixels)).numpy(),
+                      "transformers ONNX, ort": onnxruntime_call(onnx_session(theirs))}
+        candidates.update({f"transformers ONNX, OV {p}": compiled(core, core.read_model(theirs), p)
+                           for p in precisions})
+        candidates["transformers ONNX, OV NNCF int8"] = compiled(core, their_int8, "f32")
         candidates.update({f"ours {p}, ort": ours(files[p], "cpu") for p in ("fp32", "int8", "qdq")})
         candidates.update({f"ours fp32, OV {p}": ours(files[OPENVINO_SUFFIX], "openvino", p) for p in precisions})
         candidates.update({f"ours qdq, OV int8+{p}": ours(files["qdq"], "openvino", p) for p in precisions})
@@ -136,7 +126,7 @@ def main() -> None:
             for round_ in range(args.rounds):
                 print(f"batch {batch}: timing round {round_ + 1}/{args.rounds}", file=sys.stderr, flush=True)
                 for label, call in candidates.items():
-                    times[label] += timed(lambda c=call: c(x), runs, 2 if batch == 1 else 1)
+                    times[label] += timed(lambda c=call, pixels=x: c(pixels), runs, 2 if batch == 1 else 1)
             if batch == args.batches[0]:
                 print(f"batch {batch}: accuracy on {len(evaluation)} held-out inputs", file=sys.stderr, flush=True)
                 reference = chunked(candidates[EAGER], evaluation, batch)
@@ -150,7 +140,7 @@ def main() -> None:
             start = start_times(files[OPENVINO_SUFFIX], tmp / "ov-cache")
         if args.profile and profile is None:
             profile = {"batch": batch, **{p: layer_profile(core, files[OPENVINO_SUFFIX], p, x) for p in precisions}}
-        del candidates, their_session
+        del candidates
 
     result = {"model": name, "threads": THREADS, "batches": args.batches, "calibration_images": len(calibration_images),
               "held_out": len(held_out), "accuracy_reference": "held-out top-1" if labels is not None else EAGER,
@@ -164,6 +154,23 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def compiled(core, model, precision: str):
+    """An OpenVINO model compiled as its users compile it, at an inference precision, with our threads."""
+    request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                "INFERENCE_NUM_THREADS": THREADS}).create_infer_request()
+    return lambda pixels: request.infer({"pixel_values": pixels})[0]
+
+
+def onnxruntime_call(session):
+    return lambda pixels: session.run(None, {"pixel_values": pixels})[0]
+
+
+def ours(path: Path, provider: str, precision: str | None = None):
+    """One of our artifacts through the runtime's API."""
+    model = load(path, provider=provider, threads=THREADS, inference_precision=precision)
+    return lambda pixels: model.run(pixels)["logits"]
 
 
 def digits_reference():
