@@ -208,12 +208,12 @@ class OpenVinoSession:
         if self.path.suffix == IR_SUFFIX:  # the metadata travels in the IR's rt_info, as OpenVINO converted it
             model = self._read(core)
             self.metadata = _rt_metadata(model)
-            names = json.loads(self.metadata.get("hiera.outputs", "[]")) + ["pixel_values", "noise"]
+            names = _listed(self.metadata.get("hiera.outputs")) + ["pixel_values", "noise"]
         else:
             header = read_onnx_header(self.path)
             refuse_foreign_operators(self.path, header.domains)
             self.metadata, names = header.metadata, header.inputs + header.outputs
-        entry = cache_entry(Path(cache_dir), self.path, ov.get_version(),
+        entry = cache_entry(Path(cache_dir).expanduser(), self.path, ov.get_version(),
                             core.get_property("CPU", "FULL_DEVICE_NAME"), config) if cache_dir else None
         compiled = read_cache(core, entry, config) if entry else None
         if compiled is None:
@@ -262,6 +262,15 @@ class OpenVinoSession:
                                     f"({_first_line(error)})") from None
         finally:
             self._idle.put(request)
+
+
+def _listed(value: str | None) -> list[str]:
+    """A JSON list of names from the metadata, or none (a damaged entry is the metadata reader's to report)."""
+    try:
+        names = json.loads(value or "[]")
+    except ValueError:
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
 
 
 def _first_line(error: Exception) -> str:
@@ -326,5 +335,7 @@ def read_cache(core, entry: Path, config: dict):
 
 def write_cache(entry: Path, compiled) -> None:
     """Atomically: the entry appears complete or not at all."""
-    blob = compiled.export_model().getvalue()
-    files.write_bytes(entry, CACHE_MAGIC + hashlib.sha256(blob).hexdigest().encode() + blob)
+    blob = compiled.export_model().getbuffer()
+    with files.atomic_path(entry) as tmp, open(tmp, "wb") as out:  # header and blob, without joining them
+        out.write(CACHE_MAGIC + hashlib.sha256(blob).hexdigest().encode())
+        out.write(blob)

@@ -59,6 +59,21 @@ def test_f32_matches_transformers_and_auto_takes_openvino(standard):
     assert cosine(load(half, provider="openvino").run(pixel_values)["logits"], expected) >= 0.999
 
 
+def test_an_ir_converted_from_our_graph_keeps_the_metadata(standard, tmp_path):
+    """OpenVINO keeps an ONNX file's metadata_props in the model's runtime info and writes them into its IR."""
+    graph, _, _ = standard("small_q_pool")
+    ir = tmp_path / "converted.xml"
+    ov.save_model(ov.Core().read_model(graph), ir, compress_to_fp16=False)
+    model = load(ir)  # auto: an IR is OpenVINO's
+    assert isinstance(model, Classifier) and isinstance(model.session, OpenVinoSession)
+    assert model.info.labels[3] == "class 3" and model.session.output_names == ["logits"]
+    pixel_values = np.random.default_rng(0).standard_normal((2, 3, 64, 96), dtype=np.float32)
+    np.testing.assert_allclose(model.run(pixel_values)["logits"], load(graph).run(pixel_values)["logits"], atol=1e-6)
+    ir.with_suffix(".bin").unlink()
+    with pytest.raises(HieraRuntimeError, match=r"converted.xml: OpenVINO cannot read this model \(.*bin file"):
+        OpenVinoSession(ir, cache_dir=tmp_path / "cache")
+
+
 def test_auto_leaves_the_fused_artifact_to_onnxruntime_and_openvino_refuses_it(exported):
     fused, _, _ = exported("small_q_pool", batch=None)
     assert "com.microsoft" in read_onnx_header(fused).domains
