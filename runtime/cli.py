@@ -31,6 +31,7 @@ from .embed import SUFFIXES as EMBED_SUFFIXES
 from .embed import embed as write_embedding
 from .errors import HieraRuntimeError
 from .model import MAX_BATCH_SIZE, Classifier, FeatureExtractor, MissingMetadata, Reconstructor, load
+from .openvino import PRECISIONS
 from .preprocess import MAX_EDGE, MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
 from .session import PROVIDERS
@@ -125,14 +126,17 @@ def parse(argv) -> argparse.Namespace:
     commands = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def model_options(command):
-        command.add_argument("--model", required=True, type=Path, help="an exported .onnx, or a TensorRT engine "
-                             "(.engine/.plan) with its sidecar .json")
-        command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
-                             help="onnxruntime execution provider (default: the fastest available)")
-        command.add_argument("--threads", type=whole(1, MAX_THREADS), help="CPU threads (default: onnxruntime's "
+        command.add_argument("--model", required=True, type=Path, help="an exported .onnx, an OpenVINO IR (.xml), or "
+                             "a TensorRT engine (.engine/.plan) with its sidecar .json")
+        command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino"],
+                             help="onnxruntime execution provider, or OpenVINO (default: the fastest available)")
+        command.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default, as the "
+                             "artifact computes) or bf16 (faster, on CPUs with native bf16)")
+        command.add_argument("--threads", type=whole(1, MAX_THREADS), help="CPU threads (default: the engine's "
                              f"choice; at most {MAX_THREADS})")
         command.add_argument("--cache-dir", type=Path, help="where the TensorRT provider caches its engines and "
-                             "timing (default ~/.cache/hiera-deploy/tensorrt)")
+                             "timing (default ~/.cache/hiera-deploy/tensorrt), and OpenVINO its compiled models "
+                             "(default: none)")
         command.add_argument("--crop-size", type=crop_size, metavar="N|HxW", help="run an ONNX file without Hiera "
                              "metadata, with ImageNet preprocessing to this size (shortest edge to the crop's / 0.875, "
                              "bicubic, center crop)")
@@ -218,7 +222,7 @@ def load_from_args(args, model_class=None):
     try:
         return (model_class.load if model_class else load)(
             args.model, provider=args.provider, threads=args.threads, cache_dir=args.cache_dir,
-            preprocessing=preprocessing, max_pixels=max_pixels)
+            preprocessing=preprocessing, max_pixels=max_pixels, inference_precision=args.inference_precision)
     except MissingMetadata as error:
         raise HieraRuntimeError(f"{args.model}: no Hiera metadata (hiera.* metadata_props): not exported by "
                                 "python -m export; run it anyway with --crop-size N|HxW (ImageNet preprocessing)") \

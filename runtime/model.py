@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import reconstruct
+from . import openvino, reconstruct
 from .artifact import ModelInfo, for_foreign_model, from_metadata
 from .errors import HieraRuntimeError
 from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
@@ -38,21 +38,33 @@ class MissingMetadata(HieraRuntimeError):
 
 
 def open_session(path, provider: str = "auto", threads: int | None = None, cache_dir=None,
-                 io_binding: bool | None = None):
-    """An `OnnxSession` for a `.onnx` file, an `EngineSession` for a TensorRT engine."""
+                 io_binding: bool | None = None, inference_precision: str | None = None):
+    """An `OnnxSession` for a `.onnx` file, an `EngineSession` for a TensorRT engine, an `OpenVinoSession` with
+    provider "openvino" or an OpenVINO IR (`.xml`). `auto` takes OpenVINO on an x86 CPU where it is installed
+    and the file holds only standard operators (`openvino.runs_best_here`), and whenever `inference_precision`
+    is "bf16", which only OpenVINO offers."""
     path = Path(path)
     if path.suffix in ENGINE_SUFFIXES:
         if provider not in ("auto", "tensorrt"):
             raise HieraRuntimeError(f"{path}: a TensorRT engine runs only with TensorRT, not provider {provider!r}")
         return EngineSession(path)
+    if provider == "openvino" or (provider == "auto" and (
+            inference_precision == "bf16" or openvino.runs_best_here(path))):
+        return openvino.OpenVinoSession(path, threads=threads, inference_precision=inference_precision or "f32",
+                                        cache_dir=cache_dir)
+    if inference_precision not in (None, "f32"):
+        raise HieraRuntimeError(f"inference precision {inference_precision}: OpenVINO's (provider openvino or auto), "
+                                f"not onnxruntime's {provider} provider, which runs the artifact's own precision")
     return OnnxSession(path, provider=provider, threads=threads, cache_dir=cache_dir, io_binding=io_binding)
 
 
 def open_model(path, *, provider: str = "auto", threads: int | None = None, cache_dir=None,
-               preprocessing: Preprocessing | None = None, io_binding: bool | None = None):
+               preprocessing: Preprocessing | None = None, io_binding: bool | None = None,
+               inference_precision: str | None = None):
     """The session and what the artifact says about itself. `preprocessing` is needed only for an ONNX
     file that `python -m export` did not write; it changes nothing for one that it did."""
-    session = open_session(path, provider=provider, threads=threads, cache_dir=cache_dir, io_binding=io_binding)
+    session = open_session(path, provider=provider, threads=threads, cache_dir=cache_dir, io_binding=io_binding,
+                           inference_precision=inference_precision)
     if not any(key.startswith("hiera.") for key in session.metadata):
         if preprocessing is None:
             raise MissingMetadata(f"{session.path}: no Hiera metadata (hiera.* metadata_props): not exported by "
@@ -122,7 +134,7 @@ class _Model:
     @classmethod
     def load(cls, path, *, max_pixels: int = MAX_PIXELS, **options):
         """Open an exported `.onnx` or TensorRT engine; `options` as for `open_model` (provider, threads,
-        cache_dir, preprocessing, io_binding)."""
+        cache_dir, preprocessing, io_binding, inference_precision)."""
         return cls(*open_model(path, **options), max_pixels)
 
     @property
