@@ -38,6 +38,11 @@ def in_family(file_name: str, stem: str) -> bool:
     return file_name.startswith(stem + ".") and FAMILY_SUFFIX.fullmatch(file_name[len(stem):]) is not None
 
 
+def computes(precision: str) -> str:
+    """The precision an artifact computes in, as its metadata says: the OpenVINO artifact is an fp32 graph."""
+    return "fp32" if precision == "openvino" else precision
+
+
 def artifact_name(stem: str, precision: str) -> str:
     return f"{stem}.onnx" if precision == "fp32" else f"{stem}.{precision}.onnx"
 

@@ -19,28 +19,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
-
 from runtime import load
 from runtime.errors import HieraRuntimeError
 from runtime.openvino import STANDARD_DOMAINS, check_precision, import_openvino, read_onnx_header
 
 from . import parity as checks
 
-ARTIFACT = "openvino"  # its key among the pipeline's artifacts: artifact.artifact_path names it OPENVINO_SUFFIX
+ARTIFACT = "openvino"  # its key among the export's precisions; the file is `<stem>.openvino.onnx`
 INFERENCE_PRECISIONS = ("f32", "bf16")
 # The parity.THRESHOLDS entry that bounds each (artifact precision, inference precision).
 BOUNDS = {("fp32", "f32"): "fp32", ("fp32", "bf16"): "fp16", ("fp16", "f32"): "fp16", ("fp16", "bf16"): "fp16",
           ("qdq", "f32"): "qdq", ("qdq", "bf16"): "qdq"}
 THREADS = 2
-
-
-def graph(exported: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph of the OpenVINO artifact: a copy of the standard-op graph as traced (the metadata is set on
-    it as on every artifact, with precision fp32)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(exported)
-    return copy
 
 
 def parity(files: dict[str, Path], reference: dict, inputs: dict, progress=lambda step, message: None) -> dict:

@@ -14,7 +14,8 @@ from runtime.tensorrt import ENGINE_SUFFIXES
 
 # Checks by precision: the largest absolute difference allowed (fp32), the smallest cosine similarity
 # per sample (fp16, int8).
-THRESHOLDS = {"fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99}}
+THRESHOLDS = {"fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99},
+              "openvino": {"max_abs": 1e-4}}
 RANDOM_INPUTS = 4
 
 

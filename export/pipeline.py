@@ -28,7 +28,7 @@ from runtime.artifact import to_metadata
 from runtime.errors import HieraRuntimeError
 from runtime.preprocess import find_images, load_image
 
-from . import artifact, convert, parity, tensorrt, trt_check
+from . import artifact, convert, openvino, parity, tensorrt, trt_check
 from .errors import ExportError
 from .onnx_export import to_opset_16, trace
 from .optimize import op_histogram, optimize
@@ -49,6 +49,7 @@ CONVERSIONS = {
     "fp16": ("traced", convert.to_fp16),
     "int8": ("optimized", convert.to_int8),
     "qdq": ("traced", convert.to_qdq),  # with the calibration images, see `_convert`
+    "openvino": ("traced", None),  # OpenVINO fuses the standard-op graph itself (see export/openvino.py)
 }
 
 
@@ -155,7 +156,7 @@ def _convert(r: Run) -> dict:
         graph = converter(r.graphs[source]) if converter else artifact.load_graph(r.graphs[source], weights=False)
         if r.options.opset == 16:  # after conversion: fp16's keeps LayerNormalization's inputs in fp32
             to_opset_16(graph)
-        artifact.set_metadata(graph, to_metadata(precision=precision, **r.props))
+        artifact.set_metadata(graph, to_metadata(precision=artifact.computes(precision), **r.props))
         path = r.staging / artifact.artifact_name(r.stem, precision)
         findings = trt_check.check(graph, r.options.trt_version)
         entries[precision] = {"file": path.name, "nodes": len(graph.graph.node),
@@ -204,12 +205,15 @@ def _validate(r: Run) -> dict:
         artifacts[precision] = {"parity": result, "passed": not failed, "failures": failed}
         passed &= not failed
     out = {"artifacts": artifacts, "passed": passed}
+    if openvino.ARTIFACT in r.files:  # its rows: every artifact OpenVINO runs, at each inference precision
+        out["openvino"] = openvino.parity(r.files, r.reference, r.inputs, r.progress)
+        out["passed"] = passed and out["openvino"].get("passed") is not False
     if r.engine is not None:
         r.progress("validate", f"the TensorRT engine against PyTorch fp32 on {count} inputs")
         result = parity.compare(r.reference, parity.run_artifact(r.engine, r.inputs))
         failed = parity.failures("fp16", result)  # TensorRT's fp32 uses TF32 matmuls: held to fp16's bound
         out["tensorrt"] = {"parity": result, "passed": not failed, "failures": failed}
-        out["passed"] = passed and not failed
+        out["passed"] = out["passed"] and not failed
     return out
 
 
