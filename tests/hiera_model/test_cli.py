@@ -27,7 +27,7 @@ def test_info_prints_the_variant_table():
 def test_errors_are_one_line_with_a_non_zero_exit(tmp_path):
     for args in (("info", "gigantic"), ("inspect", tmp_path / "absent.pth"), ("lock", "verify", tmp_path)):
         result = run(*args)
-        assert result.returncode == 1
+        assert result.returncode == 2  # bad input
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
         assert "Traceback" not in result.stderr
 
@@ -37,7 +37,7 @@ def test_inspect_a_checkpoint_directory():
     assert result.returncode == 0, result.stderr
     assert "embed_dim 16, depths (1, 2, 2, 1)" in result.stdout
     assert "input (96, 128), task classify, classes 10" in result.stdout
-    assert "local:model.safetensors (not verified against models.lock)" in result.stdout
+    assert "local:model.safetensors (not verified: models.lock does not name it)" in result.stdout
 
 
 def test_lock_fill_and_verify(tmp_path):
