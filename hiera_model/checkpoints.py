@@ -301,7 +301,8 @@ def infer_config(state: dict, path, task: str = "classify") -> HieraConfig:
                            for v in (matches or VARIANTS.values()))
     problem = "matches several variants" if matches else "matches no published variant"
     raise HieraModelError(f"{path}: {'video ' if video else ''}weights with embed_dim {embed_dim} and depths {depths} "
-                          f"{problem}; pass {{option}} a name or a HieraConfig. Candidates: {candidates}",
+                          f"{problem}; pass its architecture as {{option}}: a variant name or a HieraConfig. "
+                          f"Candidates: {candidates}",
                           option="variant")
 
 

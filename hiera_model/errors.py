@@ -18,7 +18,7 @@ class HieraModelError(Exception):
         self.template = message
         self.option = option
         self.value = None if value is _NO_VALUE else value
-        python = f"{option}=" if value is _NO_VALUE else f"{option}={value!r}"
+        python = option if value is _NO_VALUE else f"{option}={value!r}"
         super().__init__(self.render(python) if option else message)
 
     def render(self, flag: str) -> str:

@@ -55,7 +55,8 @@ def test_published_variant_loads_from_a_plain_state_dict_without_config(tmp_path
 
 def test_unknown_shapes_list_the_candidates():
     assert_one_line_error(lambda: hiera_model.load(FAIR_FILE), FAIR_FILE, "embed_dim 16 and depths (1, 2, 2, 1)",
-                          "matches no published variant", "pass variant=", "tiny (embed_dim 96, depths (1, 2, 7, 2))")
+                          "matches no published variant", "pass its architecture as variant: a variant name",
+                          "tiny (embed_dim 96, depths (1, 2, 7, 2))")
 
 
 def test_ambiguous_shapes_list_the_matches(monkeypatch):
