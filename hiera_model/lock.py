@@ -158,7 +158,7 @@ def verify_files(paths: list[Path], allow_unverified: bool = False, lock_path=No
         else:
             message = unrecorded(file, matched, digest)
             if not allow_unverified:
-                raise VerificationError(message + ", or load it unverified with {option}", option="allow_unverified",
+                raise VerificationError(message + ", or pass {option} to load it unverified", option="allow_unverified",
                                         value=True)
             warnings.warn(message + "; loading it unverified, as allowed", stacklevel=3)
             sources.append(" or ".join(e.label for e in matched) + " (unverified)")

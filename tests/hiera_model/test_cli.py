@@ -94,7 +94,7 @@ def test_a_failed_check_exits_1_and_names_this_clis_flag(tmp_path):
     shutil.copy(FIXTURES / "reference" / "hiera_fair_small.pth", file)
     result = run("inspect", file, "--variant", "tiny", env=env)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert result.stderr.rstrip().endswith("or load it unverified with --allow-unverified")
+    assert result.stderr.rstrip().endswith("or pass --allow-unverified to load it unverified")
     assert run("lock", "fill", file, env=env).returncode == 0
     with open(file, "r+b") as f:  # one byte flipped after recording
         f.seek(500)

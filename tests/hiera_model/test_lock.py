@@ -244,7 +244,7 @@ def test_neither_a_lock_hash_nor_a_hub_record_needs_consent(tmp_path, private_lo
         hiera_model.load(directory)
     assert error.value.option == "allow_unverified"
     assert "no record of the Hub's sha256 was found" in str(error.value)
-    assert str(error.value).endswith("or load it unverified with allow_unverified=True")
-    assert error.value.render("--allow-unverified").endswith("or load it unverified with --allow-unverified")
+    assert str(error.value).endswith("or pass allow_unverified=True to load it unverified")
+    assert error.value.render("--allow-unverified").endswith("or pass --allow-unverified to load it unverified")
     with pytest.warns(UserWarning, match="loading it unverified, as allowed"):
         assert not hiera_model.load(directory, allow_unverified=True).provenance["verified"]
