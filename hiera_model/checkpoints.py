@@ -39,6 +39,7 @@ from .variants import VARIANTS, HieraConfig, check_task, get_variant
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TRANSFORMERS, FAIR, TIMM = "transformers", "fair", "timm"
 MAX_SHARDS = 10_000
+MAX_BLOCKS = 1024  # 8 stages of 128 blocks: the most a config may hold (variants.py)
 
 
 def load(path, variant: str | HieraConfig | None = None, task: str = "classify", *, allow_unverified: bool = False,
@@ -69,10 +70,12 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
     state = {TRANSFORMERS: from_transformers, FAIR: from_fair, TIMM: from_timm}[detect_layout(state, path)](state)
 
     held = held_task(state)
-    if (held == "mae") != (task == "mae"):
-        raise HieraModelError(f"{path}: an MAE pretraining checkpoint; load it with {{option}}" if held == "mae" else
-                              f"{path}: task 'mae' needs an MAE pretraining checkpoint (with the decoder); this one "
-                              "has none", option="task", value="mae" if held == "mae" else task)
+    if held == "mae" and task != "mae":
+        raise HieraModelError(f"{path}: an MAE pretraining checkpoint; load it with {{option}}", option="task",
+                              value="mae")
+    if task == "mae" and held != "mae":
+        raise HieraModelError(f"{path}: task 'mae' needs an MAE pretraining checkpoint (with the decoder); this one "
+                              "has none")
     if task == "classify" and held != "classify":
         raise HieraModelError(f"{path}: the checkpoint has no classification head; load it with {{option}}",
                               option="task", value="features")
@@ -142,23 +145,30 @@ def _read_weights(weight_files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _short(name: str) -> str:
+    """A tensor name as an error shows it: a file's names may be any length."""
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
 def _block_count(state: dict) -> int:
-    return 1 + max((int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    return 1 + max((int(m[1]) for k in state if (m := re.match(r"blocks\.(\d{1,6})\.", k))), default=-1)
 
 
 def _from_weights(config: HieraConfig, state: dict, path) -> HieraConfig:
     """What the weights decide: the classes (from the head), the stage norms (a transformers HieraBackbone's)
     and MAE's decoder width and depth (its heads cannot be read; FAIR's are 16)."""
+    def rows(key):
+        if key not in state or state[key].dim() != 2:
+            raise HieraModelError(f"{path}: {key} is missing or not a matrix")
+        return state[key].shape[0]
+
     changes = {"stage_norms": tuple(sorted({k.split(".")[1] for k in state if k.startswith("stage_norms.")}))}
-    try:
-        if "head.weight" in state:
-            changes["num_classes"] = state["head.weight"].shape[0]
-        if "decoder_pred.weight" in state:
-            changes["decoder_embed_dim"] = state["decoder_embed.weight"].shape[0]
-            changes["decoder_depth"] = 1 + max(
-                (int(m[1]) for k in state if (m := re.match(r"decoder_blocks\.(\d+)\.", k))), default=-1)
-    except (KeyError, IndexError):
-        raise HieraModelError(f"{path}: an MAE checkpoint without a valid decoder_embed.weight") from None
+    if "head.weight" in state:
+        changes["num_classes"] = rows("head.weight")
+    if "decoder_pred.weight" in state:
+        changes["decoder_embed_dim"] = rows("decoder_embed.weight")
+        changes["decoder_depth"] = 1 + max(
+            (int(m[1]) for k in state if (m := re.match(r"decoder_blocks\.(\d{1,6})\.", k))), default=-1)
     try:
         return config.replace(**changes)
     except HieraModelError as error:
@@ -200,7 +210,7 @@ def _keep_fitting(state: dict, stored: dict, wanted: dict, path, config: HieraCo
              for k in stored if k in state and state[k].shape != stored[k].shape]
     if missing or unexpected or wrong:
         def listed(label, items):
-            shown = ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+            shown = ", ".join(map(_short, items[:6])) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
             return f"{label} {len(items)}: {shown}" if items else None
         parts = filter(None, [listed("missing", missing), listed("unexpected", unexpected),
                               listed("wrong shape (file vs model)", wrong)])
@@ -216,7 +226,7 @@ def detect_layout(state: dict[str, torch.Tensor], path) -> str:
         return TIMM
     if "patch_embed.proj.weight" in keys or any(k.startswith("blocks.") for k in keys):
         return FAIR
-    sample = ", ".join(sorted(keys)[:5])
+    sample = ", ".join(map(_short, sorted(keys)[:5]))
     raise HieraModelError(f"{path}: not a Hiera checkpoint in a known layout (transformers, FAIR, timm); "
                           f"first keys: {sample}")
 
@@ -249,8 +259,8 @@ def from_transformers(state: dict) -> dict:
     """`hiera.encoder.stages.{s}.layers.{l}.*` -> `blocks.{i}.*`, classifier -> head (prefix `hiera.` optional);
     MAE's `decoder.decoder_block.layers.{l}.*` -> `decoder_blocks.{l}.*`."""
     state = {k.removeprefix("hiera."): v for k, v in state.items()}
-    layer = re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.(.*)$")
-    decoder_layer = re.compile(r"^decoder\.decoder_block\.layers\.(\d+)\.(.*)$")
+    layer = re.compile(r"^encoder\.stages\.(\d{1,6})\.layers\.(\d{1,6})\.(.*)$")
+    decoder_layer = re.compile(r"^decoder\.decoder_block\.layers\.(\d{1,6})\.(.*)$")
     depths: dict[int, int] = {}
     for key in state:
         if match := layer.match(key):
@@ -290,6 +300,8 @@ def infer_config(state: dict, path, task: str = "classify") -> HieraConfig:
         blocks = _block_count(state)
     except (KeyError, IndexError):
         raise HieraModelError(f"{path}: cannot read embed dim and depth from the weights") from None
+    if blocks > MAX_BLOCKS:
+        raise HieraModelError(f"{path}: weights with {blocks:,} blocks; no Hiera has more than {MAX_BLOCKS}")
     stage_starts = [i for i in range(blocks) if f"blocks.{i}.proj.weight" in state]
     bounds = [0, *stage_starts, blocks]
     depths = tuple(b - a for a, b in zip(bounds, bounds[1:]))
