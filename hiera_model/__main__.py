@@ -55,10 +55,10 @@ def _inspect(args) -> int:
     model = load(args.path, variant=args.variant, task=args.task, allow_unverified=args.allow_unverified,
                  input_size=size)
     c, provenance = model.config, model.provenance
-    if provenance["verified"]:
-        how = f"verified by {provenance['verified_by']}"
-        if lock.BY_HUB in provenance["verified_by"]:
-            how += "; record it in models.lock with: python -m hiera_model lock fill FILE"
+    if lock.BY_HUB in provenance["source"]:
+        how = "record its sha256 in models.lock with: python -m hiera_model lock fill FILE"
+    elif provenance["verified"]:
+        how = f"verified by {lock.BY_LOCK}"
     else:
         how = "not verified: models.lock does not name it" if provenance["source"].startswith("local:") else \
             "not verified"

@@ -43,6 +43,8 @@ def check_options(config: HieraConfig, task: str, *, out_features=None, with_los
         if task != "backbone":
             raise HieraModelError(f"{{option}} picks the stage maps of task 'backbone'; task {task!r} has none",
                                   option="out_features")
+        if not isinstance(out_features, (str, list, tuple)):
+            raise HieraModelError(f"{{option}} must be stage names, not {out_features!r}", option="out_features")
         names = [out_features] if isinstance(out_features, str) else list(out_features)
         unknown = [repr(n) for n in names if n not in choices]
         if not names or unknown:
@@ -66,7 +68,7 @@ def create(variant: str | HieraConfig = "base", task: str = "classify", seed: in
     with torch.random.fork_rng(devices=[]):  # the layers' default init draws from the global RNG
         model = build(config, task, out_features=out_features, with_loss=with_loss, input_size=input_size)
     model = init_weights(model, seed)
-    model.provenance = {"source": f"random:{seed}", "sha256": None, "verified": False, "verified_by": None}
+    model.provenance = {"source": f"random:{seed}", "sha256": None, "verified": False}
     return model.eval()
 
 

@@ -144,7 +144,8 @@ def unrecorded(file, matched: list[Entry], digest: str) -> str:
 
 def verify_files(paths: list[Path], allow_unverified: bool = False, lock_path=None) -> dict:
     """Check checkpoint files against the lock (and the Hub's hashes) and return their provenance for the
-    model's metadata: source, sha256, verified (every file's hash confirmed) and verified_by."""
+    model's metadata: source (" (verified by the Hub's sha256)" added where the Hub's record verified it),
+    sha256, and verified (every file's hash confirmed by the lock or the Hub)."""
     entries = read(lock_path)
     sources, digests, how = [], [], []
     for file in paths:
@@ -153,6 +154,8 @@ def verify_files(paths: list[Path], allow_unverified: bool = False, lock_path=No
         how.append(verified_by)
         if not matched:
             sources.append(f"local:{file.name}")
+        elif verified_by == BY_HUB:
+            sources.append(f"{matched[0].source_at_revision} (verified by {BY_HUB})")
         elif verified_by:
             sources.append(matched[0].source_at_revision)
         else:
@@ -162,9 +165,7 @@ def verify_files(paths: list[Path], allow_unverified: bool = False, lock_path=No
                                         value=True)
             warnings.warn(message + "; loading it unverified, as allowed", stacklevel=3)
             sources.append(" or ".join(e.label for e in matched) + " (unverified)")
-    verified = all(how)
-    return {"source": ", ".join(dict.fromkeys(sources)), "sha256": ", ".join(digests), "verified": verified,
-            "verified_by": ", ".join(dict.fromkeys(how)) if verified else None}
+    return {"source": ", ".join(dict.fromkeys(sources)), "sha256": ", ".join(digests), "verified": all(how)}
 
 
 def fill(file, lock_path=None) -> Entry:

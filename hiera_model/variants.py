@@ -51,9 +51,10 @@ def check_field(name: str, value, label: str | None = None):
     """`value` as `HieraConfig` holds field `name` (a JSON list as a tuple, a whole number as a float where a
     float is due), or `HieraModelError` naming the field as `label` (a config file's own name for it)."""
     kind, low, high = _FIELDS[name]
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
 
     def fail(expected):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise HieraModelError(f"invalid Hiera config: {label or name} {shown} must be {expected}")
 
     def one(item, kind):

@@ -73,7 +73,7 @@ def test_fill_then_verify_then_detect_tampering(tmp_path, private_lock):
 
     model = hiera_model.load(file, variant=SMALL)
     assert model.provenance == {"source": "https://dl.fbaipublicfiles.com/hiera/hiera_tiny_224.pth",
-                                "sha256": entry.sha256, "verified": True, "verified_by": "models.lock"}
+                                "sha256": entry.sha256, "verified": True}
 
     with open(file, "r+b") as f:  # flip one byte
         f.seek(1000)
@@ -133,7 +133,7 @@ def test_the_package_ships_the_repository_lock():
 def test_users_own_files_load_with_their_hash(private_lock):
     model = hiera_model.load(FAIR_FILE, variant=SMALL)
     assert model.provenance == {"source": "local:hiera_fair_small.pth", "sha256": lock.sha256(FAIR_FILE),
-                                "verified": False, "verified_by": None}
+                                "verified": False}
     with pytest.raises(HieraModelError, match="no models.lock entry names this file"):
         lock.fill(FAIR_FILE)
 
@@ -194,11 +194,11 @@ def hub_cache(tmp_path, repo_id: str, source: Path) -> Path:
 def test_a_hub_cache_download_is_verified_by_the_hubs_sha256(tmp_path, private_lock):
     snapshot = hub_cache(tmp_path, FAIR_REPO, FAIR_HUB)
     model = hiera_model.load(snapshot)  # the lock records no sha256 for it: the Hub's verifies it
-    assert model.provenance == {"source": f"{FAIR_REPO}@main", "sha256": lock.sha256(FAIR_HUB / "model.safetensors"),
-                                "verified": True, "verified_by": "the Hub's sha256"}
+    assert model.provenance == {"source": f"{FAIR_REPO}@main (verified by the Hub's sha256)",
+                                "sha256": lock.sha256(FAIR_HUB / "model.safetensors"), "verified": True}
     entry = lock.fill(snapshot / "model.safetensors")  # and lock fill records it
     assert entry.sha256 == model.provenance["sha256"]
-    assert hiera_model.load(snapshot).provenance["verified_by"] == "models.lock"
+    assert hiera_model.load(snapshot).provenance["source"] == f"{FAIR_REPO}@main"  # now by the lock
 
 
 def test_a_hub_cache_file_that_disagrees_with_its_blob_name_is_refused(tmp_path, private_lock):
@@ -228,8 +228,8 @@ def test_a_local_dir_download_is_verified_by_the_hubs_sha256(tmp_path, private_l
     checkpoint, _ = transformers_checkpoint("small_q_pool")
     directory = local_dir_download(tmp_path, "hiera-tiny-224-in1k-hf", checkpoint)
     model = hiera_model.load(directory)
-    assert model.provenance["source"] == "facebook/hiera-tiny-224-in1k-hf@main"
-    assert model.provenance["verified"] and model.provenance["verified_by"] == "the Hub's sha256"
+    assert model.provenance["source"] == "facebook/hiera-tiny-224-in1k-hf@main (verified by the Hub's sha256)"
+    assert model.provenance["verified"]
 
     flip_a_byte(directory / "model.safetensors", at=-100 % (directory / "model.safetensors").stat().st_size)
     with pytest.raises(VerificationError, match=r"recorded at download in .*model.safetensors.metadata"):
