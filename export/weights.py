@@ -35,8 +35,9 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
         else:
             path = Path(weights)
         model = hiera_model.load(path, task=task, allow_unverified=allow_unverified)
-    except HieraModelError as error:
-        raise ExportError(str(error).replace("load with allow_unverified=True", "pass --allow-unverified")) from None
+    except HieraModelError as error:  # worded with this CLI's flag where it names an option (error.option)
+        flag = {"allow_unverified": "--allow-unverified", "task": f"--task {error.value}"}.get(error.option)
+        raise ExportError(error.render(flag) if flag else str(error)) from None
     name = _check_variant(model, variant, path)
     return model, name, path
 

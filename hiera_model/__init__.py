@@ -4,27 +4,38 @@
     model = hiera_model.create("base")                       # seeded random weights
     model = hiera_model.load("hiera-base-224-in1k-hf/")       # a local checkpoint, any layout
     logits = model(pixel_values)                             # [batch, 1000]
+
+The configs, the variant table and the error types need no torch; the models import it on first use
+(PEP 562), so that `python -m hiera_model` can say which extra to install where torch is missing.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
 
-from .checkpoints import load
-from .errors import HieraModelError
-from .mae import MaskedAutoencoder
-from .model import Hiera, build, init_weights
+from .errors import HieraModelError, VerificationError
 from .variants import TASKS, VARIANTS, HieraConfig, Variant, check_task, get_variant
 
-__all__ = ["create", "load", "Hiera", "MaskedAutoencoder", "HieraConfig", "HieraModelError", "Variant", "VARIANTS",
-           "TASKS"]
+__all__ = ["create", "load", "build", "Hiera", "MaskedAutoencoder", "HieraConfig", "HieraModelError",
+           "VerificationError", "Variant", "VARIANTS", "TASKS", "check_task", "get_variant"]
+
+INSTALL_HINT = "pip install 'hiera-deploy[model]'"
+_NEEDS_TORCH = {"create": "factory", "build": "factory", "init_weights": "factory", "load": "checkpoints",
+                "Hiera": "model", "MaskedAutoencoder": "mae"}
 
 
-def create(variant: str | HieraConfig = "base", task: str = "classify", seed: int = 0) -> Hiera:
-    """An eval-mode Hiera with seeded random weights: a published variant's name (in its architecture for
-    `task`) or any valid `HieraConfig`."""
-    config = variant if isinstance(variant, HieraConfig) else get_variant(variant).config_for(task)
-    with torch.random.fork_rng(devices=[]):  # the layers' default init draws from the global RNG
-        model = init_weights(build(config, check_task(task)), seed)
-    model.provenance = {"source": f"random:{seed}", "sha256": None, "verified": False}
-    return model.eval()
+def require_torch() -> None:
+    """`HieraModelError` with the extra to install, where torch is missing."""
+    try:
+        importlib.import_module("torch")
+    except ImportError:
+        raise HieraModelError(f"hiera_model needs torch, which is not installed: {INSTALL_HINT}") from None
+
+
+def __getattr__(name: str):
+    if name not in _NEEDS_TORCH:
+        raise AttributeError(f"module 'hiera_model' has no attribute {name!r}")
+    require_torch()
+    value = getattr(importlib.import_module(f".{_NEEDS_TORCH[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,21 +1,35 @@
-"""`python -m hiera_model`: the variant table, checkpoint inspection and the models.lock commands."""
+"""`python -m hiera_model` (or `hiera-model`): the variant table, checkpoint inspection and the models.lock
+commands. Exit status: 0 ok, 1 a check failed (a file that models.lock or the Hub disagrees with, or that
+nothing verifies), 2 bad input. The lock commands need no torch; the others say which extra to install."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-import torch
-
-from . import lock
-from .checkpoints import load
-from .errors import HieraModelError
-from .model import Hiera
+from . import lock, require_torch
+from .errors import HieraModelError, VerificationError
+from .hub import published_sha256
 from .variants import TASKS, VARIANTS, get_variant
 
+OK, CHECK_FAILED, BAD_INPUT = 0, 1, 2
 
-def _info(args) -> None:
+
+def _printable(text) -> str:
+    """One line whatever a path or a label holds: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _info(args) -> int:
+    require_torch()
+    import torch
+
+    from .model import Hiera
+
     names = args.variants or list(VARIANTS)
+    for name in names:
+        get_variant(name)
     rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GMACs", "top-1",
              "transformers id")]
     for name in names:
@@ -30,36 +44,71 @@ def _info(args) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     print("Images: 224 x 224, patch 7/4, query stride 2 x 2 for 3 stages, mask units 8 x 8, top-1 on ImageNet-1k.\n"
           "Video (16x224): 16 frames, patch 3x7x7/2x4x4, query stride 1x2x2, mask units 1x8x8, top-1 on Kinetics-400.")
+    return OK
 
 
-def _inspect(args) -> None:
-    model = load(args.path, variant=args.variant, task=args.task, allow_unverified=args.allow_unverified)
-    c = model.config
-    print(f"{args.path}: Hiera embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
-          f"input {c.input_size}, task {model.task}, classes {c.num_classes if model.head is not None else '-'}, "
-          f"labels {'yes' if model.labels else 'no'}, weights {model.provenance['source']} "
-          f"({'verified' if model.provenance['verified'] else 'not verified'} against models.lock)")
+def _inspect(args) -> int:
+    require_torch()
+    from .checkpoints import load
+
+    size = None if args.image_size is None else (args.image_size * 2)[:2]  # one number: a square
+    model = load(args.path, variant=args.variant, task=args.task, allow_unverified=args.allow_unverified,
+                 input_size=size)
+    c, provenance = model.config, model.provenance
+    if lock.BY_HUB in provenance["source"]:
+        how = "record its sha256 in models.lock with: python -m hiera_model lock fill FILE"
+    elif provenance["verified"]:
+        how = f"verified by {lock.BY_LOCK}"
+    else:
+        how = "not verified: models.lock does not name it" if provenance["source"].startswith("local:") else \
+            "not verified"
+    classes = c.num_classes if model.head is not None else "-"
+    print(_printable(f"{args.path}: Hiera embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
+                     f"input {c.input_size}, task {model.task}, classes {classes}, "
+                     f"labels {'yes' if model.labels else 'no'}, weights {provenance['source']} ({how})"))
+    return OK
 
 
-def _lock_verify(args) -> None:
+def _lock_verify(args) -> int:
     entries = lock.read()
+    status = OK
     for path in args.files:
-        matched, digest = lock.match(path, entries)
-        if not matched:
-            raise HieraModelError(f"{path}: no models.lock entry names this file (sha256 {digest})")
-        if matched[0].sha256 != digest:
-            raise HieraModelError(lock.unrecorded(path, matched, digest))
-        print(f"{path}: ok, {matched[0].label} sha256 {digest}")
+        try:
+            matched, digest, verified_by = lock.check(path, entries)
+            if not matched:
+                raise VerificationError(f"{path}: no models.lock entry names this file (sha256 {digest})")
+            if not verified_by:
+                raise VerificationError(lock.unrecorded(path, matched, digest))
+        except VerificationError as error:
+            print(f"error: {_printable(error)}", file=sys.stderr)
+            status = CHECK_FAILED
+            continue
+        print(_printable(f"{path}: ok, {matched[0].label} sha256 {digest} (verified by {verified_by})"))
+    return status
 
 
-def _lock_fill(args) -> None:
+def _lock_fill(args) -> int:
     for path in args.files:
         entry = lock.fill(path)
-        print(f"{path}: recorded {entry.label} size {entry.size} sha256 {entry.sha256} in {lock.default_path()}")
+        hub = " (the Hub's sha256 agrees)" if published_sha256(path) else ""
+        print(_printable(f"{path}: recorded {entry.label} size {entry.size} sha256 {entry.sha256}{hub} "
+                         f"in {lock.default_path()}"))
+    return OK
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hiera_model", description=__doc__)
+# How this CLI spells each API option an error may name (see `HieraModelError.option`).
+_FLAGS = {"allow_unverified": "--allow-unverified", "task": "--task {value}", "variant": "--variant",
+          "input_size": "--image-size"}
+
+
+def _message(error: HieraModelError) -> str:
+    flag = _FLAGS.get(error.option)
+    return error.render(flag.format(value=error.value)) if flag else str(error)
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="the table of published variants")
     info.add_argument("variants", nargs="*", help="only these (default: all)")
@@ -68,24 +117,34 @@ def main(argv=None) -> int:
     inspect.add_argument("path")
     inspect.add_argument("--variant", help="architecture to use instead of the one the file implies")
     inspect.add_argument("--task", choices=TASKS, default="classify")
+    inspect.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"),
+                         help="build for this input size (one number: a square); position embeddings are resized")
     inspect.add_argument("--allow-unverified", action="store_true",
-                         help="accept a published file whose sha256 models.lock does not record yet (with a warning)")
+                         help="accept a published file that nothing records a sha256 for yet (with a warning)")
     inspect.set_defaults(run=_inspect)
     lock_parser = commands.add_parser("lock", help="check or record checkpoint files in models.lock")
     lock_commands = lock_parser.add_subparsers(dest="lock_command", required=True)
-    verify = lock_commands.add_parser("verify", help="check files against their models.lock entries")
+    verify = lock_commands.add_parser("verify", help="check files against their models.lock entries (exit 1 if any "
+                                                     "fails)")
     verify.add_argument("files", nargs="+")
     verify.set_defaults(run=_lock_verify)
     fill = lock_commands.add_parser("fill", help="record the sha256 and size of downloaded files")
     fill.add_argument("files", nargs="+")
     fill.set_defaults(run=_lock_fill)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    prog = "python -m hiera_model" if Path(sys.argv[0]).name == "__main__.py" else "hiera-model"
+    args = parser(prog).parse_args(argv)
+    if getattr(args, "image_size", None) is not None and len(args.image_size) > 2:
+        print(f"error: --image-size takes H [W], not {len(args.image_size)} numbers", file=sys.stderr)
+        return BAD_INPUT
     try:
-        args.run(args)
+        return args.run(args)
     except HieraModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"error: {_printable(_message(error))}", file=sys.stderr)
+        return CHECK_FAILED if isinstance(error, VerificationError) else BAD_INPUT
 
 
 if __name__ == "__main__":

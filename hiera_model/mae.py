@@ -39,7 +39,7 @@ class MaskedAutoencoder(Hiera):
     State dict names are FAIR's (`encoder_norm`, `multi_scale_fusion_heads.{i}`, `decoder_*`, `mask_token`).
     """
 
-    def __init__(self, config: HieraConfig):
+    def __init__(self, config: HieraConfig, with_loss: bool = False):
         if config.is_video:
             raise HieraModelError("MAE for video Hiera is not supported; export the video classifier instead")
         unroll_factor = tuple(s ** (len(config.depths) - 1) for s in config.q_stride)
@@ -49,7 +49,7 @@ class MaskedAutoencoder(Hiera):
         if config.visible_units < 1:
             raise HieraModelError(f"mask_ratio {config.mask_ratio} leaves no mask unit of {config.mask_units} visible")
         super().__init__(config, "mae")
-        self.with_loss = False  # add the loss to the outputs (it needs no labels: the targets are the pixels)
+        self.with_loss = with_loss  # add the loss to the outputs (it needs no labels: the targets are the pixels)
         dims, pools = config.stage_dims, config.q_pool
         final_unit = tuple(u // s**pools for u, s in zip(config.mask_unit_size, config.q_stride))
         final_grid = tuple(n // s**pools for n, s in zip(config.tokens_spatial_shape, config.q_stride))

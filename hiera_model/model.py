@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .blocks import HieraBlock
-from .unroll import reroll_order, stage_grids, unroll_order
 from .errors import HieraModelError
+from .unroll import reroll_order, stage_grids, unroll_order
 from .variants import HieraConfig, check_task
 
 
@@ -29,14 +29,14 @@ class Hiera(nn.Module):
     """Hiera for images or clips; `task` picks the output: "classify" gives logits, "features" a dict with
     `last_hidden_state` (the final tokens, as transformers' `HieraModel`) and `pooler_output`, "backbone"
     a dict of stage maps `stage1`.. channels first (FAIR's `return_intermediates`, NCHW or NCTHW), those
-    named in `out_features`, layer-normed where `config.stage_norms` says. Task "mae" is
-    `mae.MaskedAutoencoder`, built on this class (see `build`).
+    named in `out_features` (default: all), layer-normed where `config.stage_norms` says. Task "mae" is
+    `mae.MaskedAutoencoder`, built on this class. Make models with `factory.build` (it checks the options).
 
     The state dict uses FAIR's names, except that `head` is the classifier Linear itself (FAIR's
     `head.projection`) and returns logits: FAIR applies softmax in eval mode, transformers and timm don't.
     """
 
-    def __init__(self, config: HieraConfig, task: str = "classify"):
+    def __init__(self, config: HieraConfig, task: str = "classify", out_features: tuple[str, ...] | None = None):
         super().__init__()
         if check_task(task) == "mae" and type(self) is Hiera:
             raise HieraModelError("task 'mae' is the MaskedAutoencoder model: make it with build(), create() or load()")
@@ -94,7 +94,8 @@ class Hiera(nn.Module):
 
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps) if task in ("classify", "features") else None
         self.head = nn.Linear(dim, config.num_classes) if task == "classify" else None
-        self.out_features = tuple(f"stage{i + 1}" for i in range(len(config.depths)))  # backbone: all stages
+        # backbone: the stage maps it outputs, in stage order
+        self.out_features = out_features or tuple(f"stage{i + 1}" for i in range(len(config.depths)))
         # transformers' HieraBackbone builds its stage norms with LayerNorm's default eps, not the model's.
         self.stage_norms = nn.ModuleDict({name: nn.LayerNorm(dims[int(name.removeprefix("stage")) - 1])
                                           for name in config.stage_norms} if task == "backbone" else {})
@@ -144,30 +145,3 @@ class Hiera(nn.Module):
                 tokens = tokens.index_select(1, self.to_reference)
             return {"last_hidden_state": tokens, "pooler_output": pooled}
         return self.head(pooled)
-
-
-def build(config: HieraConfig, task: str = "classify") -> Hiera:
-    """The model for `task`, with untrained weights: a `Hiera`, or for "mae" its `MaskedAutoencoder`."""
-    if check_task(task) == "mae":
-        from .mae import MaskedAutoencoder  # mae builds on this module
-
-        return MaskedAutoencoder(config)
-    return Hiera(config, task)
-
-
-@torch.no_grad()
-def init_weights(model: Hiera, seed: int) -> Hiera:
-    """Seeded random weights, drawn like transformers' `HieraPreTrainedModel._init_weights` (truncated
-    normal, std 0.02; biases 0.02) but from a private generator, so no global RNG state is touched."""
-    generator = torch.Generator().manual_seed(seed)
-    std = 0.02
-    for parameter in model.parameters(recurse=False):  # position embeddings, MAE's mask token
-        nn.init.trunc_normal_(parameter, std=std, generator=generator)
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
-            nn.init.trunc_normal_(module.weight, std=std, generator=generator)
-            nn.init.constant_(module.bias, std)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.constant_(module.bias, std)
-    return model

@@ -14,6 +14,78 @@ from .errors import HieraModelError
 
 TASKS = ("classify", "features", "backbone", "mae")
 
+# What each config field may hold: its kind and, for numbers, its range (floats: above the low end). Wide
+# enough for any real Hiera, narrow enough that no config (a hostile config.json) can make the model
+# allocate without bound before its weights are compared with it. Tuples hold 1 to MAX_ENTRIES entries.
+_FIELDS = {
+    "embed_dim": (int, 1, 4096),
+    "num_heads": ((int,), 1, 1024),
+    "depths": ((int,), 0, 128),  # 0 is refused with Hiera's rule, below
+    "input_size": ((int,), 1, 16384),
+    "in_chans": (int, 1, 64),
+    "num_classes": (int, 1, 1 << 20),
+    "dim_mul": (float, 0, 8),
+    "q_pool": (int, 0, 8),
+    "q_stride": ((int,), 1, 16),
+    "mask_unit_size": ((int,), 1, 1024),
+    "mask_unit_attn": ((bool,), None, None),
+    "patch_kernel": ((int,), 1, 64),
+    "patch_stride": ((int,), 1, 64),
+    "patch_padding": ((int,), 0, 64),
+    "mlp_ratio": (float, 0, 64),
+    "layer_norm_eps": (float, 0, 1),
+    "sep_pos_embed": (bool, None, None),
+    "stage_norms": ((str,), None, None),
+    "mask_ratio": (float, None, None),  # its range is Hiera's rule, below
+    "decoder_embed_dim": (int, 1, 4096),
+    "decoder_depth": (int, 1, 128),
+    "decoder_num_heads": (int, 1, 1024),
+    "norm_pix_loss": (bool, None, None),
+}
+MAX_ENTRIES = 8  # stages or input dimensions
+MAX_TOKENS = 1 << 20  # tokens of the patch grid: a 4096 x 4096 image at patch stride 4
+MAX_DIM = 16384  # the widest stage
+
+
+def check_field(name: str, value, label: str | None = None):
+    """`value` as `HieraConfig` holds field `name` (a JSON list as a tuple, a whole number as a float where a
+    float is due), or `HieraModelError` naming the field as `label` (a config file's own name for it)."""
+    kind, low, high = _FIELDS[name]
+
+    def fail(expected):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise HieraModelError(f"invalid Hiera config: {label or name} {shown} must be {expected}")
+
+    def one(item, kind):
+        if kind is bool:
+            return item if isinstance(item, bool) else None
+        if kind is str:
+            return item if isinstance(item, str) else None
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            return None
+        if kind is int:
+            return item if isinstance(item, int) and low <= item <= high else None
+        if not math.isfinite(item) or (low is not None and not low < item <= high):
+            return None
+        return float(item)
+
+    if isinstance(kind, tuple):
+        (kind,) = kind
+        what = {bool: "true/false values", str: "names"}.get(kind) or (
+            f"whole numbers from {low} to {high}" if kind is int else f"numbers above {low}, at most {high}")
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_ENTRIES or (not value and kind is not str):
+            fail(f"a list of {'0' if kind is str else '1'} to {MAX_ENTRIES} {what}")
+        items = tuple(one(item, kind) for item in value)
+        if any(item is None for item in items):
+            fail(f"a list of {what}")
+        return items
+    checked = one(value, kind)
+    if checked is None:
+        fail({bool: "true or false", int: f"a whole number from {low} to {high}"}.get(kind) or (
+            f"a finite number above {low}, at most {high}" if low is not None else "a finite number"))
+    return checked
+
 
 @dataclass(frozen=True)
 class HieraConfig:
@@ -46,9 +118,7 @@ class HieraConfig:
     def __post_init__(self):
         # Accept lists (JSON configs) but store tuples, so that configs stay hashable and comparable.
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, list):
-                object.__setattr__(self, field.name, tuple(value))
+            object.__setattr__(self, field.name, check_field(field.name, getattr(self, field.name)))
         self._validate()
 
     def _validate(self):
@@ -56,7 +126,7 @@ class HieraConfig:
             raise HieraModelError(f"invalid Hiera config: {message}")
 
         stages = len(self.depths)
-        if stages < 1 or min(self.depths) < 1:
+        if min(self.depths) < 1:
             fail(f"depths {self.depths} must list at least one stage, each with at least one block")
         for name in ("num_heads", "mask_unit_attn"):
             if len(getattr(self, name)) != stages:
@@ -77,6 +147,10 @@ class HieraConfig:
         for size, stride in zip(self.input_size, self.patch_stride):
             if size % stride:
                 fail(f"input_size {self.input_size} is not divisible by patch_stride {self.patch_stride}")
+        tokens = math.prod(self.tokens_spatial_shape)
+        if tokens > MAX_TOKENS:
+            fail(f"input_size {self.input_size} makes {tokens:,} tokens (input_size / patch_stride), more than the "
+                 f"{MAX_TOKENS:,} a model here may have")
         unroll_factor = [s ** (stages - 1) for s in self.q_stride]
         for tokens, factor, unit in zip(self.tokens_spatial_shape, unroll_factor, self.mask_unit_size):
             if tokens % factor or tokens % unit:
@@ -92,6 +166,9 @@ class HieraConfig:
             if dim != self.embed_dim * self.dim_mul ** stage:
                 fail(f"stage {stage}'s dim, embed_dim * dim_mul ** {stage} = {self.embed_dim * self.dim_mul ** stage}, "
                      "must be a whole number")
+            if dim > MAX_DIM:
+                fail(f"stage {stage}'s dim, embed_dim * dim_mul ** {stage} = {dim}, is more than the {MAX_DIM} a model "
+                     "here may have")
             if heads < 1 or dim % heads:
                 fail(f"stage {stage}'s dim {dim} must be divisible by its {heads} heads")
         for stage in range(1, self.q_pool + 1):
@@ -103,8 +180,38 @@ class HieraConfig:
             fail(f"stage_norms {self.stage_norms}: {', '.join(unknown)} is not a stage (stage1..stage{stages})")
         if not 0 <= self.mask_ratio < 1:
             fail(f"mask_ratio {self.mask_ratio} must be at least 0 and less than 1")
-        if self.num_classes < 1:
-            fail(f"num_classes {self.num_classes} must be positive")
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            fail(f"decoder_embed_dim {self.decoder_embed_dim} must be divisible by decoder_num_heads "
+                 f"{self.decoder_num_heads}")
+
+    def at_size(self, size) -> HieraConfig:
+        """This architecture for inputs of `size` = (height, width); a video keeps its frame count (no
+        reference implementation resizes the temporal position embedding). A size that breaks Hiera's rules
+        is refused with the rule and the nearest sizes that keep it."""
+        shown = size if isinstance(size, (tuple, list)) else repr(size)
+        if not isinstance(size, (tuple, list)) or len(size) != 2 or \
+                not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size):
+            raise HieraModelError(f"input_size {shown} must be (height, width), two positive whole numbers",
+                                  option="input_size")
+        spatial = len(self.input_size) - 2  # the first spatial axis
+        # The token grid must divide by the mask units (which divide by every query stride), so each side
+        # must be a multiple of patch stride x mask unit.
+        steps = [self.patch_stride[spatial + i] * self.mask_unit_size[spatial + i] for i in range(2)]
+        if any(n % step for n, step in zip(size, steps)):
+            def nearest(n, step):
+                options = sorted({max(step, n // step * step), -(-n // step) * step})
+                return " or ".join(map(str, options))
+            rule = (f"each side a multiple of {steps[0]} (patch stride {self.patch_stride[spatial]} x mask unit "
+                    f"{self.mask_unit_size[spatial]})" if steps[0] == steps[1] else
+                    f"the height a multiple of {steps[0]} and the width of {steps[1]} (patch stride x mask unit)")
+            raise HieraModelError(
+                f"input size {size[0]} x {size[1]} breaks Hiera's rule: {rule}, so that the token grid tiles into "
+                f"mask units and survives every query pooling; nearest valid sizes: height "
+                f"{nearest(size[0], steps[0])}, width {nearest(size[1], steps[1])}", option="input_size")
+        try:
+            return self.replace(input_size=(*self.input_size[:spatial], *size))
+        except HieraModelError as error:  # too many tokens
+            raise HieraModelError(str(error), option="input_size") from None
 
     @property
     def tokens_spatial_shape(self) -> tuple[int, ...]:

@@ -73,8 +73,7 @@ def mae_rows():
     reference = transformers_mae_model()
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
-        ours = hiera_model.load(directory, task="mae")
-    ours.with_loss = True
+        ours = hiera_model.load(directory, task="mae", with_loss=True)
     generator = torch.Generator().manual_seed(1)
     pixel_values = torch.randn(3, 3, 64, 96, generator=generator)
     noise = torch.rand(3, ours.config.mask_units, generator=generator)
@@ -86,8 +85,7 @@ def mae_rows():
         max_diff(got["ids_restore"], expected.ids_restore))
 
     expected = safetensors.torch.load_file(fixtures.REFERENCE / "expected_mae.safetensors")
-    model = hiera_model.load(fixtures.REFERENCE / "mae_fair_small.pth", variant=FAIR_MAE, task="mae")
-    model.with_loss = True
+    model = hiera_model.load(fixtures.REFERENCE / "mae_fair_small.pth", variant=FAIR_MAE, task="mae", with_loss=True)
     got = model(expected["pixel_values"], expected["noise"])
     masked = ~got["bool_masked_pos"]
     yield "FAIR hiera", "mae fixture", "predictions", max_diff(got["logits"][masked], expected["pred"])

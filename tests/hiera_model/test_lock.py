@@ -1,12 +1,18 @@
 import errno
+import hashlib
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub._local_folder import read_download_metadata, write_download_metadata
+from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision, _create_symlink, repo_folder_name
 
 import hiera_model
-from hiera_model import HieraConfig, HieraModelError, VARIANTS
+from hiera_model import HieraConfig, HieraModelError, VARIANTS, VerificationError
 from hiera_model import lock
 
 from ..conftest import FIXTURES, ROOT
@@ -49,7 +55,7 @@ def published_copy(tmp_path):
 def test_a_published_file_with_no_recorded_hash_needs_consent(tmp_path, private_lock):
     file = published_copy(tmp_path)
     with pytest.raises(HieraModelError, match="models.lock has no sha256 for https://dl.fbaipublicfiles.com/hiera/"
-                                              "hiera_tiny_224.pth yet .*python -m hiera_model lock fill"):
+                                              "hiera_tiny_224.pth yet, .*python -m hiera_model lock fill"):
         hiera_model.load(file, variant=SMALL)
     with pytest.warns(UserWarning, match="no sha256"):
         model = hiera_model.load(file, variant=SMALL, allow_unverified=True)
@@ -110,12 +116,11 @@ def test_a_failed_write_leaves_the_lock_as_it_was(tmp_path, private_lock, monkey
     """A full disk halfway through: one clear error, the old lock intact, no temp file left."""
     before = private_lock.read_text()
 
-    def dump_then_fail(data, file, **kwargs):
-        file.write('{"checkpoints": [')
+    def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lock.json, "dump", dump_then_fail)
-    with pytest.raises(HieraModelError, match="cannot write models.lock .No space left on device"):
+    monkeypatch.setattr(os, "fsync", full_disk)  # runtime.files syncs the temp file before renaming it
+    with pytest.raises(HieraModelError, match="cannot write .No space left on device"):
         lock.fill(published_copy(tmp_path))
     assert private_lock.read_text() == before
     assert [p.name for p in private_lock.parent.iterdir() if p.name.startswith(".models.lock")] == []
@@ -141,3 +146,105 @@ def test_a_missing_or_broken_lock_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv(lock.ENV_VAR, str(tmp_path / "broken.lock"))
     with pytest.raises(HieraModelError, match="not a valid models.lock"):
         hiera_model.load(FAIR_FILE, variant=SMALL)
+
+
+def flip_a_byte(file, at=1000):
+    with open(file, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def test_a_hash_mismatch_is_refused_even_when_unverified_files_are_allowed(tmp_path, private_lock):
+    file = published_copy(tmp_path)
+    lock.fill(file)
+    flip_a_byte(file)
+    with pytest.raises(VerificationError, match="disagrees with models.lock"):
+        hiera_model.load(file, variant=SMALL, allow_unverified=True)
+
+
+# The Hub's own sha256, where its client left it: built with huggingface_hub's functions, which work offline.
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+FAIR_REPO = "facebook/hiera_tiny_224.mae_in1k_ft_in1k"
+
+
+def hub_cache(tmp_path, repo_id: str, source: Path) -> Path:
+    """`source`'s files in a hub cache as `hf_hub_download` lays one out: each a blob named by its etag (the
+    sha256 for a large file, the git blob hash for a small one), linked from the snapshot of COMMIT, which
+    the ref `main` names. huggingface_hub's own reader must find the file there."""
+    cache = tmp_path / "cache"
+    storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    for file in source.iterdir():
+        data = file.read_bytes()
+        etag = (hashlib.sha256(data) if file.suffix == ".safetensors" else
+                hashlib.sha1(b"blob %d\0" % len(data) + data)).hexdigest()
+        blob = storage / "blobs" / etag
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        pointer = storage / "snapshots" / COMMIT / file.name
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        _create_symlink(str(blob), str(pointer), new_blob=True)
+    _cache_commit_hash_for_specific_revision(str(storage), "main", COMMIT)
+    snapshot = storage / "snapshots" / COMMIT
+    assert try_to_load_from_cache(repo_id, "model.safetensors", cache_dir=cache) == str(snapshot / "model.safetensors")
+    return snapshot
+
+
+def test_a_hub_cache_download_is_verified_by_the_hubs_sha256(tmp_path, private_lock):
+    snapshot = hub_cache(tmp_path, FAIR_REPO, FAIR_HUB)
+    model = hiera_model.load(snapshot)  # the lock records no sha256 for it: the Hub's verifies it
+    assert model.provenance == {"source": f"{FAIR_REPO}@main (verified by the Hub's sha256)",
+                                "sha256": lock.sha256(FAIR_HUB / "model.safetensors"), "verified": True}
+    entry = lock.fill(snapshot / "model.safetensors")  # and lock fill records it
+    assert entry.sha256 == model.provenance["sha256"]
+    assert hiera_model.load(snapshot).provenance["source"] == f"{FAIR_REPO}@main"  # now by the lock
+
+
+def test_a_hub_cache_file_that_disagrees_with_its_blob_name_is_refused(tmp_path, private_lock):
+    snapshot = hub_cache(tmp_path, FAIR_REPO, FAIR_HUB)
+    flip_a_byte(snapshot / "model.safetensors", at=-100 % (FAIR_HUB / "model.safetensors").stat().st_size)
+    for allow in (False, True):
+        with pytest.raises(VerificationError, match="disagrees with the one the Hub published for it .* download it "
+                                                    "again"):
+            hiera_model.load(snapshot, allow_unverified=allow)
+    with pytest.raises(VerificationError, match="disagrees with the one the Hub published"):
+        lock.fill(snapshot / "model.safetensors")
+
+
+def local_dir_download(tmp_path, name: str, source: Path) -> Path:
+    """`source`'s files as `hf download REPO --local-dir DIR` leaves them: the files, and for each its download
+    metadata (commit, etag, time) written by huggingface_hub's own function, which its reader accepts."""
+    directory = tmp_path / name
+    shutil.copytree(source, directory)
+    for file in source.iterdir():
+        etag = lock.sha256(file) if file.suffix == ".safetensors" else "a" * 40
+        write_download_metadata(directory, file.name, COMMIT, etag)
+        assert read_download_metadata(directory, file.name).etag == etag
+    return directory
+
+
+def test_a_local_dir_download_is_verified_by_the_hubs_sha256(tmp_path, private_lock, transformers_checkpoint):
+    checkpoint, _ = transformers_checkpoint("small_q_pool")
+    directory = local_dir_download(tmp_path, "hiera-tiny-224-in1k-hf", checkpoint)
+    model = hiera_model.load(directory)
+    assert model.provenance["source"] == "facebook/hiera-tiny-224-in1k-hf@main (verified by the Hub's sha256)"
+    assert model.provenance["verified"]
+
+    flip_a_byte(directory / "model.safetensors", at=-100 % (directory / "model.safetensors").stat().st_size)
+    with pytest.raises(VerificationError, match=r"recorded at download in .*model.safetensors.metadata"):
+        hiera_model.load(directory, allow_unverified=True)
+
+
+def test_neither_a_lock_hash_nor_a_hub_record_needs_consent(tmp_path, private_lock, transformers_checkpoint):
+    checkpoint, _ = transformers_checkpoint("small_q_pool")
+    directory = tmp_path / "hiera-tiny-224-in1k-hf"
+    shutil.copytree(checkpoint, directory)
+    with pytest.raises(VerificationError) as error:
+        hiera_model.load(directory)
+    assert error.value.option == "allow_unverified"
+    assert "no record of the Hub's sha256 was found" in str(error.value)
+    assert str(error.value).endswith("or pass allow_unverified=True to load it unverified")
+    assert error.value.render("--allow-unverified").endswith("or pass --allow-unverified to load it unverified")
+    with pytest.warns(UserWarning, match="loading it unverified, as allowed"):
+        assert not hiera_model.load(directory, allow_unverified=True).provenance["verified"]

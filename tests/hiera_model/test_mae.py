@@ -22,8 +22,7 @@ FAIR_MAE = HieraConfig(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 2, 2, 1)
 @torch.no_grad()
 def test_matches_transformers_for_pretraining(transformers_mae):
     directory, reference = transformers_mae
-    model = hiera_model.load(directory, task="mae")
-    model.with_loss = True
+    model = hiera_model.load(directory, task="mae", with_loss=True)
     assert model.config.q_pool == 2 and model.config.decoder_embed_dim == 32
     generator = torch.Generator().manual_seed(1)
     pixel_values = torch.randn(3, 3, 64, 96, generator=generator)
@@ -42,8 +41,7 @@ def test_matches_transformers_for_pretraining(transformers_mae):
 @torch.no_grad()
 def test_matches_fair_masked_autoencoder():
     expected = safetensors.torch.load_file(REFERENCE / "expected_mae.safetensors")
-    model = hiera_model.load(REFERENCE / "mae_fair_small.pth", variant=FAIR_MAE, task="mae")
-    model.with_loss = True
+    model = hiera_model.load(REFERENCE / "mae_fair_small.pth", variant=FAIR_MAE, task="mae", with_loss=True)
     got = model(expected["pixel_values"], expected["noise"])
     visible_units = got["ids_restore"] < model.config.visible_units
     assert torch.equal(visible_units, expected["mask"])  # FAIR's mask is per mask unit

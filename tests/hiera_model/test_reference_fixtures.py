@@ -109,5 +109,5 @@ def test_video_weights_are_told_from_image_weights():
 
     for name in ("base", "base_16x224"):
         with torch.device("meta"):
-            state = hiera_model.model.build(hiera_model.VARIANTS[name].config).state_dict()
+            state = hiera_model.build(hiera_model.VARIANTS[name].config).state_dict()
         assert infer_config(state, name) == hiera_model.VARIANTS[name].config
