@@ -18,7 +18,7 @@ from pathlib import Path
 NEEDS = {"torch": "model", "safetensors": "model", "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
          "sklearn": "export"}
 # Options fields (as errors name them) -> this command line's flags.
-FLAGS = {"out_dir": "--out", "precisions": "--precision", "engine.precision": "--trt-precision",
+FLAGS = {"out_dir": "--out", "precisions": "--precision", "loss": "--loss", "engine.precision": "--trt-precision",
          "engine.max_batch": "--max-batch", "engine.workspace_gb": "--workspace", "build_engine": "--trt",
          "optimize": "--no-optimize"}
 COMMANDS = {"check-trt": "check ONNX files against TensorRT's parser, without TensorRT",
@@ -79,6 +79,9 @@ def parse(argv):
                    "checkpoint from the hub; needs a network)")
     p.add_argument("--allow-unverified", action="store_true", help="accept a published checkpoint whose sha256 "
                    "neither models.lock nor the Hub's download records (a warning is printed)")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H [W]: export for another input size "
+                   "(one number: square), its position embeddings resized as transformers' interpolate_pos_encoding "
+                   "does; the preprocessing follows (default: the checkpoint's own size)")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="output directory (default artifacts/)")
     p.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET} to {max_opset()} (default 17; "
                    f"{MIN_OPSET} writes LayerNormalization as primitive operators, for TensorRT 8.5)")
@@ -112,6 +115,7 @@ def parse(argv):
                    out_dir=a.out, opset=a.opset, batch=None if a.dynamic_batch else a.batch,
                    precisions=tuple(a.precision), calibration=a.calibration,
                    out_features=tuple(a.out_features) if a.out_features else None, loss=a.loss,
+                   image_size=tuple(a.image_size) if a.image_size else None,
                    optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version,
                    engine=EngineOptions(precision=a.trt_precision, max_batch=a.max_batch, workspace_gb=a.workspace,
                                         timing_cache=a.timing_cache, hardware_compatible=a.hardware_compatible,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hiera_model import TASKS
 from runtime import files
-from runtime.artifact import MAX_BATCH
+from runtime.artifact import MAX_BATCH, MAX_SIDE
 from runtime.errors import FileError
 
 from . import tensorrt, trt_check
@@ -33,6 +33,7 @@ class Options:
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     calibration: Path | None = None  # a directory of images like those the model will see, for qdq
     out_features: tuple[str, ...] | None = None  # backbone: the stage maps to output (default: all)
+    image_size: tuple[int, int] | None = None  # (height, width) other than the checkpoint's (position embeddings resized)
     loss: bool = False  # mae: also output each image's loss
     trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check and the trtexec command target
     engine: tensorrt.EngineOptions = field(default_factory=tensorrt.EngineOptions)  # the report's trtexec command
@@ -45,7 +46,12 @@ class Options:
 def check(options: Options) -> Options:
     """`options` with its paths as `Path`s, or `ExportError` naming the option that is wrong. Nothing is
     loaded or written here: every refusal comes before the work starts."""
+    size = options.image_size
+    size = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    if size is not None and len(tuple(size)) == 1:
+        size = (tuple(size)[0],) * 2
     o = replace(options, out_dir=Path(options.out_dir), precisions=tuple(options.precisions),
+                image_size=tuple(size) if size is not None else None,
                 calibration=Path(options.calibration) if options.calibration is not None else None,
                 out_features=tuple(options.out_features) if options.out_features is not None else None)
     if o.task not in TASKS:
@@ -60,6 +66,10 @@ def check(options: Options) -> Options:
         raise ExportError(f"opset {o.opset!r}: this export writes opsets {MIN_OPSET} to {max_opset()} (17 and later "
                           f"have LayerNormalization; {MIN_OPSET} writes it as primitive operators, for TensorRT 8.5)",
                           "opset")
+    if o.image_size is not None and (len(o.image_size) != 2 or not all(_whole(side, 1, MAX_SIDE)
+                                                                      for side in o.image_size)):
+        raise ExportError(f"image_size {options.image_size!r}: a height and width of 1 to {MAX_SIDE} pixels (or one "
+                          "number for both)", "image_size")
     if not _whole(o.seed, 0, MAX_SEED):
         raise ExportError(f"seed {o.seed!r}: a whole number from 0 to {MAX_SEED}", "seed")
     if "qdq" in o.precisions:

@@ -94,11 +94,10 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
 def _weights(r: Run) -> dict:
     o = r.options
     r.progress("weights", "loading " + (o.weights or "from the hub"))
-    model, r.name, weights_path = load_weights(o.weights, o.variant, o.task, o.seed, o.allow_unverified)
-    if o.out_features:
-        _select_features(model, o.out_features)
-    model.with_loss = o.loss
-    r.model, r.stem = model, artifact.family(r.name, o.task)
+    model, r.name, weights_path = load_weights(o.weights, o.variant, o.task, o.seed, o.allow_unverified,
+                                               out_features=o.out_features, with_loss=o.loss, input_size=o.image_size)
+    size = "x".join(map(str, dict.fromkeys(o.image_size))) if o.image_size else None  # 448, or 224x448
+    r.model, r.stem = model, artifact.family(f"{r.name}_{size}" if size else r.name, o.task)
     r.preprocessing = preprocessing_for(weights_path, model.config.input_size)
     r.props = dict(variant=r.name, task=o.task, outputs=model.output_names, input_size=model.config.input_size,
                    preprocessing=r.preprocessing.to_dict(), labels=model.labels, weights=dict(model.provenance),
@@ -251,16 +250,6 @@ def _merge(into: dict, part: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
-
-
-def _select_features(model, names: tuple[str, ...]) -> None:
-    if model.task != "backbone":
-        raise ExportError("out_features: only for task backbone", "out_features")
-    unknown = [n for n in names if n not in model.out_features]
-    if unknown or not names:
-        raise ExportError(f"out_features {' '.join(names)}: choose from {', '.join(model.out_features)}",
-                          "out_features")
-    model.out_features = tuple(n for n in model.out_features if n in names)  # in stage order
 
 
 def _mae_metadata(model) -> dict | None:

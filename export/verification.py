@@ -177,16 +177,15 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
     info = _info(onnx_files[0])
     progress("weights", f"loading {weights}")
     model, _, _ = load_weights(weights, report.get("variant") if weights == "random" else None, task,
-                               random_seed if random_seed is not None else 0, allow_unverified)
+                               random_seed if random_seed is not None else 0, allow_unverified,
+                               out_features=info.outputs if task == "backbone" else None,
+                               with_loss="loss" in info.outputs, input_size=info.input_size[-2:])
     same = (model.provenance.get("source") == source if weights == "random" else
             model.provenance.get("sha256") == recorded.get("sha256"))
     if not result.add(weights, "weights", same, "the weights the export recorded" if same else
                       f"not the weights of this export (it recorded {source}, sha256 {recorded.get('sha256')}; "
                       f"these are {model.provenance.get('source')}, sha256 {model.provenance.get('sha256')})"):
         return
-    if task == "backbone":
-        model.out_features = tuple(info.outputs)
-    model.with_loss = "loss" in info.outputs
     inputs, _ = parity.validation_inputs(model, info.preprocessing, seed)
     progress("reference", "PyTorch fp32")
     reference = parity.run_torch(model, inputs)

@@ -16,28 +16,35 @@ from .errors import ExportError
 HUB_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
 
 
-def load_weights(weights: str | None, variant: str | None, task: str, seed: int, allow_unverified: bool = False):
+# hiera_model's option names -> the export's (Options fields), for errors about one of them.
+OPTIONS = {"allow_unverified": "allow_unverified", "task": "task", "input_size": "image_size",
+           "out_features": "out_features", "with_loss": "loss", "variant": "variant"}
+
+
+def load_weights(weights: str | None, variant: str | None, task: str, seed: int, allow_unverified: bool = False,
+                 **build_options):
     """The model to export, the name its artifacts carry (the variant, else the checkpoint's name) and
     the checkpoint's path (None for random weights).
 
     `weights`: a local checkpoint path, "random", or "hub[:REPO_ID]"; None means the hub. A published
-    file whose sha256 models.lock does not record yet is refused unless `allow_unverified`.
+    file whose sha256 nothing on disk records is refused unless `allow_unverified`. `build_options`:
+    hiera_model's (out_features, with_loss, input_size).
     """
     try:
         if variant is not None:
             get_variant(variant)
         if weights == "random":
             if variant is None:
-                raise ExportError("--weights random needs --variant (one of: " + ", ".join(hiera_model.VARIANTS) + ")")
-            return hiera_model.create(variant, task, seed), variant, None
+                raise ExportError("random weights need a variant (one of: " + ", ".join(hiera_model.VARIANTS) + ")",
+                                  "variant")
+            return hiera_model.create(variant, task, seed, **build_options), variant, None
         if weights is None or weights == "hub" or weights.startswith("hub:"):
             path = _download(weights, variant)
         else:
             path = Path(weights)
-        model = hiera_model.load(path, task=task, allow_unverified=allow_unverified)
-    except HieraModelError as error:  # worded with this CLI's flag where it names an option (error.option)
-        flag = {"allow_unverified": "--allow-unverified", "task": f"--task {error.value}"}.get(error.option)
-        raise ExportError(error.render(flag) if flag else str(error)) from None
+        model = hiera_model.load(path, task=task, allow_unverified=allow_unverified, **build_options)
+    except HieraModelError as error:  # the same words, and the option it is about in the export's name for it
+        raise ExportError(str(error), OPTIONS.get(error.option)) from None
     name = _check_variant(model, variant, path)
     return model, name, path
 
@@ -45,11 +52,11 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
 def _check_variant(model, variant: str | None, path: Path) -> str:
     # A fine-tuned checkpoint keeps its variant's name whatever its number of classes.
     config = model.config
-    match = next((v.name for v in hiera_model.VARIANTS.values()
-                  if v.config_for(model.task) == config.replace(num_classes=v.config.num_classes)), None)
+    match = next((v.name for v in hiera_model.VARIANTS.values() if v.config_for(model.task) == config.replace(
+        num_classes=v.config.num_classes, input_size=v.config.input_size)), None)  # and at any input size
     if variant is not None and match != variant:
         found = f"Hiera-{match}" if match else "a custom Hiera config"
-        raise ExportError(f"{path}: these weights are for {found}, not --variant {variant}")
+        raise ExportError(f"{path}: these weights are for {found}, not variant {variant}", "variant")
     return match or (path.stem if path.is_file() else path.resolve().name).removeprefix("hiera_").replace("-", "_")
 
 
@@ -60,20 +67,19 @@ def _download(weights: str | None, variant: str | None) -> Path:
     elif variant is not None:
         repo_id = get_variant(variant).transformers_id
     else:
-        raise ExportError("no weights given: pass --variant (to fetch its checkpoint from the hub), "
-                          "--weights PATH, or --weights random")
-    howto = (f"download it where there is a network (huggingface-cli download {repo_id} --local-dir DIR), "
-             "copy DIR here and pass --weights DIR; or pass --weights random for a seeded random model "
-             "(graph and speed work only)")
+        raise ExportError("no weights given: name a variant (to fetch its checkpoint from the hub), a checkpoint "
+                          "path, or random weights", "weights")
+    howto = (f"download it where there is a network (hf download {repo_id} --local-dir DIR), copy DIR here and "
+             "give it as the weights; or use random weights for a seeded random model (graph and speed work only)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ExportError(f"cannot fetch {repo_id}: huggingface_hub is not installed; {howto}") from None
+        raise ExportError(f"cannot fetch {repo_id}: huggingface_hub is not installed; {howto}", "weights") from None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except Exception as error:  # the hub client raises many types; all mean the same here
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ExportError(f"cannot fetch {repo_id} ({reason[:120]}); {howto}") from None
+        raise ExportError(f"cannot fetch {repo_id} ({reason[:120]}); {howto}", "weights") from None
 
 
 def preprocessing_for(path: Path | None, input_size) -> Preprocessing:
