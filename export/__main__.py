@@ -83,6 +83,9 @@ def parse(argv):
                    "(one number: square), its position embeddings resized as transformers' interpolate_pos_encoding "
                    "does; the preprocessing follows (default: the checkpoint's own size)")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="output directory (default artifacts/)")
+    p.add_argument("--layout", choices=["files", "hub"], default="files", help="hub: the output folder is also the "
+                   "folder the Hugging Face Hub, transformers.js and optimum read (config.json, "
+                   "preprocessor_config.json, onnx/model*.onnx, model.onnx, a model card), beside our files")
     p.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET} to {max_opset()} (default 17; "
                    f"{MIN_OPSET} writes LayerNormalization as primitive operators, for TensorRT 8.5)")
     batch = p.add_mutually_exclusive_group()
@@ -115,7 +118,7 @@ def parse(argv):
                    out_dir=a.out, opset=a.opset, batch=None if a.dynamic_batch else a.batch,
                    precisions=tuple(a.precision), calibration=a.calibration,
                    out_features=tuple(a.out_features) if a.out_features else None, loss=a.loss,
-                   image_size=tuple(a.image_size) if a.image_size else None,
+                   image_size=tuple(a.image_size) if a.image_size else None, layout=a.layout,
                    optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version,
                    engine=EngineOptions(precision=a.trt_precision, max_batch=a.max_batch, workspace_gb=a.workspace,
                                         timing_cache=a.timing_cache, hardware_compatible=a.hardware_compatible,
@@ -277,7 +280,8 @@ def main(argv=None) -> int:
     except Exception as error:  # a bug or a library's surprise: still one line, and never a false "ok"
         if os.environ.get("HIERA_DEBUG"):
             raise
-        print(f"error: internal error, {type(error).__name__}: {printable(str(error).splitlines()[0] if str(error) else '')}"
+        first = str(error).splitlines()[0] if str(error) else ""
+        print(f"error: internal error, {type(error).__name__}: {printable(first)}"
               " (the output folder is as it was; HIERA_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 

@@ -30,7 +30,6 @@ import platform
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -112,6 +111,12 @@ def layout(artifacts: Mapping[str, Path], report: Path, checkpoint: Path | None 
     return out
 
 
+def owned(relative: str) -> bool:
+    """Whether `relative` is a path the Hub layout writes (so that a new export may replace or remove it)."""
+    return relative in (*ONNX_FILES.values(), OPTIMUM_FILE, "config.json", "preprocessor_config.json", "README.md") \
+        or (relative.startswith("onnx/") and relative.endswith("_data"))
+
+
 def write(files_by_path: Mapping[str, Path | bytes], directory: Path) -> None:
     """Put a layout into `directory` (created if need be): sources hard-linked (copied where the filesystem
     cannot link them), bytes written. Not atomic by itself: write into a staging folder (see `publish`)."""
@@ -124,6 +129,9 @@ def write(files_by_path: Mapping[str, Path | bytes], directory: Path) -> None:
                 target.write_bytes(source)
                 continue
             files.require_file(source)
+            if relative.endswith(("_data", ".data")):  # onnx refuses external data with several links
+                shutil.copyfile(source, target)
+                continue
             try:
                 os.link(source, target)
             except OSError:  # another filesystem, or one without hard links
@@ -143,30 +151,12 @@ def publish(files_by_path: Mapping[str, Path | bytes], out: Path) -> Path:
     if not parent.is_dir():
         raise ExportError(f"{parent}: no such directory")
     with _lock(out):
-        previous = _replaceable(out)
+        _replaceable(out)
         try:
-            staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.staging-"))
-        except OSError as error:
-            raise ExportError(f"{parent}: cannot write ({error.strerror or error})") from None
-        old = None
-        try:
-            write(files_by_path, staging)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
-            if previous:
-                old = parent / f".{out.name}.old-{os.getpid()}"
-                os.replace(out, old)
-            os.replace(staging, out)
-        except OSError as error:
-            if old is not None and not out.exists():
-                os.replace(old, out)  # put the previous folder back
-                old = None
-            raise ExportError(f"{out}: cannot write ({error.strerror or error})") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            with files.staged_directory(out) as staging:
+                write(files_by_path, staging)
+        except FileError as error:
+            raise ExportError(str(error)) from None
     return out
 
 

@@ -17,6 +17,7 @@ from .onnx_export import MIN_OPSET, max_opset
 
 PRECISIONS = ("fp32", "fp16", "int8", "qdq", "openvino")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # qdq (static int8 for TensorRT) needs calibration images
+LAYOUTS = ("files", "hub")
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1
 MAX_WORKSPACE_GB = 1024
 
@@ -33,11 +34,12 @@ class Options:
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     calibration: Path | None = None  # a directory of images like those the model will see, for qdq
     out_features: tuple[str, ...] | None = None  # backbone: the stage maps to output (default: all)
-    image_size: tuple[int, int] | None = None  # (height, width) other than the checkpoint's (position embeddings resized)
+    image_size: tuple[int, int] | None = None  # (height, width) other than the checkpoint's: pos. embeddings resized
     loss: bool = False  # mae: also output each image's loss
     trt_version: str = trt_check.DEFAULT_TARGET  # what the TensorRT check and the trtexec command target
     engine: tensorrt.EngineOptions = field(default_factory=tensorrt.EngineOptions)  # the report's trtexec command
     build_engine: bool = False  # build that engine here (needs TensorRT and a GPU)
+    layout: str = "files"  # "hub": the output folder is also the Hugging Face folder (export/hub.py)
     optimize: bool = True
     validate: bool = True
     seed: int = 0
@@ -84,6 +86,8 @@ def check(options: Options) -> Options:
             files.require_directory(o.calibration)
         except FileError as error:
             raise ExportError(str(error), "calibration") from None
+    if o.layout not in LAYOUTS:
+        raise ExportError(f"layout {o.layout!r}: choose from {', '.join(LAYOUTS)}", "layout")
     if o.loss and o.task != "mae":
         raise ExportError("loss: only for task mae", "loss")
     if o.out_features is not None and o.task != "backbone":
@@ -110,7 +114,8 @@ def _check_engine(engine: tensorrt.EngineOptions) -> None:
         raise ExportError(f"engine max_batch {engine.max_batch!r}: a whole number from 1 to {MAX_BATCH}",
                           "engine.max_batch")
     gb = engine.workspace_gb
-    if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not math.isfinite(gb) or not 0 < gb <= MAX_WORKSPACE_GB:
+    number = isinstance(gb, (int, float)) and not isinstance(gb, bool)
+    if not number or not math.isfinite(gb) or not 0 < gb <= MAX_WORKSPACE_GB:
         raise ExportError(f"engine workspace {gb!r} GB: a number above 0 and at most {MAX_WORKSPACE_GB}",
                           "engine.workspace_gb")
 

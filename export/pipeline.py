@@ -28,7 +28,7 @@ from runtime.artifact import to_metadata
 from runtime.errors import HieraRuntimeError
 from runtime.preprocess import find_images, load_image
 
-from . import artifact, convert, openvino, parity, tensorrt, trt_check
+from . import artifact, convert, hub, openvino, parity, tensorrt, trt_check
 from .errors import ExportError
 from .onnx_export import to_opset_16, trace
 from .optimize import op_histogram, optimize
@@ -69,6 +69,8 @@ class Run:
     graphs: dict = field(default_factory=dict)  # "traced" / "optimized" -> the graph's file in staging
     files: dict = field(default_factory=dict)  # precision -> the artifact in staging
     engine: Path | None = None
+    weights_path: Path | None = None  # the checkpoint, when the weights came from one
+    config: object = None  # the model's HieraConfig
 
 
 def run(options: Options, progress=lambda step, message: None) -> dict:
@@ -84,8 +86,9 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
             _stage(r, report, name, stage)
         names = [*report["files"], artifact.report_name(r.stem)]
         artifact.write_report(r.staging / names[-1], report)
-        progress("commit", f"moving {len(names)} files into {r.options.out_dir}")
-        transaction.commit(names)
+        extra = _hub_folder(r, r.staging / names[-1]) if r.options.layout == "hub" else []
+        progress("commit", f"moving {len(names) + len(extra)} files into {r.options.out_dir}")
+        transaction.commit([*extra, *names], owned=hub.owned if r.options.layout == "hub" else None)
     report = artifact.seal(report)
     report["report_file"] = str(r.options.out_dir / names[-1])
     return report
@@ -94,11 +97,14 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
 def _weights(r: Run) -> dict:
     o = r.options
     r.progress("weights", "loading " + (o.weights or "from the hub"))
-    model, r.name, weights_path = load_weights(o.weights, o.variant, o.task, o.seed, o.allow_unverified,
-                                               out_features=o.out_features, with_loss=o.loss, input_size=o.image_size)
+    model, r.name, r.weights_path = load_weights(o.weights, o.variant, o.task, o.seed, o.allow_unverified,
+                                                 out_features=o.out_features, with_loss=o.loss, input_size=o.image_size)
+    r.config = model.config
+    if o.layout == "hub":  # refused now rather than after the work
+        hub.check(o.task, model.config.is_video, o.precisions)
     size = "x".join(map(str, dict.fromkeys(o.image_size))) if o.image_size else None  # 448, or 224x448
     r.model, r.stem = model, artifact.family(f"{r.name}_{size}" if size else r.name, o.task)
-    r.preprocessing = preprocessing_for(weights_path, model.config.input_size)
+    r.preprocessing = preprocessing_for(r.weights_path, model.config.input_size)
     r.props = dict(variant=r.name, task=o.task, outputs=model.output_names, input_size=model.config.input_size,
                    preprocessing=r.preprocessing.to_dict(), labels=model.labels, weights=dict(model.provenance),
                    opset=o.opset, batch=o.batch or "dynamic", versions=_versions(), mae=_mae_metadata(model))
@@ -250,6 +256,17 @@ def _merge(into: dict, part: dict) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def _hub_folder(r: Run, report_file: Path) -> list[str]:
+    """The Hugging Face files of the export (config.json, preprocessor_config.json, the ONNX files under the
+    names transformers.js and optimum look for, a model card), made in staging beside the artifacts they link."""
+    r.progress("hub", "config.json, preprocessor_config.json, model card, ONNX files under the Hub's names")
+    artifacts = {precision: path for precision, path in r.files.items() if precision in hub.ONNX_FILES}
+    tree = hub.layout(artifacts, report_file, r.weights_path, config=r.config)
+    tree.pop(report_file.name)  # the report is already there, under its own name
+    hub.write(tree, r.staging)
+    return list(tree)
 
 
 def _mae_metadata(model) -> dict | None:

@@ -59,13 +59,16 @@ class Transaction:
             raise
         return self
 
-    def commit(self, names: list[str]) -> None:
-        """Make the staged files (paths relative to the staging folder) the export's files, whole."""
+    def commit(self, names: list[str], owned=None) -> None:
+        """Make the staged files (paths relative to the staging folder) the export's files, whole. `owned`:
+        a test of other relative paths this kind of export writes (the Hub layout's), which the commit removes
+        when the new set does not contain them, as it does the family's files."""
         missing = [name for name in names if not (self.staging / name).is_file()]
         if missing:
             raise ExportError(f"{self.staging}: {', '.join(missing)} was not written; nothing was committed")
         with self._folder_lock():
-            files.write_json(self.staging / MANIFEST, {"stem": self.stem, "files": names})
+            owned_now = sorted(p for p in _relative_files(self.out_dir) if owned and owned(p) and p not in names)
+            files.write_json(self.staging / MANIFEST, {"stem": self.stem, "files": names, "remove": owned_now})
             _fsync_dir(self.staging)
             _move_into_place(self.staging, self.out_dir)
         self.committed = True
@@ -145,22 +148,30 @@ def pending(out_dir: Path) -> list[Path]:
     return found
 
 
-def _manifest(staging: Path) -> tuple[str, list[str]] | None:
-    """The stem and files of a staging folder's manifest; None if it has none, or one we did not write."""
+def _manifest(staging: Path) -> tuple[str, list[str], list[str]] | None:
+    """The stem, files and files to remove of a staging folder's manifest; None if it has none, or one we did
+    not write."""
     try:
         manifest = files.read_json(staging / MANIFEST, 1 << 20)
-        stem, names = manifest["stem"], manifest["files"]
-    except (HieraRuntimeError, KeyError, TypeError):
+        stem, names, remove = manifest["stem"], manifest["files"], manifest.get("remove", [])
+    except (HieraRuntimeError, KeyError, TypeError, AttributeError):
         return None
-    if not isinstance(stem, str) or not isinstance(names, list) or not all(
-            isinstance(n, str) and n and not Path(n).is_absolute() and ".." not in Path(n).parts for n in names):
+    if not isinstance(stem, str) or not isinstance(names, list) or not isinstance(remove, list) or not all(
+            isinstance(n, str) and n and not Path(n).is_absolute() and ".." not in Path(n).parts
+            for n in names + remove):
         return None
-    return stem, names
+    return stem, names, remove
+
+
+def _relative_files(folder: Path) -> list[str]:
+    """Every file below `folder` (not in hidden folders), as a path relative to it."""
+    return [p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1])]
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
     """Idempotent: a second call after an interrupted first one finishes the job."""
-    stem, names = _manifest(staging)
+    stem, names, remove = _manifest(staging)
     for name in names:  # the report is last in the list: it appears once everything it describes is there
         source = staging / name
         if source.exists():
@@ -170,6 +181,8 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
     for old in out_dir.iterdir():
         if old.is_file() and in_family(old.name, stem) and old.name not in keep:
             old.unlink()
+    for name in remove:
+        (out_dir / name).unlink(missing_ok=True)
     _fsync_dir(out_dir)
     shutil.rmtree(staging, ignore_errors=True)
 

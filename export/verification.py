@@ -149,7 +149,8 @@ def _metadata(result: VerifyResult, path: Path, report: dict) -> None:
         return
     expected = next((p for p, e in report.get("artifacts", {}).items() if e.get("file") == path.name), None)
     problems = [f"{what} {got!r}, the report says {want!r}" for what, got, want in (
-        ("precision", info.precision, artifact.computes(expected or "")), ("variant", info.variant, report.get("variant")),
+        ("precision", info.precision, artifact.computes(expected or "")),
+        ("variant", info.variant, report.get("variant")),
         ("task", info.task, report.get("task")), ("weights", info.weights, report.get("weights")))
         if got != want]
     result.add(path, "metadata", not problems, "valid, and as the report says" if not problems else

@@ -52,8 +52,9 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
 def _check_variant(model, variant: str | None, path: Path) -> str:
     # A fine-tuned checkpoint keeps its variant's name whatever its number of classes.
     config = model.config
-    match = next((v.name for v in hiera_model.VARIANTS.values() if v.config_for(model.task) == config.replace(
-        num_classes=v.config.num_classes, input_size=v.config.input_size)), None)  # and at any input size
+    match = next((v.name for v in hiera_model.VARIANTS.values() if v.config.is_video == config.is_video
+                  and v.config_for(model.task) == config.replace(num_classes=v.config.num_classes,
+                                                                 input_size=v.config.input_size)), None)  # any size
     if variant is not None and match != variant:
         found = f"Hiera-{match}" if match else "a custom Hiera config"
         raise ExportError(f"{path}: these weights are for {found}, not variant {variant}", "variant")

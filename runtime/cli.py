@@ -26,11 +26,12 @@ import numpy as np
 from PIL import Image
 
 from . import files
+from .artifact import MAX_BATCH
 from .bench import summarize, time_calls
 from .embed import SUFFIXES as EMBED_SUFFIXES
 from .embed import embed as write_embedding
-from .errors import HieraRuntimeError
-from .model import MAX_BATCH_SIZE, Classifier, FeatureExtractor, MissingMetadata, Reconstructor, load
+from .errors import HieraRuntimeError, MissingMetadata
+from .model import Classifier, FeatureExtractor, Reconstructor, load
 from .openvino import PRECISIONS
 from .preprocess import MAX_EDGE, MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
@@ -157,9 +158,9 @@ def parse(argv) -> argparse.Namespace:
     model_options(predict)
     predict.add_argument("--top-k", type=whole(1, MAX_TOP_K), default=5,
                          help=f"classes per image (default 5, at most {MAX_TOP_K})")
-    predict.add_argument("--batch-size", type=whole(1, MAX_BATCH_SIZE), default=None,
+    predict.add_argument("--batch-size", type=whole(1, MAX_BATCH), default=None,
                          help=f"images per call for a dynamic-batch model (a static one takes its own batch size; "
-                              f"default 8, at most {MAX_BATCH_SIZE})")
+                              f"default 8, at most {MAX_BATCH})")
     predict.add_argument("--json", action="store_true", help="one JSON object per image and line")
     image_options(predict)
     progress_option(predict)
@@ -174,8 +175,8 @@ def parse(argv) -> argparse.Namespace:
                           "writing it was stopped, the images already done are not run again")
     features.add_argument("--outputs", nargs="+", metavar="NAME", help="the model outputs to write (default: "
                           "pooler_output of a features model, the deepest stage map of a backbone)")
-    features.add_argument("--batch-size", type=whole(1, MAX_BATCH_SIZE), default=None,
-                          help=f"images per call for a dynamic-batch model (default 8, at most {MAX_BATCH_SIZE})")
+    features.add_argument("--batch-size", type=whole(1, MAX_BATCH), default=None,
+                          help=f"images per call for a dynamic-batch model (default 8, at most {MAX_BATCH})")
     image_options(features)
     progress_option(features)
 
@@ -189,8 +190,8 @@ def parse(argv) -> argparse.Namespace:
 
     bench = commands.add_parser("bench", help="latency and throughput on random input")
     model_options(bench)
-    bench.add_argument("--batch", type=whole(1, MAX_BATCH_SIZE), default=1,
-                       help=f"images per call (default 1, at most {MAX_BATCH_SIZE})")
+    bench.add_argument("--batch", type=whole(1, MAX_BATCH), default=1,
+                       help=f"images per call (default 1, at most {MAX_BATCH})")
     bench.add_argument("--runs", type=whole(1, MAX_RUNS), default=20,
                        help=f"timed calls (default 20, at most {MAX_RUNS})")
     bench.add_argument("--warmup", type=whole(0, MAX_WARMUP), default=3,

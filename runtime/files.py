@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -160,9 +161,7 @@ def atomic_path(path):
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as file:  # to disk before the rename makes it visible
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -170,6 +169,42 @@ def atomic_path(path):
         raise FileError(f"{path}: cannot write ({_reason(error)})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def staged_directory(out):
+    """A new folder beside `out` to build a whole directory in (a model repository, a Hub folder). When the
+    block ends without error it replaces `out` (an old one is moved aside first, removed after), so that
+    `out` is always the old complete folder or the new one; when it fails, `out` stays as it was."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staging"))
+    except OSError as error:
+        raise FileError(f"{out}: cannot write ({_reason(error)})") from None
+    old = None
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a server may run as another user
+        if out.exists():
+            old = out.parent / f".{out.name}.{os.getpid()}.old"
+            os.rename(out, old)
+        os.rename(staging, out)
+    except OSError as error:
+        if old is not None and not out.exists():
+            os.rename(old, out)  # the old folder back, as it was
+            old = None
+        raise FileError(f"{out}: cannot write ({_reason(error)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path, data: bytes) -> None:

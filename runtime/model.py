@@ -22,19 +22,13 @@ import numpy as np
 from PIL import Image
 
 from . import openvino, reconstruct
-from .artifact import ModelInfo, for_foreign_model, from_metadata
-from .errors import HieraRuntimeError
+from .artifact import MAX_BATCH, ModelInfo, for_foreign_model, from_metadata
+from .errors import HieraRuntimeError, MissingMetadata
 from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
 from .session import OnnxSession
 from .tensorrt import ENGINE_SUFFIXES, EngineSession
 
 DEFAULT_BATCH_SIZE = 8  # images per call for a dynamic batch, unless asked otherwise
-MAX_BATCH_SIZE = 1024  # the most images one call may take: 1024 images of 224 x 224 are 600 MB of input
-
-
-class MissingMetadata(HieraRuntimeError):
-    """An ONNX file without Hiera metadata: it runs only with the preprocessing given by the caller (the CLI
-    says which option gives it)."""
 
 
 def open_session(path, provider: str = "auto", threads: int | None = None, cache_dir=None,
@@ -144,7 +138,7 @@ class _Model:
     def batch_size(self, requested: int | None = None) -> int:
         """Images per session call: a static batch's own size; else `requested` (default 8, at most 1024),
         and no more than the session runs at once (an engine's profile)."""
-        size = DEFAULT_BATCH_SIZE if requested is None else _whole("batch_size", requested, 1, MAX_BATCH_SIZE)
+        size = DEFAULT_BATCH_SIZE if requested is None else _whole("batch_size", requested, 1, MAX_BATCH)
         if self.info.batch:
             return self.info.batch
         return min(size, self.session.max_batch) if self.session.max_batch else size

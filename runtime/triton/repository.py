@@ -25,16 +25,15 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..artifact import ModelInfo, from_metadata
+from ..artifact import ModelInfo, from_metadata, read_sidecar, sidecar_path
 from ..errors import FileError, HieraRuntimeError
-from ..files import open_file, read_bytes, require_file, sha256, write_bytes, write_json
+from ..files import open_file, read_bytes, require_file, sha256, staged_directory, write_bytes, write_json
 from ..preprocess import MAX_PIXELS
 from ..session import OnnxSession
-from ..tensorrt import ENGINE_SUFFIXES, read_sidecar, sidecar_path
+from ..tensorrt import ENGINE_SUFFIXES
 
 MARKER = "hiera_repository.json"
 MANIFEST = "inferenceservice.yaml"
@@ -480,9 +479,7 @@ def write_repository(paths, repo, options: Options = Options()) -> dict:
     served = plan(paths, options)
     repo = Path(repo)
     replaced = check_target(repo)
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=repo.parent, prefix=f".{repo.name}.", suffix=".staging"))
-    try:
+    with staged_directory(repo) as staging:
         for s in served:
             for folder, config in configs(s, options).items():
                 files = s.files if folder == f"{s.name}_model" else {}
@@ -490,32 +487,6 @@ def write_repository(paths, repo, options: Options = Options()) -> dict:
         result = record(served, options)
         write_json(staging / MARKER, result)
         write_bytes(staging / MANIFEST, kserve_manifest(kserve_name(repo.name), repo.name, options.kind).encode())
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the server may run as another user
-        swap(staging, repo)
-    except OSError as error:
-        raise FileError(f"{repo}: cannot write ({error.strerror or error})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {**result, "replaced": replaced}
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def swap(staging: Path, repo: Path) -> None:
-    """Move the staged repository into place; an existing one is moved aside first and removed after."""
-    if not repo.exists():
-        os.rename(staging, repo)
-        return
-    old = Path(tempfile.mkdtemp(dir=repo.parent, prefix=f".{repo.name}.", suffix=".old"))
-    os.rename(repo, old / "repository")
-    try:
-        os.rename(staging, repo)
-    except OSError:
-        os.rename(old / "repository", repo)  # the old repository back, as it was
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

@@ -98,7 +98,7 @@ def test_plans_that_cannot_build_say_why(exports):
     files, models, _ = exports["optimized"]
     with pytest.raises(ExportError, match="fused Attention: export it without optimization"):
         plan(files, models, EngineOptions(precision="fp32"), "10")
-    with pytest.raises(ExportError, match="builds from the qdq artifact: add qdq to the precisions with calibration images"):
+    with pytest.raises(ExportError, match="builds from the qdq artifact: add qdq to the precisions with calibration"):
         plan(files, models, EngineOptions(precision="int8"), "10")
     with pytest.raises(ExportError, match="fp8: needs an FP8 Q/DQ graph"):
         plan(files, models, EngineOptions(precision="fp8"), "10")

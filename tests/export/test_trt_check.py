@@ -148,7 +148,8 @@ def test_the_parser_tables_are_pinned():
     def digest(names) -> str:
         return hashlib.sha256(" ".join(sorted(names)).encode()).hexdigest()[:16]
 
-    pinned = {"8.5": (38, "4fb38a419b94caed", 17), "8.6": (37, "35ddd788205518a1", 17), "10": (42, "5c97462e940c3282", 20)}
+    pinned = {"8.5": (38, "4fb38a419b94caed", 17), "8.6": (37, "35ddd788205518a1", 17),
+              "10": (42, "5c97462e940c3282", 20)}
     assert {name: (len(t.unsupported), digest(t.unsupported), t.max_opset) for name, t in TARGETS.items()} == pinned
     for name, target in TARGETS.items():  # every row matters: each listed operator is found in a graph
         for op in sorted(target.unsupported)[:3] + ["MatMulInteger"]:
