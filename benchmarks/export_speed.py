@@ -14,6 +14,11 @@ rounds, so that a machine whose speed drifts during the run treats them alike.
 
     python benchmarks/export_speed.py --variant base            # table on stdout, JSON in benchmarks/results/
     python benchmarks/export_speed.py --variant base --task backbone
+    python benchmarks/export_speed.py --variant base --image-size 448 --batches 1
+
+With `--image-size` every candidate runs at that size: transformers with `interpolate_pos_encoding=True`
+(eager and in its ONNX export), ours exported for the size; one more row, our fp32 graph at the
+checkpoint's own size, shows in the same run what the larger size costs per image.
 
 With `--task backbone` the models output the four stage maps (NCHW): transformers' side is its
 `HieraModel` with its rerolled hidden states (`reshaped_hidden_states`), the maps its own `HieraBackbone`
@@ -113,42 +118,53 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--runs", type=int, default=8, help="timed runs per candidate and round at batch 1, "
                         "after 3 untimed (default 8; divided by the batch size, at least 2, after 1 untimed)")
-    parser.add_argument("--json", type=Path, help="default: benchmarks/results/export_speed_<variant>[_backbone].json")
+    parser.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H [W]: run at another input size")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results/export_speed_<variant>[_backbone]"
+                        "[_<size>].json")
     args = parser.parse_args()
     if 1 not in args.batches:
         parser.error("--batches must include 1: the comparisons and the floor are at batch 1")
     torch.set_num_threads(THREADS)
 
     config = hiera_model.get_variant(args.variant).config
+    native = tuple(config.input_size)
+    size = tuple((args.image_size * 2)[:2]) if args.image_size else native
     tmp = Path(tempfile.mkdtemp(prefix="hiera-bench-"))
     if config.is_video:
         if args.task != "classify":
             parser.error("video variants: --task classify only")
         library, exported_reference, weights, versions = fair_video(args.variant, tmp)
     else:
-        library, exported_reference, weights, versions = transformers_reference(config, args.task, tmp)
-    ours = hiera_model.load(weights, task=args.task)
+        library, exported_reference, weights, versions = transformers_reference(config, args.task, tmp,
+                                                                                 interpolate=size != native)
+    ours = hiera_model.load(weights, task=args.task, input_size=size if size != native else None)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        ours(torch.zeros(1, 3, *config.input_size))
+        ours(torch.zeros(1, 3, *size))
     flops = counter.get_total_flops()
     print("finding the fastest of the linear layers' GEMM shapes", file=sys.stderr, flush=True)
-    probes = [gemm_probe(shape) for shape in linear_shapes(ours, config.input_size)]
+    probes = [gemm_probe(shape) for shape in linear_shapes(ours, size)]
     probe, probe_flops = max(probes, key=lambda p: gflops(p[1], timed(p[0], runs=10, warmup=3)))
     probe_times = []
 
     rows: dict[str, dict] = {}
     for batch in args.batches:
-        x = np.random.default_rng(batch).standard_normal((batch, 3, *config.input_size), dtype=np.float32)
+        x = np.random.default_rng(batch).standard_normal((batch, 3, *size), dtype=np.float32)
         tx = torch.from_numpy(x)
         print(f"batch {batch}: exporting", file=sys.stderr, flush=True)
         files = {}
         for name, optimize in (("ours fp32, traced", False), ("ours fp32", True)):
             out = tmp / f"{batch}-{optimize}"
-            run(Options(weights=str(weights), task=args.task, out_dir=out, batch=batch, optimize=optimize,
-                        validate=False, precisions=("fp32", "int8") if optimize else ("fp32",)))
-            files[name] = next(out.glob(f"*_{args.task}.onnx"))
+            report = run(Options(weights=str(weights), task=args.task, out_dir=out, batch=batch, optimize=optimize,
+                                 validate=False, precisions=("fp32", "int8") if optimize else ("fp32",),
+                                 image_size=size if size != native else None))
+            files[name] = out / report["artifacts"]["fp32"]["file"]
             if optimize:
-                files["ours int8"] = next(out.glob(f"*_{args.task}.int8.onnx"))
+                files["ours int8"] = out / report["artifacts"]["int8"]["file"]
+        if size != native:  # what the larger input costs, in the same run
+            out = tmp / f"{batch}-native"
+            report = run(Options(weights=str(weights), task=args.task, out_dir=out, batch=batch, validate=False,
+                                 precisions=("fp32",)))
+            files[f"ours fp32 at {native[0]}x{native[1]}"] = out / report["artifacts"]["fp32"]["file"]
         theirs = tmp / f"{library}-{batch}.onnx"
         with torch.no_grad():
             torch.onnx.export(exported_reference, (tx,), theirs, opset_version=17, dynamo=False,
@@ -157,8 +173,9 @@ def main() -> None:
 
         sessions = {name: onnx_session(path) for name, path in files.items()}
         candidates = {f"{library} eager": lambda t=tx: exported_reference(t), "ours eager": lambda t=tx: ours(t)}
-        candidates.update({name: lambda s=session, feed={"pixel_values": x}: s.run(None, feed)
-                           for name, session in sessions.items()})
+        native_x = np.ascontiguousarray(x[..., :native[0], :native[1]]) if size != native else x
+        candidates.update({name: lambda s=session, feed={"pixel_values": native_x if " at " in name else x}:
+                           s.run(None, feed) for name, session in sessions.items()})
         times = {name: [] for name in candidates}
         runs, warmup = max(2, args.runs // batch), 3 if batch == 1 else 1
         with torch.inference_mode():
@@ -176,23 +193,25 @@ def main() -> None:
     rate = gflops(probe_flops, probe_times)
     floor_ms = flops / (rate * 1e9) * 1000
     result = {
-        "variant": args.variant, "task": args.task, "reference": library, "threads": THREADS,
+        "variant": args.variant, "task": args.task, "image_size": list(size), "reference": library, "threads": THREADS,
         "gflop_batch1": flops / 1e9,
         "gemm_gflops": rate, "fp32_floor_ms_batch1": floor_ms, "rows": rows,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "torch": torch.__version__, "onnxruntime": ort.__version__, **versions},
     }
     print(table(result, args.batches))
-    suffix = "" if args.task == "classify" else f"_{args.task}"
+    suffix = ("" if args.task == "classify" else f"_{args.task}") + (
+        "" if size == native else "_" + "x".join(map(str, dict.fromkeys(size))))
     path = args.json or ROOT / "benchmarks" / "results" / f"export_speed_{args.variant}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def transformers_reference(config, task: str, tmp: Path):
+def transformers_reference(config, task: str, tmp: Path, interpolate: bool = False):
     """transformers' model of `config` with seeded random weights, as its users export it (logits, or the
-    rerolled stage maps), and the directory `save_pretrained` wrote it to."""
+    rerolled stage maps; with `interpolate`, at another size through interpolate_pos_encoding), and the
+    directory `save_pretrained` wrote it to."""
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -201,7 +220,9 @@ def transformers_reference(config, task: str, tmp: Path):
     reference = reference_class(transformers.HieraConfig(
         embed_dim=config.embed_dim, num_heads=list(config.num_heads), depths=list(config.depths))).eval()
     reference.save_pretrained(tmp / "weights")
-    wrapped = Logits(reference) if task == "classify" else StageMaps(reference)
+    if interpolate and task != "classify":
+        sys.exit("--image-size: transformers rerolls its hidden states on its config's grid; time the classifier")
+    wrapped = Logits(reference, interpolate) if task == "classify" else StageMaps(reference)
     return "transformers", wrapped, tmp / "weights", {"transformers": transformers.__version__}
 
 
@@ -224,12 +245,12 @@ def fair_video(variant: str, tmp: Path):
 class Logits(torch.nn.Module):
     """transformers' classifier returning the logits tensor, as its users export it."""
 
-    def __init__(self, model):
+    def __init__(self, model, interpolate: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.interpolate = model, interpolate
 
     def forward(self, pixel_values):
-        return self.model(pixel_values).logits
+        return self.model(pixel_values, interpolate_pos_encoding=self.interpolate).logits
 
 
 class StageMaps(torch.nn.Module):

@@ -36,7 +36,7 @@ from pathlib import Path
 import onnx
 
 from hiera_model import VARIANTS, HieraConfig, HieraModelError
-from hiera_model.checkpoints import config_from_file
+from hiera_model.config_files import config_from_file
 from runtime import files
 from runtime.errors import FileError
 
@@ -241,7 +241,7 @@ def model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed:
               f"- sha256: `{weights.get('sha256') or '-'}`",
               f"- verified against hiera-deploy's models.lock: {'yes' if weights.get('verified') else 'no'}", ""]
 
-    inputs = ", ".join(report.get("validation", {}).get("inputs", [])) or "none"
+    inputs = ", ".join((report.get("validation") or {}).get("inputs", [])) or "none"
     lines += ["## Files", "", "Each ONNX file carries hiera-deploy's `hiera.*` metadata (preprocessing, labels, "
               "provenance), so `python -m runtime` runs it as it is. Parity: against PyTorch fp32 with the same "
               f"weights, on the inputs the report names ({inputs}).",

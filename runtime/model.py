@@ -232,6 +232,21 @@ class _Model:
             {name: value[:count] for name, value in outputs.items()}
 
 
+def rank(logits: np.ndarray, top_k: int, label=lambda index: None) -> list[list[Prediction]]:
+    """The `top_k` classes of each row of finite `logits` [n, classes] by softmax probability (in float64), best
+    first; `label(index)` names a class. What every classifier front end (the API, the CLI, Triton) answers."""
+    logits = logits.astype(np.float64)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    k = min(top_k, probabilities.shape[1])
+    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]  # the k best, unordered: no full sort
+    scores = np.take_along_axis(probabilities, top, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    top, scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    return [[Prediction(i, label(i), s) for i, s in zip(indices, values)]
+            for indices, values in zip(top.tolist(), scores.tolist())]
+
+
 class Classifier(_Model):
     tasks = ("classify",)
 
@@ -261,16 +276,7 @@ class Classifier(_Model):
 
     def top_k(self, logits: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """The `top_k` classes of each row of finite `logits` [n, classes], by softmax probability."""
-        logits = logits.astype(np.float64)
-        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        k = min(top_k, probabilities.shape[1])
-        top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]  # the k best, unordered: no full sort
-        scores = np.take_along_axis(probabilities, top, axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")
-        top, scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(scores, order, axis=1)
-        return [[Prediction(i, self.info.label(i), s) for i, s in zip(indices, values)]
-                for indices, values in zip(top.tolist(), scores.tolist())]
+        return rank(logits, top_k, self.info.label)
 
 
 class FeatureExtractor(_Model):

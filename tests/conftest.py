@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from PIL import Image
 from transformers import HieraConfig as TransformersConfig
 from transformers import HieraForImageClassification, HieraForPreTraining, HieraModel
+
+from export.parity import photographs
 
 transformers.logging.set_verbosity_error()
 
@@ -75,3 +78,17 @@ def transformers_mae(tmp_path_factory):
     directory = tmp_path_factory.mktemp("mae")
     model.save_pretrained(directory)
     return directory, model
+
+
+@pytest.fixture(scope="session")
+def photo_files(tmp_path_factory) -> list[Path]:
+    """scikit-learn's two photographs as JPEG files, and a portrait PNG with transparency."""
+    directory = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name, image in photographs().items():
+        image.save(directory / name, quality=95)
+        paths.append(directory / name)
+    portrait = photographs()["flower.jpg"].rotate(90, expand=True)
+    portrait.putalpha(Image.linear_gradient("L").resize(portrait.size))
+    portrait.save(directory / "flower-portrait.png")
+    return [*paths, directory / "flower-portrait.png"]

@@ -5,7 +5,7 @@ One file for every step; the model's config says which one it is (parameter `hie
   decoding and the artifact's preprocessing, as `python -m runtime predict` does for a file;
 - `model`: the artifact itself, run by `runtime` (onnxruntime, or TensorRT for an engine);
 - `postprocess`: a classifier's logits -> softmax top-k `scores`, `indices` and `labels`, ranked by
-  `runtime`'s Classifier.
+  `runtime.model.rank`, as every classifier front end ranks them.
 
 This file runs inside Triton's python backend stub, not in this package: it imports only the standard library
 until the import paths are set. The stub imports it, then `triton_python_backend_utils` (which needs numpy), so
@@ -27,8 +27,8 @@ if os.path.isfile(_PATHS):  # numpy, Pillow, onnxruntime and hiera-deploy where 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from runtime import Classifier, HieraRuntimeError, Preprocessing, load  # noqa: E402
-from runtime.artifact import ModelInfo  # noqa: E402
+from runtime import HieraRuntimeError, Preprocessing, load  # noqa: E402
+from runtime.model import non_finite, rank  # noqa: E402
 from runtime.preprocess import load_clip, load_image  # noqa: E402
 
 
@@ -114,27 +114,20 @@ class Model:
         return responses
 
 
-class _Ranking(Classifier):
-    """A Classifier whose model is the logits it is given: `predict_arrays(logits, k)` ranks them exactly as
-    `runtime predict` ranks a model's (softmax in float64, the k best, best first)."""
-
-    def run(self, logits, **_):
-        return {"logits": logits}
-
-
 class Postprocess:
     def __init__(self, parameters: dict, args):
-        labels = json.loads(parameters["labels"])
-        info = ModelInfo(task="classify", input_size=(), batch=None, preprocessing=None,
-                         labels=tuple(labels) if labels else None)
-        self.ranking = _Ranking(None, info)
+        labels = json.loads(parameters["labels"]) or []
+        self.label = lambda index: labels[index] if index < len(labels) else None
         self.top_k = int(parameters["top_k"])
 
     def execute(self, requests) -> list:
         responses = []
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy()
-            predictions = self.ranking.predict_arrays(logits, self.top_k)
+            if problem := non_finite({"logits": logits}):  # an answer for this request only, never NaN scores
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(problem)))
+                continue
+            predictions = rank(logits, self.top_k, self.label)
             scores = np.array([[p.score for p in row] for row in predictions], np.float32)
             indices = np.array([[p.index for p in row] for row in predictions], np.int64)
             labels = np.array([[(p.label or "").encode() for p in row] for row in predictions], np.object_)

@@ -63,8 +63,10 @@ def test_maps_match_transformers_rerolled_hidden_states(transformers_checkpoint,
 
 def test_out_features_are_checked(transformers_checkpoint, tmp_path):
     directory, _ = transformers_checkpoint("small_q_pool", "features")
-    with pytest.raises(ExportError, match="out_features stage9: choose from stage1, stage2, stage3, stage4"):
+    choices = "choose one or more of stage1, stage2, stage3, stage4"
+    with pytest.raises(ExportError, match=f"out_features 'stage9': {choices}") as refused:
         run(Options(weights=str(directory), task="backbone", out_dir=tmp_path, out_features=("stage9",)))
+    assert refused.value.option == "out_features"
     with pytest.raises(ExportError, match="only for task backbone"):
         run(Options(weights=str(directory), task="features", out_dir=tmp_path, out_features=("stage1",)))
 

@@ -124,5 +124,5 @@ def test_published_mae_weights_keep_their_variant_name(tmp_path):
 
     model = create("tiny", task="mae")
     assert _check_variant(model, "tiny", tmp_path / "hiera-tiny-224-mae-hf") == "tiny"
-    with pytest.raises(ExportError, match="these weights are for Hiera-tiny, not --variant base"):
+    with pytest.raises(ExportError, match="these weights are for Hiera-tiny, not variant base"):
         _check_variant(model, "base", tmp_path / "hiera-tiny-224-mae-hf")

@@ -2,7 +2,6 @@
 precision, and what int8 in OpenVINO costs on the trained digits model."""
 
 import importlib.util
-import shutil
 import subprocess
 import sys
 
@@ -10,8 +9,7 @@ import pytest
 import torch
 
 import hiera_model
-from export import Options, artifact, openvino, parity, run
-from export.onnx_export import to_onnx
+from export import Options, openvino, run
 from runtime import load
 from runtime.openvino import OPENVINO_SUFFIX, STANDARD_DOMAINS, read_onnx_header
 
@@ -22,36 +20,17 @@ HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 DIGITS = ROOT / "models" / "digits"
 
 
-def test_the_artifact_is_a_copy_of_the_standard_op_graph():
-    model = hiera_model.create(hiera_model.HieraConfig(embed_dim=16, num_heads=(1, 2, 4), depths=(1, 1, 1),
-                                                       input_size=(64, 96), q_pool=2, mask_unit_size=(4, 4),
-                                                       mask_unit_attn=(True, False, False), num_classes=10))
-    exported = to_onnx(model, 17, None)
-    graph = openvino.graph(exported)
-    assert graph is not exported and graph.graph.node == exported.graph.node
-    assert {entry.domain for entry in graph.opset_import} <= set(STANDARD_DOMAINS)
-    assert artifact.artifact_path(ROOT, "x", "classify", openvino.ARTIFACT).name == f"hiera_x_classify{OPENVINO_SUFFIX}"
-
-
-def openvino_artifact(fp32_file):
-    """The OpenVINO artifact as the pipeline writes it: the standard-op graph (here: a --no-optimize fp32
-    artifact, the same graph with the same metadata) under its own name."""
-    target = fp32_file.with_name(fp32_file.name.removesuffix(".onnx") + OPENVINO_SUFFIX)
-    shutil.copy(fp32_file, target)
-    return target
-
-
-def test_report_rows_per_inference_precision(transformers_checkpoint, tmp_path):
+def test_the_export_writes_the_standard_op_graph_with_openvinos_rows(transformers_checkpoint, tmp_path):
+    """`--precision openvino`: the standard-op fp32 graph as `<stem>.openvino.onnx` (metadata precision fp32),
+    held to fp32's bound in onnxruntime, and the report's OpenVINO rows per artifact and inference precision."""
     directory, _ = transformers_checkpoint("small_q_pool")
-    fused = run(Options(weights=str(directory), batch=None, out_dir=tmp_path, precisions=("fp32", "fp16"),
-                        validate=False))
-    plain = run(Options(weights=str(directory), batch=None, out_dir=tmp_path / "plain", precisions=("fp32",),
-                        optimize=False, validate=False))
-    files = {precision: tmp_path / entry["file"] for precision, entry in fused["artifacts"].items()}
-    files[openvino.ARTIFACT] = openvino_artifact(tmp_path / "plain" / plain["artifacts"]["fp32"]["file"])
-    model = hiera_model.load(directory)
-    inputs, _ = parity.validation_inputs(model, load(files["fp16"], provider="cpu").info.preprocessing, seed=0)
-    rows = openvino.parity(files, parity.run_torch(model, inputs), inputs)
+    report = run(Options(weights=str(directory), batch=None, out_dir=tmp_path, precisions=("fp32", "fp16", "openvino")))
+    assert report["passed"], report
+    files = {precision: tmp_path / entry["file"] for precision, entry in report["artifacts"].items()}
+    assert files[openvino.ARTIFACT].name.endswith(OPENVINO_SUFFIX)
+    assert read_onnx_header(files[openvino.ARTIFACT]).domains <= set(STANDARD_DOMAINS)
+    assert load(files[openvino.ARTIFACT], provider="cpu").info.precision == "fp32"
+    rows = report["openvino"]
     assert rows["passed"] and rows["threads"] == 2 and rows["version"] == ov.__version__.split("-")[0]
     by = {(row["artifact"], row["inference_precision"]): row for row in rows["rows"]}
     assert not any(name == files["fp32"].name for name, _ in by)  # the fused artifact is onnxruntime's

@@ -127,9 +127,8 @@ def test_a_failed_export_leaves_no_folder_behind(tmp_path):
     result = subprocess.run([sys.executable, "-m", "export", "--weights", bad_weights, "--out", out],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: {bad_weights / 'model.safetensors'}: not a valid safetensors file (Error while deserializing header: "
-        "header too large)"]
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: {bad_weights / 'model.safetensors'}: not a valid safetensors file")
     assert not (tmp_path / "new").exists()
 
 

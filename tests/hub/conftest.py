@@ -5,7 +5,7 @@ import pytest
 from export import Options, hub, run
 
 from ..conftest import ROOT
-from ..runtime.conftest import exported, photo_files  # noqa: F401  (fixtures shared with the runtime tests)
+from ..runtime.conftest import exported  # noqa: F401  (a fixture shared with the runtime tests)
 
 DIGITS = ROOT / "models" / "digits"
 

@@ -1,8 +1,6 @@
 import pytest
-from PIL import Image
 
 from export import Options, run
-from export.parity import photographs
 
 from .test_preprocess import hiera_processor
 
@@ -26,17 +24,3 @@ def exported(transformers_checkpoint, tmp_path_factory):
         return cache[name, task, batch]
 
     return make
-
-
-@pytest.fixture(scope="session")
-def photo_files(tmp_path_factory) -> list:
-    """scikit-learn's two photographs as JPEG files, and a portrait PNG with transparency."""
-    directory = tmp_path_factory.mktemp("photos")
-    paths = []
-    for name, image in photographs().items():
-        image.save(directory / name, quality=95)
-        paths.append(directory / name)
-    portrait = photographs()["flower.jpg"].rotate(90, expand=True)
-    portrait.putalpha(Image.linear_gradient("L").resize(portrait.size))
-    portrait.save(directory / "flower-portrait.png")
-    return [*paths, directory / "flower-portrait.png"]

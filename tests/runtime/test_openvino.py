@@ -227,7 +227,7 @@ def test_without_openvino(standard):
     OpenVINO says how to install it."""
     graph, _, _ = standard("small_q_pool")
     hidden = "sys.modules['openvino'] = None"
-    result = runtime_cli("info", "--model", graph, code=hidden)
+    result = runtime_cli("info", "--model", graph, "--json", code=hidden)
     assert result.returncode == 0 and json.loads(result.stdout)["providers"] == ["CPUExecutionProvider"]
     result = runtime_cli("info", "--model", graph, "--provider", "openvino", code=hidden)
     assert result.returncode == 2

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from export import Options, run
-from export.parity import photographs
 
 from ..conftest import ROOT
 
@@ -26,20 +25,6 @@ def digits(tmp_path_factory) -> dict[str, Path]:
                              precisions=("fp32",), validate=False))
         found[key] = out / report["artifacts"]["fp32"]["file"]
     return found
-
-
-@pytest.fixture(scope="session")
-def photo_files(tmp_path_factory) -> list[Path]:
-    """scikit-learn's two photographs as JPEG files, and a portrait PNG with transparency."""
-    directory = tmp_path_factory.mktemp("photos")
-    paths = []
-    for name, image in photographs().items():
-        image.save(directory / name, quality=95)
-        paths.append(directory / name)
-    portrait = photographs()["flower.jpg"].rotate(90, expand=True)
-    portrait.putalpha(Image.linear_gradient("L").resize(portrait.size))
-    portrait.save(directory / "flower-portrait.png")
-    return [*paths, directory / "flower-portrait.png"]
 
 
 def encoded(image: Image.Image, format: str = "PNG") -> bytes:
