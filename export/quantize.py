@@ -64,7 +64,7 @@ def to_int8(source: Path) -> onnx.ModelProto:
             replacement = _integer_matmul(node, x_q, x_scale, x_zero, w_q, w_scale, w_zero)
         graph.insert_before(node, replacement)
         _replace(graph, node, replacement[-1].outputs)
-        if not weight.uses():
+        if not weight.uses() and not weight.is_graph_output():
             del graph.initializers[weight.name]
             _release(weight)
     if any(node.domain == MS_DOMAIN for node in graph):
