@@ -1,5 +1,5 @@
-"""Reduced precisions, all with float32 inputs and outputs: fp16 for GPUs, dynamic int8 for CPUs (onnxruntime),
-static QDQ int8 for TensorRT."""
+"""Reduced precisions, all with float32 inputs and outputs: fp16 for GPUs, dynamic int8 for CPUs (onnxruntime;
+made in `quantize`, one weight at a time), static QDQ int8 for TensorRT."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from .artifact import EXTERNAL_DATA_BYTES, weight_bytes
-from .optimize import linear_as_matmul
+from .quantize import to_int8  # noqa: F401 (dynamic int8: its own module)
 
 # Kept in fp32: normalizations and softmax accumulate sums that overflow or lose precision in fp16; MAE's
 # masking sorts its noise (TopK), which must rank it exactly as fp32 does.
@@ -45,19 +45,6 @@ def _quantize(source: Path, quantizer) -> onnx.ModelProto:
         finally:
             root.setLevel(level)
         return onnx.load(dst)
-
-
-def to_int8(source: Path) -> onnx.ModelProto:
-    """Dynamic quantization (onnxruntime): int8 weights per output channel, activations quantized at
-    run time, for the Gemm/MatMul layers and the fused Attention (its qkv projection), which hold
-    nearly all of the compute. On CPUs with VNNI these run as integer dot products. The quantizer is given
-    the graph with its Gemms already written as MatMul + Add (`linear_as_matmul`), to bound its memory."""
-    with tempfile.TemporaryDirectory(dir=Path(source).parent, prefix=".int8-source.") as folder:
-        matmuls = Path(folder) / "matmul.onnx"
-        linear_as_matmul(Path(source), matmuls)
-        return _quantize(matmuls, lambda src, dst, large: quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large,
-            op_types_to_quantize=["MatMul", "Gemm", "Attention"], extra_options={"MatMulConstBOnly": True}))
 
 
 class _Calibration:

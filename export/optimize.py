@@ -59,39 +59,3 @@ def optimize(source: Path, destination: Path) -> dict[str, int]:
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(collections.Counter(node.op_type for node in model.graph.node).most_common())
-
-
-def linear_as_matmul(source: Path, destination: Path) -> int:
-    """Write the graph of `source` with every `Gemm` of a constant weight (transB) as `MatMul` by the transposed
-    weight plus `Add` of the bias, into `destination`; return how many.
-
-    onnxruntime's dynamic quantizer needs exactly this form and makes it itself, on whole copies of the model
-    (its peak memory is then about five times the model's size); made here, tensor by tensor from the weights
-    on disk, the quantizer has nothing to rewrite and its result is the same graph, byte for byte."""
-    model = ir.load(source)
-    count = 0
-    for node in list(model.graph):
-        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
-            continue
-        attributes = {name: attribute.value for name, attribute in node.attributes.items()}
-        x, weight, bias = (list(node.inputs) + [None])[:3]
-        plain = attributes.get("transA", 0) == 0 and attributes.get("alpha", 1.0) == attributes.get("beta", 1.0) == 1.0
-        if not plain or attributes.get("transB", 0) != 1 or weight.const_value is None:
-            continue
-        transposed = ir.Value(name=f"{weight.name}_Transposed", const_value=ir.tensor(
-            np.ascontiguousarray(weight.const_value.numpy().T), name=f"{weight.name}_Transposed"))
-        model.graph.register_initializer(transposed)
-        product = ir.node("MatMul", [x, transposed], name=f"{node.name}_MatMul")
-        nodes = [product] if bias is None else [product, ir.node("Add", [product.outputs[0], bias],
-                                                                 name=f"{node.name}_Add")]
-        model.graph.insert_before(node, nodes)
-        result = nodes[-1].outputs[0]
-        name = node.outputs[0].name
-        ir.convenience.replace_all_uses_with(node.outputs, [result], replace_graph_outputs=True)
-        model.graph.remove(node, safe=True)
-        result.name = name  # a graph output keeps its name
-        count += 1
-    for name in [name for name, value in model.graph.initializers.items() if not value.uses()]:
-        del model.graph.initializers[name]
-    ir.save(model, destination, external_data=f"{destination.name}.data", size_threshold_bytes=1024)
-    return count
