@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,16 +46,21 @@ def ours(variant: str, out: Path) -> dict:
     return {"fp32_mb": fp32 / 1e6, "peak_mb": max(stages.values()), "stages_mb": stages}
 
 
-def baseline(revision: str, variant: str, out: Path) -> float:
-    """The whole-process peak of an earlier revision's export of `variant`, in MB."""
+def baseline(revision: str, variant: str, out: Path) -> float | None:
+    """The whole-process peak of an earlier revision's export of `variant`, in MB; None when it was killed for
+    want of memory. (Such a revision must not restart the kernel's peak counter, as this project's export now
+    does per stage: every one before that change qualifies.)"""
     tree = out / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], check=True, cwd=ROOT,
                    capture_output=True)
     try:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run([sys.executable, "-m", "export", "--variant", variant, "--weights", "random", "--out",
-                        str(out / "artifacts")], check=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "export", "--variant", variant, "--weights", "random", "--out",
+                               str(out / "artifacts")], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if done.returncode == -signal.SIGKILL:  # the kernel's out-of-memory killer: it did not fit this machine
+            return None
+        done.check_returncode()
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         if peak <= before:
             raise SystemExit("the baseline's peak is hidden by an earlier, larger child; run it first or alone")
@@ -76,9 +82,9 @@ def main() -> None:
             before = baseline(args.baseline, variant, Path(folder)) if args.baseline else None
             row = {"variant": variant, "imports_mb": footprint, **ours(variant, Path(folder) / "ours")}
         row["ratio"] = (row["peak_mb"] - footprint) / row["fp32_mb"]
-        if before is not None:
+        if args.baseline:
             row.update(baseline_revision=args.baseline, baseline_peak_mb=before,
-                       baseline_ratio=(before - footprint) / row["fp32_mb"])
+                       baseline_ratio=None if before is None else (before - footprint) / row["fp32_mb"])
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     header = ["variant", "fp32 MB", "imports MB", "peak MB", "x fp32 above imports", "target"]
@@ -89,7 +95,9 @@ def main() -> None:
         cells = [r["variant"], f"{r['fp32_mb']:.0f}", f"{r['imports_mb']:.0f}", f"{r['peak_mb']:.0f}",
                  f"{r['ratio']:.2f}", f"<= {TARGET:g}"]
         if args.baseline:
-            cells[3:3] = [f"{r['baseline_peak_mb']:.0f}", f"{r['baseline_ratio']:.2f}"]
+            killed = r["baseline_peak_mb"] is None
+            cells[3:3] = ["killed: out of memory" if killed else f"{r['baseline_peak_mb']:.0f}",
+                          "-" if killed else f"{r['baseline_ratio']:.2f}"]
         print("| " + " | ".join(cells) + " |")
     for r in rows:
         print(f"{r['variant']} per stage (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["stages_mb"].items()))

@@ -65,7 +65,7 @@ def candidates(variant: str, tmp: Path) -> tuple[dict[str, Path], dict]:
     files["ours fp16"] = tmp / "fused" / fused["artifacts"]["fp16"]["file"]
     files["ours int8"] = tmp / "fused" / fused["artifacts"]["int8"]["file"]
     files["ours int8, standard ops"] = tmp / "standard_int8.onnx"
-    onnx.save(to_int8(onnx.load(files["ours fp32, standard ops"])), files["ours int8, standard ops"])
+    onnx.save(to_int8(files["ours fp32, standard ops"]), files["ours int8, standard ops"])
     return files, versions
 
 
