@@ -30,8 +30,9 @@ CHUNK = 1 << 20
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
     return "not a regular file"
@@ -41,45 +42,32 @@ def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
-def require_file(path) -> Path:
-    """`path` if it names a regular file (after following links); else `FileError` saying what it is."""
+def _require(path, kinds: dict, missing: str) -> Path:
+    """`path` if it names one of `kinds` ({stat test: what it is called}) after following links; else
+    `FileError` saying what it is instead."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise FileError(f"{path}: no such file") from None
+        raise FileError(f"{path}: no such {missing}") from None
     except OSError as error:
         raise FileError(f"{path}: cannot read ({_reason(error)})") from None
-    if not stat.S_ISREG(mode):
-        raise FileError(f"{path}: {_kind(mode)}, not a regular file")
+    if not any(test(mode) for test in kinds):
+        raise FileError(f"{path}: {_kind(mode)}, not {' or '.join(kinds.values())}")
     return path
+
+
+def require_file(path) -> Path:
+    return _require(path, {stat.S_ISREG: "a regular file"}, "file")
 
 
 def require_directory(path) -> Path:
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileError(f"{path}: no such directory") from None
-    except OSError as error:
-        raise FileError(f"{path}: cannot read ({_reason(error)})") from None
-    if not stat.S_ISDIR(mode):
-        raise FileError(f"{path}: not a directory")
-    return path
+    return _require(path, {stat.S_ISDIR: "a directory"}, "directory")
 
 
 def require_file_or_directory(path) -> Path:
     """For arguments that may be either (a checkpoint, an image or a folder of them)."""
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileError(f"{path}: no such file or directory") from None
-    except OSError as error:
-        raise FileError(f"{path}: cannot read ({_reason(error)})") from None
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise FileError(f"{path}: {_kind(mode)}, not a regular file or directory")
-    return path
+    return _require(path, {stat.S_ISREG: "a regular file", stat.S_ISDIR: "a directory"}, "file or directory")
 
 
 def open_file(path):
