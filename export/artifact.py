@@ -166,10 +166,8 @@ def save_graph(model: onnx.ModelProto, path: Path, weights_dir: Path | None = No
 
 
 def _save_streamed(model: onnx.ModelProto, path: Path, weights_dir: Path | None) -> None:
-    structure = onnx.ModelProto()
-    structure.CopyFrom(without_initializers(model))
     with open(path, "wb") as out:
-        out.write(structure.SerializeToString())
+        out.write(without_initializers(model).SerializeToString())
         for tensor in model.graph.initializer:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 tensor = _read_external(tensor, weights_dir)
@@ -177,15 +175,23 @@ def _save_streamed(model: onnx.ModelProto, path: Path, weights_dir: Path | None)
 
 
 def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph's structure: everything but its initializers (which are large)."""
-    initializers = list(model.graph.initializer)
-    del model.graph.initializer[:]
-    try:
-        structure = onnx.ModelProto()
-        structure.CopyFrom(model)
-    finally:
-        model.graph.initializer.extend(initializers)
+    """The graph's structure: a copy of everything but its initializers (which are large, and not copied)."""
+    structure = onnx.ModelProto()
+    _copy_fields(model, structure, skip="graph")
+    _copy_fields(model.graph, structure.graph, skip="initializer")
     return structure
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def _read_external(tensor: onnx.TensorProto, weights_dir: Path | None) -> onnx.TensorProto:

@@ -49,10 +49,12 @@ def trace(model, opset: int, batch: int | None, path: Path) -> None:
     for value in program.model.graph.initializers.values():
         value.const_value = None
     del program
+    graph = onnx.load(path, load_external_data=False)  # the structure only: the weights stay on disk
+    for node in graph.graph.node:  # the exporter's notes: stack traces with this machine's paths in them
+        del node.metadata_props[:]
     if opset < TRACE_OPSET:
-        graph = onnx.load(path, load_external_data=False)  # the structure only: the weights stay on disk
         to_opset_17(graph)
-        onnx.save_model(graph, path)
+    onnx.save_model(graph, path)
 
 
 def to_onnx(model, opset: int, batch: int | None) -> onnx.ModelProto:
