@@ -70,12 +70,6 @@ def weight_bytes(path: Path) -> int:
     return data.stat().st_size if data.exists() else Path(path).stat().st_size
 
 
-def is_large(model: onnx.ModelProto) -> bool:
-    """Whether the weights need external data: counted tensor by tensor, because the ModelProto's own
-    ByteSize() fails above protobuf's 2 GB."""
-    return sum(weights.ByteSize() for weights in model.graph.initializer) > EXTERNAL_DATA_BYTES
-
-
 def without_weights(model: onnx.ModelProto, keep_bytes: int = 1 << 16) -> onnx.ModelProto:
     """A copy of `model` for checks such as shape inference, which protobuf cannot serialize above 2 GB:
     initializers larger than `keep_bytes` keep their name, type and shape but no data (shape tensors and

@@ -197,7 +197,7 @@ def from_metadata(props: dict[str, str], path) -> ModelInfo:
         if not isinstance(value, str):
             raise HieraRuntimeError(f"{path}: damaged Hiera metadata: hiera.{key} is not a string")
         try:
-            meta[key] = json.loads(value, parse_constant=_refuse_constant)
+            meta[key] = files.loads(value)
         except ValueError as error:
             raise HieraRuntimeError(f"{path}: damaged Hiera metadata: hiera.{key} is not JSON ({error})") from None
     try:
@@ -206,10 +206,6 @@ def from_metadata(props: dict[str, str], path) -> ModelInfo:
         raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {error}") from None
     except HieraRuntimeError as error:
         raise HieraRuntimeError(f"{path}: {error}") from None
-
-
-def _refuse_constant(constant):
-    raise ValueError(f"{constant} is not a JSON number")
 
 
 def for_foreign_model(path, input_shape, output_names, preprocessing: Preprocessing) -> ModelInfo:

@@ -237,11 +237,11 @@ def _read_safetensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         (length,) = struct.unpack("<Q", file.read(8).ljust(8, b"\0"))
         if not 0 < length <= min(MAX_SAFETENSORS_HEADER, size - 8):
             raise ValueError(f"header length {length}")
-        header = json.loads(file.read(length), parse_constant=_refuse)
+        header = files.loads(file.read(length))
     metadata = header.pop("__metadata__", None)
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise ValueError("no __metadata__ of strings")
-    index = {key: json.loads(value, parse_constant=_refuse) if key in ("format_version", "outputs", "images", "failed")
+    index = {key: files.loads(value) if key in ("format_version", "outputs", "images", "failed")
              else value for key, value in metadata.items()}
     arrays = {}
     for name, entry in header.items():
@@ -259,10 +259,6 @@ def _read_json(path: Path):
     """A JSON file of ours, read up to its own size (files.read_json's buffer is the limit given)."""
     size = files.require_file(path).stat().st_size
     return files.read_json(path, min(size, INDEX_BYTES))
-
-
-def _refuse(constant):
-    raise ValueError(f"{constant} is not a JSON number")
 
 
 class _Partial:
@@ -318,7 +314,7 @@ class _Partial:
             lines = file.read().split(b"\n")
         for number, line in enumerate(lines):
             try:
-                entry = json.loads(line, parse_constant=_refuse)
+                entry = files.loads(line)
                 names = entry["images"]
                 if not all(isinstance(name, str) for name in names):
                     raise TypeError("image names that are not strings")

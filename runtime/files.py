@@ -110,17 +110,22 @@ def read_bytes(path, limit: int) -> bytes:
     return data
 
 
+def loads(text):
+    """`json.loads` that refuses NaN and Infinity: they are not JSON, and no value we read may be non-finite.
+    Raises ValueError (json.JSONDecodeError is one)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(constant):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 def read_json(path, limit: int = 64 << 20):
-    """A JSON document from a regular file of at most `limit` bytes. NaN and Infinity are refused: they
-    are not JSON, and no value we read may be non-finite."""
+    """A JSON document (see `loads`) from a regular file of at most `limit` bytes."""
     data = read_bytes(path, limit)
-
-    def refuse(constant):
-        raise ValueError(f"{constant} is not a JSON number")
-
     try:
-        return json.loads(data, parse_constant=refuse)
-    except (UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        return loads(data)
+    except (UnicodeDecodeError, RecursionError, ValueError) as error:  # too deep a nesting is no document of ours
         raise FileError(f"{path}: not valid JSON ({error})") from None
 
 
