@@ -17,7 +17,8 @@ smallest cosine similarity of the logits and the share of top-1 classes that agr
 trained digits model (models/digits) and its held-out top-1. The int8 candidates calibrate on the same
 images (their own, not the held-out ones). Also recorded: the OpenVINO session's start, without a cache, when
 it writes its cache and when it reads it (each in a fresh process), and with `--profile` where OpenVINO
-spends the time of our graph (its per-layer-type counters).
+spends the time of our graph (its per-layer-type counters) and what its fully connected layers alone take:
+the floor under any graph of this model at that precision, since a graph only decides how they are connected.
 
     python benchmarks/cpu_engines.py --variant base                 # table on stdout, JSON in benchmarks/results/
     python benchmarks/cpu_engines.py --digits                       # speed and held-out top-1 of a trained model
@@ -156,11 +157,11 @@ def main() -> None:
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def compiled(core, model, precision: str):
+def compiled(core, model, precision: str, input_name: str = "pixel_values"):
     """An OpenVINO model compiled as its users compile it, at an inference precision, with our threads."""
     request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                 "INFERENCE_NUM_THREADS": THREADS}).create_infer_request()
-    return lambda pixels: request.infer({"pixel_values": pixels})[0]
+    return lambda pixels: request.infer({input_name: pixels})[0]
 
 
 def onnxruntime_call(session):
@@ -309,6 +310,10 @@ def table(result: dict) -> str:
         total = sum(layers.values())
         top = ", ".join(f"{name} {ms:.1f} ms ({ms / total:.0%})" for name, ms in list(layers.items())[:4])
         notes.append(f"OpenVINO {precision}, our graph at batch {batch}, {total:.1f} ms in layers: {top}")
+        linear = sum(ms for name, ms in layers.items() if name.startswith("FullyConnected"))
+        ratio = base[batch] / result["rows"][f"ours fp32, OV {precision}"][f"batch {batch}"]["median_ms"]
+        notes.append(f"  its fully connected layers take {linear / total:.0%} of that: were everything else free, it "
+                     f"would be {total / linear:.2f}x faster, {ratio * total / linear:.2f}x eager")
     return "\n".join(notes)
 
 

@@ -6,7 +6,7 @@
     onnx/model.onnx               fp32           transformers.js dtype "fp32"
     onnx/model_fp16.onnx          fp16           transformers.js dtype "fp16"
     onnx/model_quantized.onnx     dynamic int8   transformers.js dtype "q8" (its default on WASM)
-    onnx/model_qdq.onnx           static int8 for TensorRT (no Hugging Face tool picks it by name)
+    onnx/model_qdq.onnx           static int8 for TensorRT and OpenVINO (no Hugging Face tool picks it by name)
     hiera_<name>_<task>.report.json   the export's report, unchanged
     README.md                     the model card
 
@@ -288,7 +288,7 @@ RUNS_IN = {
     "fp32": "onnxruntime: Python, Node, Web (WASM); com.microsoft fused ops, so not TensorRT",
     "fp16": "onnxruntime on CUDA GPUs; CPUs and WASM run it, slower than fp32 (no fp16 arithmetic there)",
     "int8": "onnxruntime on CPUs: Python, Node, Web (WASM); the fastest there",
-    "qdq": "TensorRT int8; no Hugging Face tool picks it by name",
+    "qdq": "TensorRT and OpenVINO int8; no Hugging Face tool picks it by name",
 }
 
 _JS_SETUP = ["```js", "import { env, pipeline, AutoModel, RawImage } from '@huggingface/transformers';",
