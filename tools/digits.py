@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
 from export.parity import run_artifact  # noqa: E402
-from hiera_model import lock  # noqa: E402
+from hiera_model import HieraModelError, lock  # noqa: E402
+from runtime.errors import HieraRuntimeError  # noqa: E402
 from runtime.preprocess import Preprocessing  # noqa: E402
 
 CHECKPOINT = ROOT / "models" / "digits"
@@ -160,7 +161,11 @@ def main() -> None:
     p.add_argument("--split", choices=["test", "train"], default="test", help="default: test, the held-out images")
     p.set_defaults(run=write_images)
     args = parser.parse_args()
-    args.run(args)
+    try:
+        args.run(args)
+    except (HieraModelError, HieraRuntimeError, OSError) as error:  # a file named wrong: one line and status 2,
+        print(f"error: {error}", file=sys.stderr)                  # as the project's CLIs say it
+        sys.exit(2)
 
 
 if __name__ == "__main__":

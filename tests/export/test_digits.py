@@ -41,3 +41,18 @@ def test_static_int8_for_tensorrt_calibrated_on_the_training_split(tmp_path):
     top1 = json.loads(scores.read_text())["top1"]
     assert top1["hiera_digits_classify.qdq.onnx"] >= top1["PyTorch fp32"] - 0.01
 
+
+
+def test_the_tool_names_a_bad_file_in_one_line(tmp_path):
+    """`tools/digits.py` on a missing artifact, a file that is not ONNX, and a folder with no weights: one line
+    naming the path, status 2, no traceback."""
+    (tmp_path / "notes.onnx").write_text("not a model")
+    (tmp_path / "empty").mkdir()
+    for arguments, path in ((["evaluate", tmp_path / "missing.onnx"], "missing.onnx"),
+                            (["evaluate", tmp_path / "notes.onnx"], "notes.onnx"),
+                            (["evaluate", "--checkpoint", tmp_path / "empty"], "empty")):
+        result = subprocess.run([sys.executable, ROOT / "tools" / "digits.py", *arguments], capture_output=True,
+                                text=True)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and path in line
