@@ -157,11 +157,11 @@ def main() -> None:
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def compiled(core, model, precision: str, input_name: str = "pixel_values"):
+def compiled(core, model, precision: str):
     """An OpenVINO model compiled as its users compile it, at an inference precision, with our threads."""
     request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                 "INFERENCE_NUM_THREADS": THREADS}).create_infer_request()
-    return lambda pixels: request.infer({input_name: pixels})[0]
+    return lambda pixels: request.infer({"pixel_values": pixels})[0]
 
 
 def onnxruntime_call(session):

@@ -76,8 +76,9 @@ def to_qdq(source: Path, calibration: np.ndarray, batch: int | None) -> onnx.Mod
                        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}))
     _normalize_at_rank_3(model.graph)
     _quantize_before_data_movement(model.graph)
-    _sort(model.graph)
-    return model
+    rewritten = ir.from_proto(model)
+    rewritten.graph.sort()  # the rewrites append and move nodes
+    return ir.to_proto(rewritten)
 
 
 def _normalize_at_rank_3(graph: onnx.GraphProto) -> None:
@@ -86,9 +87,10 @@ def _normalize_at_rank_3(graph: onnx.GraphProto) -> None:
     into it only at rank 3 or more. At rank 2 that quantization runs as a pass of its own: 8% of Hiera-B's
     int8 time (docs/cpu-engines.md). Only this artifact is rewritten: in float there is nothing to fuse, and the
     views cost OpenVINO a copy of the residual stream at each normalization (measured no faster at f32 or bf16)."""
-    axis = f"{graph.name}_unsqueeze_axis_0"
-    graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), axis))
     norms = [node for node in graph.node if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx")]
+    axis = f"{graph.name}_unsqueeze_axis_0"
+    if norms:
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), axis))
     for node in norms:
         rows, normalized = node.input[0], node.output[0]
         node.input[0], node.output[0] = f"{rows}_rank_3", f"{normalized}_rank_3"
@@ -101,20 +103,22 @@ DATA_MOVEMENT = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 
 def _quantize_before_data_movement(graph: onnx.GraphProto) -> None:
     """Rewrite, in place, each `Transpose -> QuantizeLinear -> DequantizeLinear` (or a reshape in place of the
-    transpose) whose transpose feeds nothing else into `QuantizeLinear -> DequantizeLinear -> Transpose`. A
-    per-tensor quantization commutes with moving values around, so the results
-    are identical; but a transpose that reads the dequantized values directly is one OpenVINO folds into the
-    matmul after it (the keys of each attention), where between quantization steps it runs as a copy of its
-    own. onnxruntime's quantizer puts the pair after the transpose because that is the matmul's input."""
+    transpose) whose transpose feeds nothing else into `QuantizeLinear -> DequantizeLinear -> Transpose`, where
+    the quantization is per tensor (one scale): that commutes with moving values around, so the results are
+    identical. A transpose that reads the dequantized values directly is one OpenVINO folds into the matmul
+    after it (the keys of each attention); between quantization steps it runs as a copy of its own.
+    onnxruntime's quantizer puts the pair after the transpose because that is the matmul's input."""
     producer = {output: node for node in graph.node for output in node.output}
     readers = collections.Counter(name for node in graph.node for name in node.input)
     readers.update(output.name for output in graph.output)
     dequantizers = {node.input[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
+    scale_sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in graph.initializer}
     for quantize in [node for node in graph.node if node.op_type == "QuantizeLinear"]:
         mover = producer.get(quantize.input[0])
         dequantize = dequantizers.get(quantize.output[0])
-        while (mover is not None and mover.op_type in DATA_MOVEMENT and readers[mover.output[0]] == 1
-               and dequantize is not None and readers[quantize.output[0]] == 1):
+        if dequantize is None or readers[quantize.output[0]] != 1 or scale_sizes.get(quantize.input[1]) != 1:
+            continue
+        while mover is not None and mover.op_type in DATA_MOVEMENT and readers[mover.output[0]] == 1:
             # x -> mover -> Q -> DQ -> y   becomes   x -> Q -> DQ -> mover -> y
             x, y = mover.input[0], dequantize.output[0]
             quantize.input[0] = x
@@ -122,22 +126,3 @@ def _quantize_before_data_movement(graph: onnx.GraphProto) -> None:
             mover.input[0], mover.output[0] = dequantize.output[0], y
             producer.update({y: mover, dequantize.output[0]: dequantize})
             mover = producer.get(x)
-
-
-def _sort(graph: onnx.GraphProto) -> None:
-    """Order the nodes so that each comes after the producers of its inputs (the rewrites above add and move
-    some), otherwise as they were."""
-    known = {""} | {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    ordered, waiting = [], list(graph.node)
-    while waiting:
-        later = []
-        for node in waiting:
-            if all(name in known for name in node.input):
-                ordered.append(node)
-                known.update(node.output)
-            else:
-                later.append(node)
-        assert len(later) < len(waiting), "the rewritten graph has a cycle"
-        waiting = later
-    del graph.node[:]
-    graph.node.extend(ordered)

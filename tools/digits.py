@@ -163,8 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         args.run(args)
-    except (HieraModelError, HieraRuntimeError, OSError) as error:  # a file named wrong: one line and status 2,
-        print(f"error: {error}", file=sys.stderr)                  # as the project's CLIs say it
+    except (HieraModelError, HieraRuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)  # a file named wrong: one line and status 2, as the CLIs say it
         sys.exit(2)
 
 

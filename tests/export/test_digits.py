@@ -42,7 +42,6 @@ def test_static_int8_for_tensorrt_calibrated_on_the_training_split(tmp_path):
     assert top1["hiera_digits_classify.qdq.onnx"] >= top1["PyTorch fp32"] - 0.01
 
 
-
 def test_the_tool_names_a_bad_file_in_one_line(tmp_path):
     """`tools/digits.py` on a missing artifact, a file that is not ONNX, and a folder with no weights: one line
     naming the path, status 2, no traceback."""

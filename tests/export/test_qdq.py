@@ -80,6 +80,24 @@ def test_every_normalization_is_of_a_rank_3_view(graphs):
     assert all(made_by[node.input[0]].op_type == "Unsqueeze" for node in norms)
 
 
+@pytest.mark.parametrize("scale, moved", [([0.1], True), ([0.1, 0.2, 0.3], False)])
+def test_only_a_per_tensor_quantization_moves_before_a_transpose(scale, moved):
+    """One scale commutes with a transpose; a scale per axis would then scale the wrong values."""
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0]),
+         helper.make_node("QuantizeLinear", ["t", "scale", "zero"], ["q"], axis=1),
+         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"], axis=1)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 3])],
+        [onnx.numpy_helper.from_array(np.array(scale if len(scale) > 1 else scale[0], np.float32), "scale"),
+         onnx.numpy_helper.from_array(np.zeros(len(scale) if len(scale) > 1 else (), np.int8), "zero")])
+    convert._quantize_before_data_movement(graph)
+    quantize = next(node for node in graph.node if node.op_type == "QuantizeLinear")
+    assert (quantize.input[0] == "x") is moved
+    assert graph.output[0].name in {output for node in graph.node for output in node.output}
+
+
 def test_the_rewrites_change_no_result(graphs):
     """Moving a per-tensor quantization across a transpose, and normalizing a [1, rows, dim] view, are the same
     arithmetic: onnxruntime computes the same logits from both graphs."""
