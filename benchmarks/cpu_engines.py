@@ -49,6 +49,7 @@ from export import PRECISIONS, Options, run  # noqa: E402
 from export.parity import photographs  # noqa: E402
 from export_speed import Logits, onnx_session, summary, timed, transformers_reference  # noqa: E402
 from runtime import load  # noqa: E402
+from runtime.device import cpu_isa  # noqa: E402
 from runtime.openvino import OPENVINO_SUFFIX  # noqa: E402
 
 THREADS = 2
@@ -146,7 +147,7 @@ def main() -> None:
     result = {"model": name, "threads": THREADS, "batches": args.batches, "calibration_images": len(calibration_images),
               "held_out": len(held_out), "accuracy_reference": "held-out top-1" if labels is not None else EAGER,
               "rows": rows, "openvino_start_s": start, "openvino_profile_ms": profile,
-              "machine": {"cpu": core.get_property("CPU", "FULL_DEVICE_NAME"), "bf16": bf16,
+              "machine": {"cpu": core.get_property("CPU", "FULL_DEVICE_NAME"), "isa": list(cpu_isa()), "bf16": bf16,
                           "python": platform.python_version(), "torch": torch.__version__,
                           "onnxruntime": ort.__version__, "openvino": ov.__version__, "nncf": nncf.__version__,
                           **versions}}
@@ -301,7 +302,8 @@ def table(result: dict) -> str:
     rows = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
     rows.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
     start = result["openvino_start_s"]
-    notes = [f"Hiera-{result['model']}, {result['threads']} threads, {result['machine']['cpu']}; int8 calibrated on "
+    notes = [f"Hiera-{result['model']}, {result['threads']} threads, {result['machine']['cpu']} "
+             f"({' '.join(result['machine'].get('isa', [])) or 'ISA not recorded'}); int8 calibrated on "
              f"{result['calibration_images']} images, accuracy on {result['held_out']} held-out ones", "", *rows, "",
              "OpenVINO session start (s, fresh processes): " + ", ".join(f"{k} {v:.2f}" for k, v in start.items())]
     profile = dict(result["openvino_profile_ms"] or {})

@@ -15,7 +15,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from .artifact import EXTERNAL_DATA_BYTES, weight_bytes
-from .quantize import to_int8  # noqa: F401 (dynamic int8: its own module)
+from .quantize import require_no_saturation, to_int8  # noqa: F401 (dynamic int8: its own module)
 
 # Kept in fp32: normalizations and softmax accumulate sums that overflow or lose precision in fp16; MAE's
 # masking sorts its noise (TopK), which must rank it exactly as fp32 does.
@@ -70,7 +70,7 @@ def to_qdq(source: Path, calibration: np.ndarray, batch: int | None) -> onnx.Mod
     convolution stays float: in int8 it cost the digits model's logits a cosine of 0.92 for 1% of the time."""
     model = _quantize(source, lambda src, dst, large: quantize_static(
         src, dst, _Calibration(calibration, batch), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, activation_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, reduce_range=True, activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}))
@@ -78,7 +78,7 @@ def to_qdq(source: Path, calibration: np.ndarray, batch: int | None) -> onnx.Mod
     _quantize_before_data_movement(model.graph)
     rewritten = ir.from_proto(model)
     rewritten.graph.sort()  # the rewrites append and move nodes
-    return ir.to_proto(rewritten)
+    return require_no_saturation(ir.to_proto(rewritten))
 
 
 def _normalize_at_rank_3(graph: onnx.GraphProto) -> None:

@@ -5,17 +5,18 @@ it, and saves and reloads it for shape inference (about three times the model on
 already holds). Here the graph is read with its weights left on disk; each weight is read, quantized and let
 go in turn, so the process holds the int8 weights (a quarter of the model) and one float tensor at a time.
 
-The graph is the one `quantize_dynamic(weight_type=QInt8, per_channel=True, MatMulConstBOnly)` makes, with the
-same operators, int8 weights and scales, so that onnxruntime fuses and runs it with the same kernels and gives
-the same outputs. Each MatMul by a constant weight, and each plain Gemm (`alpha = beta = 1`, weight
+The graph is the one `quantize_dynamic(weight_type=QInt8, per_channel=True, reduce_range=True, MatMulConstBOnly)`
+makes, with the same operators, int8 weights and scales, so that onnxruntime fuses and runs it with the same
+kernels and gives the same outputs. Each MatMul by a constant weight, and each plain Gemm (`alpha = beta = 1`, weight
 transposed where `transB`), becomes
 
     x_q, x_scale, x_zero_point = DynamicQuantizeLinear(x)         uint8, once per activation x
     y = Cast(MatMulInteger(x_q, w_q, x_zero_point, w_zero_point), float) * (x_scale * w_scale)  (+ Gemm's bias)
 
 and each fused `com.microsoft.Attention` becomes `QAttention` on the same quantized input and weight. Weights
-are symmetric int8, one scale per output channel (the last axis of the [in, out] weight):
-`scale = max |w| / 127`, `w_q = round(w / scale)` (half to even), zero point 0. A channel of zeros gets scale 1.
+are symmetric 7-bit integers in int8, one scale per output channel (the last axis of the [in, out] weight):
+`scale = max |w| / 64`, `w_q = round(w / scale)` (half to even), zero point 0. A channel of zeros gets scale 1.
+Seven bits, so that no x86 CPU's integer kernel saturates (`WEIGHT_LIMIT`, docs/int8.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from .artifact import load_graph
 from .errors import ExportError
 
 MS_DOMAIN = "com.microsoft"
+# The largest |int8 weight|. x86 CPUs without VNNI multiply uint8 activations by int8 weights with `vpmaddubsw`,
+# which adds each pair of products in a signed 16-bit lane and saturates: 2 x 255 x 127 = 64770 does not fit,
+# 2 x 255 x 64 = 32640 does. So weights take 7 bits, on every CPU (see docs/int8.md).
+WEIGHT_LIMIT = 64
+LANE_LIMIT = 2**15 - 1  # what one 16-bit lane holds
 
 
 def to_int8(source: Path) -> onnx.ModelProto:
@@ -74,23 +80,46 @@ def to_int8(source: Path) -> onnx.ModelProto:
         if isinstance(tensor, ir.ExternalTensor):
             value.const_value = ir.tensor(np.array(_array(value, source)), name=value.name)
             tensor.release()
-    return ir.to_proto(model)
+    return require_no_saturation(ir.to_proto(model))
 
 
 def quantize_weight(weight: np.ndarray, transposed: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output channel of a float32 [in, out] weight (given as [out, in] where `transposed`):
-    the [in, out] int8 weight and the [out] float32 scales, as onnxruntime's quantizer computes them (the scale
-    rounded from float64 to float32, the division in float32)."""
+    """Symmetric 7-bit int8 per output channel of a float32 [in, out] weight (given as [out, in] where
+    `transposed`): the [in, out] int8 weight within [-WEIGHT_LIMIT, WEIGHT_LIMIT] and the [out] float32 scales, as
+    onnxruntime's quantizer computes them with `reduce_range` (the scale rounded from float64 to float32, the
+    division in float32)."""
     axis = 1 if transposed else 0  # the input axis, reduced over
     absmax = np.maximum(-weight.min(axis=axis), weight.max(axis=axis))  # max |w|, and 0 for an all-negative row
-    scale = absmax.astype(np.float64) / 127  # onnxruntime's (2 max|w|) / 254: the same quotient
+    scale = absmax.astype(np.float64) / WEIGHT_LIMIT  # onnxruntime's (2 max|w|) / (64 - -64): the same quotient
     scale = np.where(scale < np.finfo(np.float32).tiny, 1.0, scale).astype(np.float32)
     scaled = weight / (scale[:, None] if transposed else scale)
     np.round(scaled, out=scaled)
-    np.clip(scaled, -128, 127, out=scaled)
+    np.clip(scaled, -WEIGHT_LIMIT, WEIGHT_LIMIT, out=scaled)
     quantized = scaled.astype(np.int8)
     del scaled
     return (np.ascontiguousarray(quantized.T) if transposed else quantized), scale
+
+
+def worst_pair_sums(model: onnx.ModelProto) -> dict[str, int]:
+    """For each int8 weight matrix of `model` (the dynamic int8 or the qdq graph), the largest |sum| that a pair of
+    its products with activations in 0..255 can reach in one 16-bit lane: 2 x 255 x max |w|. Integer kernels feed
+    uint8 activations (the qdq graph's int8 ones are shifted to uint8 for its constant weights) and pair
+    neighbouring inputs; packing decides which, so the bound takes the largest weight twice. Over `LANE_LIMIT`, CPUs
+    without VNNI saturate."""
+    return {tensor.name: 2 * 255 * int(np.abs(onnx.numpy_helper.to_array(tensor).astype(np.int64)).max(initial=0))
+            for tensor in model.graph.initializer
+            if tensor.data_type == onnx.TensorProto.INT8 and len(tensor.dims) == 2}
+
+
+def require_no_saturation(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, after checking that no pair of its integer products can saturate a 16-bit lane on any x86 CPU:
+    a weight past the limit is a fault of the converter, which must not be written as an artifact."""
+    over = {name: value for name, value in worst_pair_sums(model).items() if value > LANE_LIMIT}
+    if over:
+        name, value = max(over.items(), key=lambda item: item[1])
+        raise ExportError(f"{len(over)} int8 weights can saturate the 16-bit lanes of CPUs without VNNI "
+                          f"(the worst, {name}: pairs of products up to {value} > {LANE_LIMIT})")
+    return model
 
 
 def _weight_of(node: ir.Node) -> tuple[ir.Value, bool] | None:

@@ -10,11 +10,29 @@ from transformers import HieraConfig as TransformersConfig
 from transformers import HieraForImageClassification, HieraForPreTraining, HieraModel
 
 from export.parity import photographs
+from runtime.device import cpu_isa
 
 transformers.logging.set_verbosity_error()
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def cpu_flags() -> str:
+    """This CPU's vector extensions: a figure that depends on the ISA names the one it was measured on."""
+    return "a CPU with " + (" ".join(cpu_isa()) or "no known vector extension")
+
+
+def failed_rows(report: dict) -> str:
+    """The rows of an export report that failed, one line each with its figures, and the CPU: the message of an
+    assertion on `report["passed"]` (rather than the whole report, truncated)."""
+    rows = [f"{precision}: {'; '.join(entry['failures'])}" for precision, entry in report.get("artifacts", {}).items()
+            if entry.get("passed") is False]
+    rows += [f"openvino {row.get('artifact')} {row.get('inference_precision')}: {'; '.join(row['failures'])}"
+             for row in (report.get("openvino") or {}).get("rows", []) if row.get("passed") is False]
+    if (report.get("tensorrt") or {}).get("passed") is False:
+        rows.append(f"tensorrt engine: {'; '.join(report['tensorrt']['failures'])}")
+    return f"failed on {cpu_flags()}: " + (" | ".join(rows) or f"no failing row (passed = {report.get('passed')})")
 
 
 @pytest.fixture

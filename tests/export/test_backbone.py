@@ -15,7 +15,7 @@ import hiera_model
 from export import ExportError, Options, read_artifact, run
 from runtime import FeatureExtractor
 
-from ..conftest import CONFIGS, FIXTURES
+from ..conftest import CONFIGS, FIXTURES, failed_rows
 from .test_graph import ranks_and_shapes
 from .test_parity import FP32_TOLERANCE, inputs, onnx_outputs
 
@@ -27,7 +27,7 @@ def fair_backbone(tmp_path_factory):
     out = tmp_path_factory.mktemp("fair-backbone")
     report = run(Options(weights=str(REFERENCE / "fair_hub"), task="backbone", batch=None, out_dir=out,
                          precisions=("fp32",)))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     return out / report["artifacts"]["fp32"]["file"]
 
 
@@ -47,7 +47,7 @@ def test_maps_match_transformers_rerolled_hidden_states(transformers_checkpoint,
     directory, reference = transformers_checkpoint("small_q_pool", "features")
     report = run(Options(weights=str(directory), task="backbone", out_dir=tmp_path, batch=None, precisions=("fp32",),
                          out_features=("stage4", "stage2")))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     artifact = tmp_path / report["artifacts"]["fp32"]["file"]
     pixel_values = inputs(reference.config, 2)
     expected = reference(torch.from_numpy(pixel_values), output_hidden_states=True).reshaped_hidden_states
@@ -107,7 +107,7 @@ def test_stage_norms_of_a_transformers_backbone_checkpoint(tmp_path):
     assert ours.config.stage_norms == ("stage2", "stage4")
     report = run(Options(weights=str(tmp_path / "checkpoint"), task="backbone", out_dir=tmp_path / "out", batch=None,
                          precisions=("fp32",)))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     pixel_values = inputs(model.config, 2)
     hidden = model(torch.from_numpy(pixel_values), output_hidden_states=True).reshaped_hidden_states[1:]
     got = onnx_outputs(tmp_path / "out" / report["artifacts"]["fp32"]["file"], pixel_values)

@@ -6,14 +6,14 @@ import sys
 
 from export import Options, run
 
-from ..conftest import ROOT
+from ..conftest import ROOT, cpu_flags, failed_rows
 
 CHECKPOINT = ROOT / "models" / "digits"
 
 
-def test_int8_loses_at_most_one_point(tmp_path):
+def test_int8_loses_at_most_half_a_point(tmp_path):
     report = run(Options(weights=str(CHECKPOINT), out_dir=tmp_path))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     assert report["variant"] == "digits"
     scores = tmp_path / "accuracy.json"
     subprocess.run([sys.executable, ROOT / "tools" / "digits.py", "evaluate", *sorted(tmp_path.glob("*.onnx")),
@@ -23,23 +23,23 @@ def test_int8_loses_at_most_one_point(tmp_path):
     assert torch_fp32 >= 0.97
     assert top1["hiera_digits_classify.onnx"] == torch_fp32
     assert top1["hiera_digits_classify.fp16.onnx"] >= torch_fp32 - 0.005
-    assert top1["hiera_digits_classify.int8.onnx"] >= torch_fp32 - 0.01
+    assert top1["hiera_digits_classify.int8.onnx"] >= torch_fp32 - 0.005, f"{top1} on {cpu_flags()}"
 
 
 def test_static_int8_for_tensorrt_calibrated_on_the_training_split(tmp_path):
-    """The qdq artifact (symmetric int8 scales from 512 training images) loses at most 1 point, and TensorRT's
+    """The qdq artifact (symmetric int8 scales from 512 training images) loses at most half a point, and TensorRT's
     parser takes it."""
     train = tmp_path / "train"
     tool = [sys.executable, ROOT / "tools" / "digits.py"]
     subprocess.run([*tool, "images", train, "--split", "train"], check=True, capture_output=True)
     report = run(Options(weights=str(CHECKPOINT), out_dir=tmp_path, precisions=("fp32", "qdq"), calibration=train))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     assert report["artifacts"]["qdq"]["tensorrt_check"]["findings"] == []
     scores = tmp_path / "accuracy.json"
     subprocess.run([*tool, "evaluate", tmp_path / "hiera_digits_classify.qdq.onnx", "--json", scores], check=True,
                    capture_output=True)
     top1 = json.loads(scores.read_text())["top1"]
-    assert top1["hiera_digits_classify.qdq.onnx"] >= top1["PyTorch fp32"] - 0.01
+    assert top1["hiera_digits_classify.qdq.onnx"] >= top1["PyTorch fp32"] - 0.005, f"{top1} on {cpu_flags()}"
 
 
 def test_the_tool_names_a_bad_file_in_one_line(tmp_path):

@@ -1,5 +1,6 @@
-"""Dynamic int8 (export.quantize): the graph onnxruntime's `quantize_dynamic` makes, with the same int8 weights,
-scales and outputs, made one weight at a time."""
+"""Dynamic int8 (export.quantize): the graph onnxruntime's `quantize_dynamic(reduce_range=True)` makes, with the same
+7-bit int8 weights, scales and outputs, made one weight at a time; and weights that no x86 CPU's integer kernel can
+saturate."""
 
 import collections
 import json
@@ -16,14 +17,15 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from export import ExportError, Options, run
 from export.quantize import to_int8
 
-from ..conftest import ROOT
+from ..conftest import ROOT, failed_rows
 
 DIGITS = ROOT / "models" / "digits"
 
 
 def onnxruntime_int8(source, destination) -> onnx.ModelProto:
-    """onnxruntime's own dynamic quantization of `source`, as the export made its int8 artifact before."""
-    quantize_dynamic(source, destination, weight_type=QuantType.QInt8, per_channel=True,
+    """onnxruntime's own dynamic quantization of `source` with 7-bit weights (`reduce_range`), the format of the
+    export's int8 artifact (docs/int8.md)."""
+    quantize_dynamic(source, destination, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                      op_types_to_quantize=["MatMul", "Gemm", "Attention"], extra_options={"MatMulConstBOnly": True})
     return onnx.load(destination)
 
@@ -56,7 +58,7 @@ def exported(tmp_path_factory, transformers_checkpoint):
             weights = DIGITS if name == "digits" else transformers_checkpoint(name)[0]
             out = tmp_path_factory.mktemp(name)
             report = run(Options(weights=str(weights), out_dir=out, precisions=("fp32", "int8")))
-            assert report["passed"], report
+            assert report["passed"], failed_rows(report)
             stem = f"hiera_{report['variant']}_classify"
             onnxruntime_int8(out / f"{stem}.onnx", out / "reference.int8.onnx")
             cache[name] = out, stem
@@ -90,7 +92,7 @@ def test_digits_held_out_accuracy_unchanged(exported, tmp_path):
                     out / "reference.int8.onnx", "--json", scores], check=True, capture_output=True)
     top1 = json.loads(scores.read_text())["top1"]
     assert top1[f"{stem}.int8.onnx"] == top1["reference.int8.onnx"]
-    assert top1[f"{stem}.int8.onnx"] >= top1["PyTorch fp32"] - 0.01
+    assert top1[f"{stem}.int8.onnx"] >= top1["PyTorch fp32"] - 0.005
 
 
 def linear_layers() -> onnx.ModelProto:

@@ -15,7 +15,7 @@ from export.trt_check import check
 from runtime import Reconstructor, load
 from runtime.reconstruct import GAP, panels, patches
 
-from ..conftest import ROOT
+from ..conftest import ROOT, failed_rows
 from .test_graph import ranks_and_shapes
 from .test_parity import FP32_TOLERANCE
 
@@ -26,7 +26,7 @@ def mae_export(transformers_mae, tmp_path_factory):
     out = tmp_path_factory.mktemp("mae-export")
     report = run(Options(weights=str(directory), task="mae", loss=True, batch=None, out_dir=out,
                          precisions=("fp32", "fp16")))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     return report, {p: out / a["file"] for p, a in report["artifacts"].items()}, reference
 
 

@@ -13,7 +13,7 @@ from export import Options, openvino, run
 from runtime import load
 from runtime.openvino import OPENVINO_SUFFIX, STANDARD_DOMAINS, read_onnx_header
 
-from ..conftest import ROOT
+from ..conftest import ROOT, failed_rows
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'hiera-deploy[openvino]')")
 HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -25,7 +25,7 @@ def test_the_export_writes_the_standard_op_graph_with_openvinos_rows(transformer
     held to fp32's bound in onnxruntime, and the report's OpenVINO rows per artifact and inference precision."""
     directory, _ = transformers_checkpoint("small_q_pool")
     report = run(Options(weights=str(directory), batch=None, out_dir=tmp_path, precisions=("fp32", "fp16", "openvino")))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     files = {precision: tmp_path / entry["file"] for precision, entry in report["artifacts"].items()}
     assert files[openvino.ARTIFACT].name.endswith(OPENVINO_SUFFIX)
     assert read_onnx_header(files[openvino.ARTIFACT]).domains <= set(STANDARD_DOMAINS)

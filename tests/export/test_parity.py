@@ -12,6 +12,8 @@ import torch
 from export import Options, read_artifact, run
 from export.parity import run_artifact
 
+from ..conftest import failed_rows
+
 FP32_TOLERANCE = 1e-4  # max abs diff of every fp32 output against transformers
 
 
@@ -36,7 +38,7 @@ def reference_outputs(model, pixel_values) -> dict[str, np.ndarray]:
 def test_classifier_matches_transformers(name, transformers_checkpoint, tmp_path):
     directory, reference = transformers_checkpoint(name)
     report = run(Options(weights=str(directory), variant=name, out_dir=tmp_path, precisions=("fp32", "int8")))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     fp32 = tmp_path / f"hiera_{name}_classify.onnx"
     pixel_values = inputs(reference.config, 1)
     expected = reference_outputs(reference, pixel_values)["logits"]
@@ -52,7 +54,7 @@ def test_classifier_matches_transformers(name, transformers_checkpoint, tmp_path
 def test_dynamic_batch_matches_transformers(task, transformers_checkpoint, tmp_path):
     directory, reference = transformers_checkpoint("small_q_pool", task)
     report = run(Options(weights=str(directory), task=task, out_dir=tmp_path, batch=None, precisions=("fp32",)))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     (artifact,) = tmp_path.glob("*.onnx")
     for batch in (1, 3):
         pixel_values = inputs(reference.config, batch)
@@ -66,7 +68,7 @@ def test_dynamic_batch_matches_transformers(task, transformers_checkpoint, tmp_p
 def test_fp16_keeps_the_sensitive_ops_in_fp32(transformers_checkpoint, tmp_path):
     directory, reference = transformers_checkpoint("small_q_pool")
     report = run(Options(weights=str(directory), out_dir=tmp_path, precisions=("fp16",)))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     assert report["artifacts"]["fp16"]["parity"]["logits"]["cosine"] >= 0.999
 
     (artifact,) = tmp_path.glob("*.fp16.onnx")
@@ -85,7 +87,7 @@ def test_weights_beyond_protobufs_limit_go_to_external_data(transformers_checkpo
     monkeypatch.setattr(export.artifact, "EXTERNAL_DATA_BYTES", 100_000)
     directory, reference = transformers_checkpoint("small_q_pool")
     report = run(Options(weights=str(directory), out_dir=tmp_path, batch=None, precisions=("fp32", "fp16", "int8")))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     for entry in report["artifacts"].values():
         data = tmp_path / f"{entry['file']}.data"
         assert data.is_file() and entry["bytes"] > data.stat().st_size > 100_000

@@ -14,7 +14,7 @@ from export import Options, run
 from export.onnx_export import to_onnx, to_opset_16
 from export.trt_check import check
 
-from ..conftest import ROOT
+from ..conftest import ROOT, failed_rows
 from .test_parity import FP32_TOLERANCE, inputs, onnx_outputs, reference_outputs
 
 
@@ -27,7 +27,7 @@ def graphs(transformers_checkpoint, tmp_path_factory):
                           "opset16": {"optimize": False, "opset": 16}}.items():
         out = tmp_path_factory.mktemp(name)
         report = run(Options(weights=str(directory), out_dir=out, batch=None, **options))
-        assert report["passed"], report
+        assert report["passed"], failed_rows(report)
         made[name] = {p: out / entry["file"] for p, entry in report["artifacts"].items()} | {"report": report}
     return made, reference
 

@@ -18,7 +18,7 @@ from export.onnx_export import to_onnx
 from runtime import Classifier, FeatureExtractor
 from runtime.preprocess import Preprocessing, sample_frames
 
-from ..conftest import FIXTURES, ROOT
+from ..conftest import FIXTURES, ROOT, failed_rows
 from .test_graph import ranks_and_shapes
 from .test_parity import FP32_TOLERANCE
 
@@ -38,7 +38,7 @@ def video_export(tmp_path_factory):
     for task in ("classify", "backbone"):
         report = run(Options(weights=str(REFERENCE / "video_fair_hub"), task=task, batch=None, out_dir=out,
                              precisions=("fp32",)))
-        assert report["passed"], report
+        assert report["passed"], failed_rows(report)
         files[task] = out / report["artifacts"]["fp32"]["file"]
     return files
 

@@ -7,12 +7,12 @@ import sys
 
 from export import Options, run
 
-from ..conftest import ROOT
+from ..conftest import ROOT, failed_rows
 
 
 def test_held_out_accuracy_through_the_cli(tmp_path):
     report = run(Options(weights=str(ROOT / "models" / "digits"), out_dir=tmp_path, precisions=("fp32", "int8")))
-    assert report["passed"], report
+    assert report["passed"], failed_rows(report)
     held_out = tmp_path / "held-out"
     tool = [sys.executable, ROOT / "tools" / "digits.py"]
     subprocess.run([*tool, "images", held_out], check=True, capture_output=True)
