@@ -95,6 +95,19 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
+def append_metadata(path: Path, props: dict[str, str]) -> None:
+    """Add metadata_props to a written graph without writing it again: a serialized ModelProto appended to one
+    parses as their merge (protobuf's rule for repeated records, as `save_graph` writes initializers)."""
+    entries = onnx.ModelProto()
+    for key, value in props.items():
+        entries.metadata_props.add(key=key, value=value)
+    try:
+        with open(path, "ab") as out:
+            out.write(entries.SerializeToString())
+    except OSError as error:
+        raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
 def read_artifact(path) -> dict:
     """The `hiera.*` metadata of an artifact file, decoded as JSON (weights are not read)."""
     model = load_graph(path, weights=False)

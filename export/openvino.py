@@ -61,7 +61,8 @@ def parity(files: dict[str, Path], reference: dict, inputs: dict, progress=lambd
                 rows.append({**row, "skipped": str(error)})
                 continue
             progress("validate", f"{Path(path).name} in OpenVINO ({inference}) against PyTorch fp32")
-            model = load(path, provider="openvino", threads=THREADS, inference_precision=inference)
+            model = load(path, provider="openvino", threads=THREADS, inference_precision=inference, check=False,
+                         allow_failed=True)
             result = checks.compare(reference, model.run(**inputs))
             failed = checks.failures(bound, result)
             rows.append({**row, "parity": result, "passed": not failed, "failures": failed})

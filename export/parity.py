@@ -56,7 +56,7 @@ def run_artifact(path, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[
     provider, an engine with TensorRT (a static batch is filled in padded chunks, an engine's batches stay
     within its profile)."""
     provider = "tensorrt" if Path(path).suffix in ENGINE_SUFFIXES else "cpu"
-    return load(path, provider=provider, threads=threads).run(**inputs)
+    return load(path, provider=provider, threads=threads, check=False, allow_failed=True).run(**inputs)
 
 
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:

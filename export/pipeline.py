@@ -16,6 +16,7 @@ import ctypes
 import functools
 import gc
 import importlib.metadata
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from runtime import files
+from runtime import files, load, probe
 from runtime.artifact import to_metadata
 from runtime.errors import HieraRuntimeError
 from runtime.preprocess import find_images, load_image
@@ -71,6 +72,8 @@ class Run:
     engine: Path | None = None
     weights_path: Path | None = None  # the checkpoint, when the weights came from one
     config: object = None  # the model's HieraConfig
+    probe_pixels: np.ndarray | None = None  # the probe's photographs, cropped: uint8 [N, H, W, 3]
+    probe_reference: dict | None = None  # PyTorch fp32's outputs on them
 
 
 def run(options: Options, progress=lambda step, message: None) -> dict:
@@ -119,6 +122,10 @@ def _reference(r: Run) -> dict:
     r.inputs, names = parity.validation_inputs(r.model, r.preprocessing, r.options.seed)
     r.progress("reference", f"PyTorch fp32 on {len(names)} validation inputs")
     r.reference = parity.run_torch(r.model, r.inputs)
+    if r.config.in_chans == 3:  # the probe each artifact carries: photographs, so RGB models only
+        r.probe_pixels = np.stack([r.preprocessing.crop(photo) for photo in parity.photographs().values()])
+        feeds = probe.inputs(r.probe_pixels, r.preprocessing, r.config.input_size, r.props["mae"])
+        r.probe_reference = parity.run_torch(r.model, feeds)
     return {"validation": {"inputs": names, "seed": r.options.seed,
                            "reference": "PyTorch fp32 (this package's model, same weights)",
                            "runtime": "this package's runtime: onnxruntime CPUExecutionProvider (TensorRT for an "
@@ -169,10 +176,23 @@ def _convert(r: Run) -> dict:
         r.progress("write", path.name)
         artifact.save_graph(graph, path, weights_dir=r.staging)
         del graph
+        if r.probe_reference is not None:
+            _attach_probe(r, path, precision)
         _onnx_check(path, precision)
         _release_memory()
         r.files[precision] = path
     return {"artifacts": entries}
+
+
+def _attach_probe(r: Run, path: Path, precision: str) -> None:
+    """Add the probe (`runtime.probe`) to the artifact just written: its photographs, PyTorch's outputs with the
+    precision's bound, and this engine's own outputs (onnxruntime's CPU provider, as validation runs it)."""
+    model = load(path, provider="cpu", threads=2, check=False)
+    outputs = model.run(**probe.inputs(r.probe_pixels, r.preprocessing, r.config.input_size, r.props["mae"]))
+    document = probe.make(r.probe_pixels, list(parity.photographs()), r.probe_reference,
+                          parity.THRESHOLDS[precision], probe.engine_name(model.session), outputs)
+    del model
+    artifact.append_metadata(path, {"hiera.probe": json.dumps(document, allow_nan=False)})
 
 
 def _engine(r: Run) -> dict:

@@ -23,8 +23,9 @@ from pathlib import Path
 from . import files
 from .errors import HieraRuntimeError
 from .preprocess import Preprocessing
+from .probe import PROBE_VERSION
 
-FORMAT_VERSION = 1  # the newest metadata format this runtime reads (and export writes)
+FORMAT_VERSION = 2  # the newest metadata format this runtime reads (and export writes); 2 adds hiera.probe
 TASKS = ("classify", "features", "backbone", "mae")
 PRECISIONS = ("fp32", "fp16", "int8", "qdq")
 MAX_BATCH = 1024  # the largest batch an artifact may declare (and export traces for a dynamic batch)
@@ -46,6 +47,8 @@ class ModelInfo:
     weights: dict | None = None  # {"source", "sha256", "verified"}
     mae: dict | None = None  # MAE models: {"mask_units", "mask_ratio", "pred_stride", "norm_pix_loss"}
     outputs: tuple[str, ...] = ()
+    probe: dict | None = None  # hiera.probe (runtime.probe), None where the artifact carries none
+    format_version: int = FORMAT_VERSION
 
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels and index < len(self.labels) else None
@@ -157,8 +160,19 @@ def _decode_fields(meta: dict) -> ModelInfo:
     precision = field("precision", _one_of, PRECISIONS, required=False)
     variant = field("variant", _text, required=False)
     mae = field("mae", _mae) if task == "mae" else None
+    probe = field("probe", _probe, required=False)
     return ModelInfo(task=task, input_size=input_size, batch=batch, preprocessing=preprocessing, labels=labels,
-                     variant=variant, precision=precision, weights=weights, mae=mae, outputs=outputs)
+                     variant=variant, precision=precision, weights=weights, mae=mae, outputs=outputs, probe=probe,
+                     format_version=version)
+
+
+def _probe(value) -> dict:
+    """The probe's envelope; its arrays are checked when it runs (runtime.probe)."""
+    _object(value)
+    version = _int(value.get("version"), 1, 1 << 30)
+    if version > PROBE_VERSION:
+        raise _Bad(f"probe format {version} is newer than this runtime reads ({PROBE_VERSION}); upgrade hiera-deploy")
+    return value
 
 
 def _weights(value) -> dict:
@@ -220,6 +234,58 @@ def for_foreign_model(path, input_shape, output_names, preprocessing: Preprocess
     task = "classify" if len(output_names) == 1 else "features"
     return ModelInfo(task=task, input_size=preprocessing.crop_size, batch=batch, preprocessing=preprocessing,
                      labels=None, outputs=tuple(output_names))
+
+
+# The export report beside an artifact
+
+REPORT_BYTES = 64 << 20  # a report is tens of KB; a larger file is not one
+
+
+def report_path(artifact: Path) -> Path | None:
+    """The export report that describes `artifact`: `<stem>.report.json` in its folder, where the artifact's name
+    is the stem and a suffix (`.onnx`, `.int8.onnx`, `.openvino.onnx`, `.fp16.engine`, ...); None if there is
+    none. The longest such stem wins (stems may hold dots: `hiera_sam2.1_...`)."""
+    artifact = Path(artifact)
+    stems = [report.name.removesuffix(".report.json") for report in artifact.parent.glob("*.report.json")]
+    stems = [stem for stem in stems if artifact.name.startswith(stem + ".")]
+    return artifact.with_name(max(stems, key=len) + ".report.json") if stems else None
+
+
+def read_report(path: Path) -> dict:
+    """An export report, read with a size bound: a JSON object that lists its artifacts."""
+    report = files.read_json(path, REPORT_BYTES)
+    if not isinstance(report, dict) or not isinstance(report.get("artifacts"), dict):
+        raise HieraRuntimeError(f"{path}: not an export report (no artifacts listed)")
+    return report
+
+
+@dataclass(frozen=True)
+class ReportVerdict:
+    report: Path
+    passed: bool | None  # None: exported without validation
+    failures: tuple[str, ...]  # the failed checks, each with its figure
+
+
+def report_verdict(artifact: Path) -> ReportVerdict | None:
+    """What the export report beside `artifact` says of it, or None where no report lists it."""
+    path = report_path(artifact)
+    if path is None:
+        return None
+    report = read_report(path)
+    rows = [(key, entry) for key, entry in report["artifacts"].items()
+            if isinstance(entry, dict) and entry.get("file") == Path(artifact).name]
+    if not rows and Path(artifact).name == report.get("tensorrt", {}).get("engine"):
+        rows = [("tensorrt", report["tensorrt"])]
+    if not rows:
+        return None
+    key, entry = rows[0]
+    passed = entry.get("passed")
+    failures = [f"{key}: {failure}" for failure in entry.get("failures") or [] if isinstance(failure, str)]
+    for row in (report.get("openvino") or {}).get("rows", []):  # OpenVINO's rows of this file
+        if isinstance(row, dict) and row.get("artifact") == Path(artifact).name and row.get("passed") is False:
+            passed = False
+            failures += [f"OpenVINO {row.get('inference_precision')}: {failure}" for failure in row.get("failures", [])]
+    return ReportVerdict(path, passed if isinstance(passed, bool) else None, tuple(failures))
 
 
 # The engine sidecar

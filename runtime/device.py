@@ -4,6 +4,7 @@ the figures an artifact gives here (an int8 product sums in 16-bit lanes without
 from __future__ import annotations
 
 import functools
+import platform
 from pathlib import Path
 
 # /proc/cpuinfo's flag -> the name this project records (tables, reports, test messages)
@@ -20,3 +21,14 @@ def cpu_isa() -> tuple[str, ...]:
         return ()
     flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
     return tuple(sorted({ISA_FLAGS[flag] for flag in flags if flag in ISA_FLAGS}))
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else the machine's architecture)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return name or platform.machine() or "unknown CPU"

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import openvino, reconstruct
-from .artifact import MAX_BATCH, ModelInfo, for_foreign_model, from_metadata
+from . import openvino, probe, reconstruct
+from .artifact import MAX_BATCH, ModelInfo, for_foreign_model, from_metadata, report_verdict
 from .errors import HieraRuntimeError, MissingMetadata
 from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
 from .session import OnnxSession
@@ -124,12 +124,13 @@ class _Model:
             raise HieraRuntimeError(f"{session.path}: a {info.task} model; load it with {kind}")
         check_labels(session, info)
         self.session, self.info, self.max_pixels = session, info, _whole("max_pixels", max_pixels, 1)
+        self.warnings: list[str] = []  # what a user must be told on every run (an artifact run although it failed)
 
     @classmethod
-    def load(cls, path, *, max_pixels: int = MAX_PIXELS, **options):
-        """Open an exported `.onnx` or TensorRT engine; `options` as for `open_model` (provider, threads,
-        cache_dir, preprocessing, io_binding, inference_precision)."""
-        return cls(*open_model(path, **options), max_pixels)
+    def load(cls, path, *, max_pixels: int = MAX_PIXELS, check: bool = True, allow_failed: bool = False, **options):
+        """Open an exported `.onnx` or TensorRT engine; `check` and `allow_failed` as for `load`, `options` as for
+        `open_model` (provider, threads, cache_dir, preprocessing, io_binding, inference_precision)."""
+        return _admitted(cls(*open_model(path, **options), max_pixels), check, allow_failed)
 
     @property
     def providers(self) -> list[str]:
@@ -320,8 +321,25 @@ def model_class(task: str) -> type[_Model]:
     return {"classify": Classifier, "mae": Reconstructor}.get(task, FeatureExtractor)
 
 
-def load(path, *, max_pixels: int = MAX_PIXELS, **options) -> Classifier | FeatureExtractor | Reconstructor:
+def load(path, *, max_pixels: int = MAX_PIXELS, check: bool = True, allow_failed: bool = False,
+         **options) -> Classifier | FeatureExtractor | Reconstructor:
     """A `Classifier`, `FeatureExtractor` or `Reconstructor`, whichever the artifact's task asks for (options
-    as for `open_model`)."""
+    as for `open_model`). An artifact whose export report says it failed is refused unless `allow_failed` (then
+    `model.warnings` says so); one that carries a probe runs it on this device first unless `check` is False,
+    and is refused if it fails (`runtime.probe.prove`)."""
     session, info = open_model(path, **options)
-    return model_class(info.task)(session, info, max_pixels)
+    return _admitted(model_class(info.task)(session, info, max_pixels), check, allow_failed)
+
+
+def _admitted(model: _Model, check: bool, allow_failed: bool) -> _Model:
+    """`model`, once neither its export report nor its probe on this device refuses it."""
+    verdict = report_verdict(model.session.path)
+    if verdict is not None and verdict.passed is False:
+        said = f"its export report ({verdict.report.name}) says it FAILED: {'; '.join(verdict.failures) or 'see it'}"
+        if not allow_failed:
+            raise HieraRuntimeError(f"{model.session.path}: {said}; run an artifact of the export that passed, or "
+                                    "allow_failed=True (--allow-failed) to run it anyway")
+        model.warnings.append(f"{model.session.path}: run although {said}")
+    if check:
+        probe.prove(model)
+    return model

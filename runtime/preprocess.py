@@ -335,6 +335,10 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """One PIL image to a normalized float32 array [3, height, width]."""
+        return self.normalize(self.crop(image))
+
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """One PIL image resized and centre-cropped to the model's input: uint8 [height, width, 3]."""
         image = to_rgb(image)
         width, height = image.size
         scale = self.resize_shortest_edge / min(width, height)
@@ -347,6 +351,10 @@ class Preprocessing:
         image = image.resize(size, RESAMPLE[self.resample])
         crop_h, crop_w = self.crop_size
         left, top = (size[0] - crop_w) // 2, (size[1] - crop_h) // 2
-        pixels = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), dtype=np.float32) / 255
+        return np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), dtype=np.uint8)
+
+    def normalize(self, crop: np.ndarray) -> np.ndarray:
+        """A uint8 crop [height, width, 3] scaled to [0, 1] and normalized: float32 [3, height, width]."""
+        pixels = crop.astype(np.float32) / 255
         pixels = (pixels - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
         return pixels.transpose(2, 0, 1)

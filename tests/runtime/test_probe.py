@@ -1,0 +1,165 @@
+"""The probe every artifact carries (runtime.probe): made by the export, run on this device by `runtime.load` (once:
+the verdict is kept) and by `python -m runtime check`; an artifact that computes otherwise than its bounds allow is
+refused in one line naming the figure, and so is one whose export report says it failed."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from export import Options, run
+from runtime import HieraRuntimeError, load, probe
+from runtime.artifact import FORMAT_VERSION
+
+from ..conftest import ROOT, cpu_flags, failed_rows
+
+DIGITS = ROOT / "models" / "digits"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The digits model's fp32 and int8 artifacts, with their probes and report."""
+    out = tmp_path_factory.mktemp("digits")
+    report = run(Options(weights=str(DIGITS), out_dir=out, precisions=("fp32", "int8")))
+    assert report["passed"], failed_rows(report)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Kept verdicts in this test's own folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "hiera-deploy" / "probe"
+
+
+def copy_of(exported, tmp_path, name="hiera_digits_classify.onnx", report=False) -> "Path":  # noqa: F821
+    folder = tmp_path / "copy"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(exported / name, folder / name)
+    if report:
+        shutil.copy(exported / "hiera_digits_classify.report.json", folder / "hiera_digits_classify.report.json")
+    return folder / name
+
+
+def edited(path, change) -> None:
+    """`path` rewritten with `change(model)` applied: its metadata, the probe among it, stays."""
+    model = onnx.load(path)
+    change(model)
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("name, figure", [("hiera_digits_classify.onnx", "max_abs"),
+                                          ("hiera_digits_classify.int8.onnx", "cosine")])
+def test_every_artifact_carries_a_probe_that_passes_here(exported, name, figure):
+    model = load(exported / name, provider="cpu", check=False)
+    assert model.info.format_version == FORMAT_VERSION == 2 and model.info.probe is not None, name
+    rows = probe.check(model, model.info.probe)
+    assert [row.against.split(" ")[0] for row in rows] == ["PyTorch", "onnxruntime"], rows
+    assert rows[0].figure == figure and rows[1].figure == "cosine" and rows[1].bound == 0.999
+    for row in rows:
+        assert row.passed, f"{name} on {cpu_flags()}: {row.describe()}"
+    assert model.info.probe["photos"] == ["china.jpg", "flower.jpg"]
+    assert probe.decode(model.info.probe["pixels"], "pixels").shape == (2, 64, 64, 3)
+
+
+def test_a_bias_edited_with_the_probe_left_is_refused_in_one_line(exported, tmp_path):
+    path = copy_of(exported, tmp_path)
+
+    def shift_a_bias(model):
+        bias = next(t for t in reversed(model.graph.initializer) if len(t.dims) == 1 and t.dims[0] == 10)
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(0.5), bias.name))
+    edited(path, shift_a_bias)
+    with pytest.raises(HieraRuntimeError) as refused:
+        load(path, provider="cpu")
+    message = str(refused.value)
+    assert "\n" not in message and "fails its probe on this device" in message, message
+    assert "PyTorch fp32: max abs 0.5 > 0.0001" in message, message
+    assert load(path, provider="cpu", check=False).info.probe is not None  # asked not to check: it runs
+
+
+def test_a_verdict_is_kept_once_per_artifact_and_device_and_only_if_private(exported, tmp_path, private_cache,
+                                                                           monkeypatch):
+    path = exported / "hiera_digits_classify.int8.onnx"
+    load(path, provider="cpu")
+    kept = list(private_cache.glob("*.json"))
+    assert len(kept) == 1 and all(row["passed"] for row in json.loads(kept[0].read_text())["rows"])
+    calls = []
+    monkeypatch.setattr(probe, "check", lambda model, stored: calls.append(1) or [])
+    load(path, provider="cpu")
+    assert calls == []  # the kept verdict was used
+    kept[0].write_text(json.dumps({"rows": [{"against": "forged", "figure": "cosine", "value": 1.0, "bound": 0.99,
+                                             "passed": True}]}))
+    os.chmod(kept[0], 0o666)  # writable by anyone: not a verdict the runtime can trust
+    load(path, provider="cpu")
+    assert calls == [1]
+
+
+def test_a_read_only_cache_folder_keeps_nothing_and_still_checks(exported, tmp_path, private_cache, monkeypatch):
+    private_cache.parent.mkdir(parents=True)
+    private_cache.parent.chmod(0o500)
+    try:
+        if os.access(private_cache.parent, os.W_OK):
+            pytest.skip("running as a user whom permissions do not stop (root)")
+        assert load(exported / "hiera_digits_classify.onnx", provider="cpu").info.probe is not None
+        assert not private_cache.exists()
+    finally:
+        private_cache.parent.chmod(0o700)
+
+
+def test_an_artifact_without_a_probe_runs_and_says_so(exported, tmp_path):
+    path = copy_of(exported, tmp_path)
+
+    def older_format(model):
+        props = [(p.key, p.value) for p in model.metadata_props if p.key != "hiera.probe"]
+        del model.metadata_props[:]
+        for key, value in props:
+            model.metadata_props.add(key=key, value="1" if key == "hiera.format_version" else value)
+    edited(path, older_format)
+    model = load(path, provider="cpu")
+    assert model.info.probe is None and model.info.format_version == 1
+
+
+def test_a_newer_format_is_refused_in_one_line(exported, tmp_path):
+    path = copy_of(exported, tmp_path)
+
+    def newer(model):
+        next(p for p in model.metadata_props if p.key == "hiera.format_version").value = str(FORMAT_VERSION + 1)
+    edited(path, newer)
+    with pytest.raises(HieraRuntimeError, match=r"metadata format 3 is newer than this runtime reads \(2\)"):
+        load(path, provider="cpu")
+
+
+def test_a_damaged_probe_is_one_line(exported, tmp_path):
+    path = copy_of(exported, tmp_path)
+
+    def damage(model):
+        entry = next(p for p in model.metadata_props if p.key == "hiera.probe")
+        document = json.loads(entry.value)
+        document["pixels"]["shape"] = [2, 64, 64, 4]
+        entry.value = json.dumps(document)
+    edited(path, damage)
+    with pytest.raises(HieraRuntimeError, match=r"damaged probe: pixels does not hold \[2, 64, 64, 4\] uint8 values"):
+        load(path, provider="cpu")
+
+
+def test_an_artifact_whose_report_says_it_failed_is_refused(exported, tmp_path, photo_files):
+    path = copy_of(exported, tmp_path, "hiera_digits_classify.int8.onnx", report=True)
+    report_file = path.with_name("hiera_digits_classify.report.json")
+    report = json.loads(report_file.read_text())
+    report["artifacts"]["int8"].update(passed=False, failures=["logits cosine 0.903 < 0.99"])
+    report_file.write_text(json.dumps(report))
+    with pytest.raises(HieraRuntimeError) as refused:
+        load(path, provider="cpu")
+    assert "report.json) says it FAILED: int8: logits cosine 0.903 < 0.99" in str(refused.value)
+    model = load(path, provider="cpu", allow_failed=True)
+    assert model.warnings and "FAILED" in model.warnings[0]
+    result = subprocess.run([sys.executable, "-m", "runtime", "predict", str(photo_files[0]), "--model", str(path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "says it FAILED" in result.stderr and len(result.stderr.splitlines()) == 1, \
+        result.stderr
