@@ -19,6 +19,7 @@ output went away: quietly, as a pipeline's killed writer would).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -154,10 +155,8 @@ def run_command(command, argv, *, errors: tuple = (), failed: tuple = (), state:
         say(f"interrupted{note}", sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:
-        try:  # so that the exit's flush of stdout cannot fail again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # stdout is no file descriptor (a test's capture)
-            pass
+        with contextlib.suppress(OSError, ValueError):  # (stdout may be no file descriptor: a test's capture)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return BROKEN_PIPE
     except MemoryError:
         say(f"error: out of memory{also}", sys.stderr)

@@ -80,19 +80,30 @@ def inject(monkeypatch, where, fault):
         monkeypatch.setattr(f"{module}.{name}", fault)
 
 
+@pytest.fixture
+def sigterm_fallback():
+    """A SIGTERM the shell does not catch fails the test instead of ending the test run."""
+    def fallback(signum, frame):
+        raise LookupError("SIGTERM reached the test's handler, not the shell's")
+
+    previous = signal.signal(signal.SIGTERM, fallback)
+    yield fallback
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_ends_a_fault_in_one_line_and_its_status(command, fault, monkeypatch, tmp_path, capsys):
+def test_every_command_ends_a_fault_in_one_line_and_its_status(command, fault, monkeypatch, tmp_path, capsys,
+                                                                sigterm_fallback):
     if fault == "ctrl-c" and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not Python's default handler here")
     main, arguments, where = COMMANDS[command]
     monkeypatch.chdir(tmp_path)
     inject(monkeypatch, where, FAULTS[fault])
-    before = signal.getsignal(signal.SIGTERM)
     status = main(arguments)
     out, err = capsys.readouterr()
     assert (err, status) == expected(command, fault) and out == ""
-    assert signal.getsignal(signal.SIGTERM) is before  # the shell's handler is only in place while it runs
+    assert signal.getsignal(signal.SIGTERM) is sigterm_fallback  # the shell's handler is in place only while it runs
 
 
 def test_the_debug_switch_shows_the_traceback(monkeypatch):
