@@ -93,20 +93,19 @@ class Whole:
 
 
 class Number:
-    """An argparse type: a finite number above `low` (or from `low`, with `or_equal`) and at most `high`."""
+    """An argparse type: a finite number above `low` and at most `high` (the option's help states them)."""
 
-    def __init__(self, low: float, high: float, or_equal: bool = False):
-        self.low, self.high, self.or_equal = low, high, or_equal
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
 
     def __call__(self, text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        above = value >= self.low if self.or_equal else value > self.low
-        if not (math.isfinite(value) and above and value <= self.high):
-            raise argparse.ArgumentTypeError(f"must be a number {'from' if self.or_equal else 'above'} {self.low:g} "
-                                             f"and at most {self.high:g}, not {text!r}")
+        if not (math.isfinite(value) and self.low < value <= self.high):
+            raise argparse.ArgumentTypeError(f"must be a number above {self.low:g} and at most {self.high:g}, "
+                                             f"not {text!r}")
         return value
 
 
@@ -145,19 +144,19 @@ def run_command(command, argv, *, errors: tuple = (), failed: tuple = (), state:
             status = stop.code if isinstance(stop.code, int) else OK if stop.code is None else BAD_INPUT
         sys.stdout.flush()  # here, so that a reader gone before the last line is a broken pipe like any other
         return status
+    except KeyboardInterrupt:
+        say(f"interrupted{note}", sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # before `errors`, which may hold OSError
+        with contextlib.suppress(OSError, ValueError):  # (stdout may be no file descriptor: a test's capture)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return BROKEN_PIPE
     except failed as error:
         say(error_line(error), sys.stderr)
         return FAILED
     except errors as error:
         say(error_line(error), sys.stderr)
         return BAD_INPUT
-    except KeyboardInterrupt:
-        say(f"interrupted{note}", sys.stderr)
-        return INTERRUPTED
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):  # (stdout may be no file descriptor: a test's capture)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return BROKEN_PIPE
     except MemoryError:
         say(f"error: out of memory{also}", sys.stderr)
         return BAD_INPUT

@@ -112,6 +112,12 @@ def test_the_debug_switch_shows_the_traceback(monkeypatch):
         shell.run_command(raise_(ZeroDivisionError("boom")), [])
 
 
+def test_a_broken_pipe_is_never_taken_for_a_commands_own_error(capsys):
+    """tools/digits.py counts OSError among its errors; BrokenPipeError is one."""
+    assert shell.run_command(raise_(BrokenPipeError()), [], errors=(OSError,)) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_a_check_that_failed_is_1_and_bad_input_2(capsys):
     class Refused(Exception):
         option = "engine.workspace_gb"
