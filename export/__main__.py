@@ -9,37 +9,25 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from hiera_model import HieraModelError
+from runtime.errors import HieraRuntimeError
+from runtime.shell import FAILED, OK, Number, Parser, Whole, run_command, say
+
+from .errors import ExportError
+
 # What `python -m export` needs beyond the runtime, by the extra that installs it.
 NEEDS = {"torch": "model", "safetensors": "model", "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
          "sklearn": "export"}
-# Options fields (as errors name them) -> this command line's flags.
-FLAGS = {"out_dir": "--out", "precisions": "--precision", "loss": "--loss", "engine.precision": "--trt-precision",
-         "engine.max_batch": "--max-batch", "engine.workspace_gb": "--workspace", "build_engine": "--trt",
-         "optimize": "--no-optimize"}
 COMMANDS = {"check-trt": "check ONNX files against TensorRT's parser, without TensorRT",
             "verify": "check an export again: hashes, metadata, report, and parity against weights",
             "hub": "turn an export into the folder the Hugging Face Hub, transformers.js and optimum read"}
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error of the command
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def flag(option: str) -> str:
-    return FLAGS.get(option, "--" + option.replace("_", "-"))
-
-
-def fail(error) -> int:
-    """Print an ExportError (or a runtime or model error) as one line; exit status 2."""
-    option = getattr(error, "option", None)
-    print(f"error: {error}" + (f" [{flag(option)}]" if option else ""), file=sys.stderr)
-    return 2
+# What an interrupted or failed command leaves behind, as its last line says.
+STATES = {"hub": "nothing was left half-written"}
+STATE = "the output folder is as it was"
 
 
 def missing_extras() -> str | None:
@@ -52,10 +40,12 @@ def missing_extras() -> str | None:
 
 
 def parse(argv):
+    """The export's `Options`, checked; nothing here imports torch, so that bad arguments are refused at once."""
     from hiera_model import TASKS, VARIANTS
+    from runtime.artifact import MAX_SIDE
 
     from .onnx_export import MIN_OPSET, max_opset
-    from .options import DEFAULT_PRECISIONS, MAX_BATCH, PRECISIONS, Options
+    from .options import DEFAULT_PRECISIONS, MAX_BATCH, MAX_SEED, MAX_WORKSPACE_GB, PRECISIONS, Options, check
     from .tensorrt import ENGINE_PRECISIONS, EngineOptions
     from .trt_check import DEFAULT_TARGET
 
@@ -66,8 +56,8 @@ def parse(argv):
                "the old one.",
                epilog=f"other commands (python -m export COMMAND --help):\n{commands}\n\nexit status: 0 ok, 1 a "
                "parity check failed (the artifacts are written and flagged in the report), 2 bad input")
-    p.add_argument("--variant", help="published variant: " + ", ".join(VARIANTS)
-                   + " (optional with --weights PATH: taken from the checkpoint)")
+    p.add_argument("--variant", choices=list(VARIANTS), metavar="NAME", help="published variant: "
+                   + ", ".join(VARIANTS) + " (optional with --weights PATH: taken from the checkpoint)")
     p.add_argument("--task", default="classify", choices=TASKS, help="classify (logits), features "
                    "(last_hidden_state, pooler_output), backbone (stage1..stage4 maps, NCHW) or mae (inputs "
                    "pixel_values and noise; outputs logits, bool_masked_pos, ids_restore); default classify")
@@ -79,17 +69,20 @@ def parse(argv):
                    "checkpoint from the hub; needs a network)")
     p.add_argument("--allow-unverified", action="store_true", help="accept a published checkpoint whose sha256 "
                    "neither models.lock nor the Hub's download records (a warning is printed)")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H [W]: export for another input size "
-                   "(one number: square), its position embeddings resized as transformers' interpolate_pos_encoding "
-                   "does; the preprocessing follows (default: the checkpoint's own size)")
+    p.add_argument("--image-size", type=Whole(1, MAX_SIDE), nargs="+", metavar="N", help="H [W], each 1 to "
+                   f"{MAX_SIDE}: export for another input size (one number: square), its position embeddings resized "
+                   "as transformers' interpolate_pos_encoding does; the preprocessing follows (default: the "
+                   "checkpoint's own size)")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="output directory (default artifacts/)")
     p.add_argument("--layout", choices=["files", "hub"], default="files", help="hub: the output folder is also the "
                    "folder the Hugging Face Hub, transformers.js and optimum read (config.json, "
                    "preprocessor_config.json, onnx/model*.onnx, model.onnx, a model card), beside our files")
-    p.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET} to {max_opset()} (default 17; "
-                   f"{MIN_OPSET} writes LayerNormalization as primitive operators, for TensorRT 8.5)")
+    p.add_argument("--opset", type=Whole(MIN_OPSET, max_opset()), default=17, help=f"ONNX opset, {MIN_OPSET} to "
+                   f"{max_opset()} (default 17; {MIN_OPSET} writes LayerNormalization as primitive operators, for "
+                   "TensorRT 8.5)")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=1, help=f"static batch size, 1 to {MAX_BATCH} (default 1)")
+    batch.add_argument("--batch", type=Whole(1, MAX_BATCH), default=1, help=f"static batch size, 1 to {MAX_BATCH} "
+                       "(default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help=f"make the batch axis dynamic (up to {MAX_BATCH})")
     p.add_argument("--precision", nargs="+", default=list(DEFAULT_PRECISIONS), metavar="P",
                    help=f"any of {' '.join(PRECISIONS)} (default: {' '.join(DEFAULT_PRECISIONS)}); qdq is static "
@@ -98,7 +91,8 @@ def parse(argv):
                    "to 512, searched recursively), to set qdq's int8 scales")
     p.add_argument("--no-optimize", action="store_true", help="write the graph as traced, without fusions")
     p.add_argument("--no-validate", action="store_true", help="skip the parity check against PyTorch")
-    p.add_argument("--seed", type=int, default=0, help="seed of random weights and validation inputs (default 0)")
+    p.add_argument("--seed", type=Whole(0, MAX_SEED), default=0, help="seed of random weights and validation inputs "
+                   f"(default 0, at most {MAX_SEED})")
     trt = p.add_argument_group("TensorRT", "every export checks its artifacts against TensorRT's ONNX parser and "
                                "puts the trtexec command that builds the engine into the report")
     trt.add_argument("--trt", action="store_true", help="also build the engine here (needs TensorRT and a GPU)")
@@ -106,15 +100,16 @@ def parse(argv):
                      f"trtexec command target: 8.5 (JetPack 5), 8.6, 10 or 10.x (default {DEFAULT_TARGET})")
     trt.add_argument("--trt-precision", default="fp16", choices=ENGINE_PRECISIONS, help="fp16 (default: strongly "
                      "typed from the fp16 artifact on TensorRT 10), fp32, bf16; int8 and best need a Q/DQ graph")
-    trt.add_argument("--max-batch", type=int, default=8, help=f"the largest batch of a --dynamic-batch engine, 1 to "
-                     f"{MAX_BATCH} (default 8)")
-    trt.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
+    trt.add_argument("--max-batch", type=Whole(1, MAX_BATCH), default=8, help="the largest batch of a --dynamic-batch "
+                     f"engine, 1 to {MAX_BATCH} (default 8)")
+    trt.add_argument("--workspace", type=Number(0, MAX_WORKSPACE_GB), default=4.0, metavar="GB", help="builder "
+                     f"workspace, above 0 and at most {MAX_WORKSPACE_GB} (default 4)")
     trt.add_argument("--timing-cache", type=Path, help="a timing cache file, read and updated: rebuilds are faster")
     trt.add_argument("--hardware-compatible", action="store_true", help="an engine for any GPU from Ampere on")
     trt.add_argument("--version-compatible", action="store_true", help="an engine later TensorRT releases of the "
                      "same major version can run")
     a = p.parse_args(argv)
-    return Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
+    options = Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
                    out_dir=a.out, opset=a.opset, batch=None if a.dynamic_batch else a.batch,
                    precisions=tuple(a.precision), calibration=a.calibration,
                    out_features=tuple(a.out_features) if a.out_features else None, loss=a.loss,
@@ -124,6 +119,7 @@ def parse(argv):
                                         timing_cache=a.timing_cache, hardware_compatible=a.hardware_compatible,
                                         version_compatible=a.version_compatible),
                    build_engine=a.trt)
+    return check(options)  # every refusal before torch is imported
 
 
 def trt_verdict(findings: list[str]) -> str:
@@ -156,7 +152,6 @@ def summary(report: dict) -> str:
 
 def check_trt(argv) -> int:
     """python -m export check-trt FILE.onnx [--trt-version X.Y]: exit 0 when TensorRT's parser takes the graph."""
-    from .errors import ExportError
     from .trt_check import DEFAULT_TARGET, check_file, target
 
     p = Parser(prog="python -m export check-trt", description="Check, without TensorRT, that an ONNX file is one "
@@ -166,22 +161,17 @@ def check_trt(argv) -> int:
     p.add_argument("--trt-version", default=DEFAULT_TARGET, metavar="X.Y",
                    help=f"8.5 (JetPack 5), 8.6, 10 or 10.x (default {DEFAULT_TARGET})")
     a = p.parse_args(argv)
-    try:
-        target(a.trt_version)
-        findings = {file: check_file(file, a.trt_version) for file in a.files}
-    except ExportError as error:
-        return fail(error)
+    target(a.trt_version)
+    findings = {file: check_file(file, a.trt_version) for file in a.files}
     for file, found in findings.items():
-        print(f"{printable(file)}: {'ok' if not found else 'not buildable'} for TensorRT {a.trt_version}")
+        say(f"{file}: {'ok' if not found else 'not buildable'} for TensorRT {a.trt_version}")
         for finding in found:
-            print(f"  {finding}")
-    return 1 if any(findings.values()) else 0
+            say(f"  {finding}")
+    return FAILED if any(findings.values()) else OK
 
 
 def verify(argv) -> int:
     """python -m export verify ARTIFACT... [--weights PATH] [--json]: exit 0 when every check holds."""
-    from .verification import verify as run_verify
-
     p = Parser(prog="python -m export verify", description="Check exported files against their report and "
                "metadata (sha256 of every file, the report's integrity and verdict, the metadata), and with "
                "--weights run their parity against PyTorch again. Exit 0 when every check holds, 1 when one "
@@ -194,16 +184,18 @@ def verify(argv) -> int:
                    "nothing on disk records")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     a = p.parse_args(argv)
+    from .verification import verify as run_verify  # torch: after the arguments are read
+
     result = run_verify(a.files, a.weights, allow_unverified=a.allow_unverified, progress=_progress())
     if a.json:
         print(json.dumps(result.to_dict(), allow_nan=False))
     else:
         for check in result.checks:
             if not check.ok:
-                print(f"FAILED {printable(check.subject)}: {check.name}: {printable(check.detail)}")
-        print(f"{'ok' if result.ok else 'FAILED'}: {len(result.checks) - len(result.failures)} of "
-              f"{len(result.checks)} checks hold")
-    return 0 if result.ok else 1
+                say(f"FAILED {check.subject}: {check.name}: {check.detail}")
+        say(f"{'ok' if result.ok else 'FAILED'}: {len(result.checks) - len(result.failures)} of "
+            f"{len(result.checks)} checks hold")
+    return OK if result.ok else FAILED
 
 
 def hub(argv) -> int:
@@ -212,78 +204,55 @@ def hub(argv) -> int:
     return hub_command(argv)
 
 
-def printable(text) -> str:
-    """`text` with control characters escaped, so that a file name cannot drive the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
 def _progress():
     started = time.perf_counter()
 
     def progress(step: str, message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {step:9s} {printable(message)}", file=sys.stderr, flush=True)
+        say(f"[{time.perf_counter() - started:6.1f}s] {step:9s} {message}", sys.stderr)
 
     return progress
 
 
 def export(argv) -> int:
-    from .pipeline import run
-
     options = parse(argv)
+    from .pipeline import run  # torch: after the arguments are read and checked
+
     report = run(options, _progress())
     if report["weights"]["source"].startswith("random:"):
-        print(f"note: random weights ({report['weights']['source']}): the graph and its speed are real, "
-              "its outputs mean nothing", file=sys.stderr)
-    print(summary(report))
+        say(f"note: random weights ({report['weights']['source']}): the graph and its speed are real, "
+            "its outputs mean nothing", sys.stderr)
+    for line in summary(report).splitlines():
+        say(line)
     engine = report["tensorrt"]
     if "engine" in engine:
-        print(f"engine: {engine['engine']} (TensorRT {engine['version']})")
+        say(f"engine: {engine['engine']} (TensorRT {engine['version']})")
     elif "plan_error" in engine:
-        print(f"TensorRT {engine['version']}: {engine['plan_error']}")
+        say(f"TensorRT {engine['version']}: {engine['plan_error']}")
     elif len(engine["trtexec"]) < 400:
-        print(f"TensorRT {engine['version']}: build the engine on the GPU machine with  {engine['trtexec']}")
+        say(f"TensorRT {engine['version']}: build the engine on the GPU machine with  {engine['trtexec']}")
     else:  # a weakly typed build names every fp32 layer: too long for a terminal
-        print(f"TensorRT {engine['version']}: the trtexec command that builds the engine on the GPU machine is "
-              "tensorrt.trtexec in the report")
-    print(f"report: {printable(report['report_file'])}")
+        say(f"TensorRT {engine['version']}: the trtexec command that builds the engine on the GPU machine is "
+            "tensorrt.trtexec in the report")
+    say(f"report: {report['report_file']}")
     if report["passed"] is False:
-        print("error: parity checks failed (see the table and the report); the artifacts are kept, flagged in the "
-              "report", file=sys.stderr)
-        return 1
-    return 0
+        say("error: parity checks failed (see the table and the report); the artifacts are kept, flagged in the "
+            "report", sys.stderr)
+        return FAILED
+    return OK
+
+
+def run(argv) -> int:
+    needs = missing_extras()
+    if needs:
+        raise ExportError(needs)
+    command = {"check-trt": check_trt, "verify": verify, "hub": hub}.get(argv[0]) if argv else None
+    return command(argv[1:]) if command else export(argv)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        argv = ["--help"]
-    needs = missing_extras()
-    if needs:
-        print(f"error: {needs}", file=sys.stderr)
-        return 2
-    from hiera_model import HieraModelError
-    from runtime.errors import HieraRuntimeError
-
-    from .errors import ExportError
-
-    command = {"check-trt": check_trt, "verify": verify, "hub": hub}.get(argv[0])
-    try:
-        return command(argv[1:]) if command else export(argv)
-    except (ExportError, HieraModelError, HieraRuntimeError) as error:
-        return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted: the output folder is as it was", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("error: out of memory (the output folder is as it was)", file=sys.stderr)
-        return 2
-    except Exception as error:  # a bug or a library's surprise: still one line, and never a false "ok"
-        if os.environ.get("HIERA_DEBUG"):
-            raise
-        first = str(error).splitlines()[0] if str(error) else ""
-        print(f"error: internal error, {type(error).__name__}: {printable(first)}"
-              " (the output folder is as it was; HIERA_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 2
+    state = STATES.get(argv[0], STATE) if argv else STATE
+    return run_command(run, argv, errors=(ExportError, HieraModelError, HieraRuntimeError), state=state)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import os
 import platform
 import re
 import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,7 +37,9 @@ import onnx
 from hiera_model import VARIANTS, HieraConfig, HieraModelError
 from hiera_model.config_files import config_from_file
 from runtime import files
+from runtime.bench import MAX_RUNS
 from runtime.errors import FileError
+from runtime.shell import Parser, Whole, say
 
 from .errors import ExportError
 
@@ -332,8 +333,6 @@ USAGE = {
 
 def hub_command(argv) -> int:
     """python -m export hub ARTIFACT.onnx --out DIR: the Hugging Face folder of an existing export."""
-    from .__main__ import Parser  # the export CLI's one-line argument errors
-
     p = Parser(prog="python -m export hub", description="Turn an export (an artifact and the report beside it) into "
                "the folder the Hugging Face Hub, transformers.js and optimum load as it is.")
     p.add_argument("artifact", type=Path, metavar="ARTIFACT.onnx", help="any artifact of the export; all the "
@@ -342,28 +341,19 @@ def hub_command(argv) -> int:
                    "is one this command wrote)")
     p.add_argument("--checkpoint", type=Path, metavar="PATH", help="the checkpoint it was exported from: its "
                    "config.json is used as it is; needed for a custom architecture with no config.json")
-    p.add_argument("--bench-runs", type=int, default=10, metavar="N", help="time each file N times on onnxruntime's "
-                   "CPU provider for the model card (default 10; 0: no timing)")
+    p.add_argument("--bench-runs", type=Whole(0, MAX_RUNS), default=10, metavar="N", help="time each file N times on "
+                   f"onnxruntime's CPU provider for the model card (default 10, at most {MAX_RUNS}; 0: no timing)")
     a = p.parse_args(argv)
-    if a.bench_runs < 0:
-        p.error("--bench-runs must be 0 or more")
-    try:
-        report = report_for(a.artifact)
-        summary = _read_report(report)
-        artifacts = {precision: report.with_name(entry["file"]) for precision, entry in summary["artifacts"].items()}
-        first = _metadata(artifacts, summary, report)
-        check(first["task"], len(first["input_size"]) == 3, artifacts)
-        speed = measure(artifacts, a.bench_runs) if a.bench_runs else None
-        out = publish(layout(artifacts, report, a.checkpoint, speed=speed), a.out)
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was left half-written", file=sys.stderr)
-        return 130
-    print(f"wrote {out}")
+    report = report_for(a.artifact)
+    summary = _read_report(report)
+    artifacts = {precision: report.with_name(entry["file"]) for precision, entry in summary["artifacts"].items()}
+    first = _metadata(artifacts, summary, report)
+    check(first["task"], len(first["input_size"]) == 3, artifacts)
+    speed = measure(artifacts, a.bench_runs) if a.bench_runs else None
+    out = publish(layout(artifacts, report, a.checkpoint, speed=speed), a.out)
+    say(f"wrote {out}")
     for relative in sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()):
-        print(f"  {relative}")
+        say(f"  {relative}")
     return 0
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import onnx
 import onnx.numpy_helper
-import onnx_ir as ir
-import torch
 
 from runtime.artifact import MAX_BATCH
 
@@ -32,6 +30,10 @@ def trace(model, opset: int, batch: int | None, path: Path) -> None:
     """Trace `model` to an ONNX graph at `opset` (MIN_OPSET..max_opset()) and write it to `path`, its weights to
     `<path>.data`: straight from the torch tensors, never held twice. `batch` None makes the batch axis
     dynamic, up to MAX_BATCH."""
+    # Imported here, not above: the command line reads MIN_OPSET and max_opset() before it imports torch.
+    import onnx_ir as ir
+    import torch
+
     config = model.config
     examples = {"pixel_values": torch.zeros(batch or 2, config.in_chans, *config.input_size),
                 "noise": torch.rand(batch or 2, config.mask_units)}  # MAE's second input

@@ -8,28 +8,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.artifact import MAX_SIDE
+from runtime.shell import FAILED, OK, Parser, Whole, error_line, run_command, say
+
 from . import lock, require_torch
 from .errors import HieraModelError, VerificationError
 from .hub import published_sha256
 from .variants import TASKS, VARIANTS, get_variant
 
-OK, CHECK_FAILED, BAD_INPUT = 0, 1, 2
-
-
-def _printable(text) -> str:
-    """One line whatever a path or a label holds: control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
 
 def _info(args) -> int:
+    names = args.variants or list(VARIANTS)
+    for name in names:  # an unknown name is refused before torch is imported
+        get_variant(name)
     require_torch()
     import torch
 
     from .model import Hiera
 
-    names = args.variants or list(VARIANTS)
-    for name in names:
-        get_variant(name)
     rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GMACs", "top-1",
              "transformers id")]
     for name in names:
@@ -48,6 +44,8 @@ def _info(args) -> int:
 
 
 def _inspect(args) -> int:
+    if args.variant is not None:  # an unknown name is refused before torch is imported
+        get_variant(args.variant)
     require_torch()
     from .checkpoints import load
 
@@ -63,9 +61,9 @@ def _inspect(args) -> int:
         how = "not verified: models.lock does not name it" if provenance["source"].startswith("local:") else \
             "not verified"
     classes = c.num_classes if model.head is not None else "-"
-    print(_printable(f"{args.path}: Hiera embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
-                     f"input {c.input_size}, task {model.task}, classes {classes}, "
-                     f"labels {'yes' if model.labels else 'no'}, weights {provenance['source']} ({how})"))
+    say(f"{args.path}: Hiera embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
+        f"input {c.input_size}, task {model.task}, classes {classes}, "
+        f"labels {'yes' if model.labels else 'no'}, weights {provenance['source']} ({how})")
     return OK
 
 
@@ -80,10 +78,10 @@ def _lock_verify(args) -> int:
             if not verified_by:
                 raise VerificationError(lock.unrecorded(path, matched, digest))
         except VerificationError as error:
-            print(f"error: {_printable(error)}", file=sys.stderr)
-            status = CHECK_FAILED
+            say(error_line(error), sys.stderr)
+            status = FAILED
             continue
-        print(_printable(f"{path}: ok, {matched[0].label} sha256 {digest} (verified by {verified_by})"))
+        say(f"{path}: ok, {matched[0].label} sha256 {digest} (verified by {verified_by})")
     return status
 
 
@@ -91,39 +89,29 @@ def _lock_fill(args) -> int:
     for path in args.files:
         entry = lock.fill(path)
         hub = " (the Hub's sha256 agrees)" if published_sha256(path) else ""
-        print(_printable(f"{path}: recorded {entry.label} size {entry.size} sha256 {entry.sha256}{hub} "
-                         f"in {lock.default_path()}"))
+        say(f"{path}: recorded {entry.label} size {entry.size} sha256 {entry.sha256}{hub} in {lock.default_path()}")
     return OK
 
 
-# How this CLI spells each API option an error may name (see `HieraModelError.option`).
-_FLAGS = {"allow_unverified": "--allow-unverified", "task": "--task {value}", "variant": "--variant",
-          "input_size": "--image-size"}
-
-
-def _message(error: HieraModelError) -> str:
-    flag = _FLAGS.get(error.option)
-    return error.render(flag.format(value=error.value)) if flag else str(error)
-
-
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     info = commands.add_parser("info", help="the table of published variants")
     info.add_argument("variants", nargs="*", help="only these (default: all)")
     info.set_defaults(run=_info)
     inspect = commands.add_parser("inspect", help="load a local checkpoint and describe it")
     inspect.add_argument("path")
-    inspect.add_argument("--variant", help="architecture to use instead of the one the file implies")
+    inspect.add_argument("--variant", help="architecture to use instead of the one the file implies: "
+                         + ", ".join(VARIANTS))
     inspect.add_argument("--task", choices=TASKS, default="classify")
-    inspect.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"),
-                         help="build for this input size (one number: a square); position embeddings are resized")
+    inspect.add_argument("--image-size", type=Whole(1, MAX_SIDE), nargs="+", metavar=("H", "W"),
+                         help=f"build for this input size, each side 1 to {MAX_SIDE} (one number: a square); position "
+                              "embeddings are resized")
     inspect.add_argument("--allow-unverified", action="store_true",
                          help="accept a published file that nothing records a sha256 for yet (with a warning)")
     inspect.set_defaults(run=_inspect)
     lock_parser = commands.add_parser("lock", help="check or record checkpoint files in models.lock")
-    lock_commands = lock_parser.add_subparsers(dest="lock_command", required=True)
+    lock_commands = lock_parser.add_subparsers(dest="lock_command", required=True, parser_class=Parser)
     verify = lock_commands.add_parser("verify", help="check files against their models.lock entries (exit 1 if any "
                                                      "fails)")
     verify.add_argument("files", nargs="+")
@@ -134,17 +122,17 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def run(argv) -> int:
     prog = "python -m hiera_model" if Path(sys.argv[0]).name == "__main__.py" else "hiera-model"
-    args = parser(prog).parse_args(argv)
+    command_line = parser(prog)
+    args = command_line.parse_args(argv)
     if getattr(args, "image_size", None) is not None and len(args.image_size) > 2:
-        print(f"error: --image-size takes H [W], not {len(args.image_size)} numbers", file=sys.stderr)
-        return BAD_INPUT
-    try:
-        return args.run(args)
-    except HieraModelError as error:
-        print(f"error: {_printable(_message(error))}", file=sys.stderr)
-        return CHECK_FAILED if isinstance(error, VerificationError) else BAD_INPUT
+        command_line.error(f"argument --image-size: takes H [W], not {len(args.image_size)} numbers")
+    return args.run(args)
+
+
+def main(argv=None) -> int:
+    return run_command(run, argv, errors=(HieraModelError,), failed=(VerificationError,))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+MAX_RUNS = 100_000  # timed calls a command line may ask for
+
 
 def time_calls(call, runs: int, warmup: int = 2, on_call=None) -> list[float]:
     """Seconds per call, after `warmup` untimed calls; `on_call()` after each call, untimed (progress)."""

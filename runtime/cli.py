@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -27,84 +25,24 @@ from PIL import Image
 
 from . import files
 from .artifact import MAX_BATCH
-from .bench import summarize, time_calls
+from .bench import MAX_RUNS, summarize, time_calls
 from .embed import SUFFIXES as EMBED_SUFFIXES
 from .embed import embed as write_embedding
 from .errors import HieraRuntimeError, MissingMetadata
-from .model import Classifier, FeatureExtractor, Reconstructor, load
+from .model import MAX_TOP_K, Classifier, FeatureExtractor, Reconstructor, load
 from .openvino import PRECISIONS
-from .preprocess import MAX_EDGE, MAX_PIXELS, Preprocessing, find_images
+from .preprocess import MAX_EDGE, MAX_MEGAPIXELS, MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
 from .session import PROVIDERS
+from .shell import Number, Parser, Whole, run_command, say
 from .tensorrt import sidecar_for_trtexec
 from .triton import add_parser as add_triton_parser
 from .triton import command as triton
 
 # Upper bounds of the numeric options, as --help documents them.
-MAX_TOP_K = 1000
-MAX_RUNS = 100_000
 MAX_WARMUP = 10_000
 MAX_THREADS = 1024
-MAX_MEGAPIXELS = 1000.0  # Pillow refuses images above 179 megapixels whatever this says
 MAX_CROP = int(MAX_EDGE * 0.875)  # ImageNet preprocessing resizes to crop / 0.875, at most MAX_EDGE
-UNSAFE = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format characters (bidi overrides), surrogates, line breaks
-ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def printable(text) -> str:
-    """`text` with every control character escaped as Python writes it (`\\x1b`, `\\n`, `\\u202e`): escape
-    sequences, newlines and bidi overrides in a label or file name cannot act on the terminal. A file name's
-    undecodable byte (a lone surrogate to Python) shows as the byte, `\\xff`."""
-
-    def escape(char: str) -> str:
-        code = ord(char)
-        if char in ESCAPES:
-            return ESCAPES[char]
-        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
-            return f"\\x{code - 0xDC00:02x}"
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-    return "".join(escape(c) if unicodedata.category(c) in UNSAFE else c for c in str(text))
-
-
-def say(text, stream=None) -> None:
-    """One line of text, escaped, in what the stream's encoding can hold (the rest as backslash escapes)."""
-    stream = stream or sys.stdout
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    line = printable(text).encode(encoding, "backslashreplace").decode(encoding)
-    stream.write(line + "\n")
-    stream.flush()
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other error of the command
-        self.exit(2, f"error: {printable(message)} (see {self.prog} --help)\n")
-
-
-def whole(low: int, high: int):
-    """An argparse type: a whole number from `low` to `high`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}")
-        return value
-
-    return parse
-
-
-def megapixels(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 < value <= MAX_MEGAPIXELS):
-        raise argparse.ArgumentTypeError(f"must be a number of megapixels above 0 and at most {MAX_MEGAPIXELS:g}, "
-                                         f"not {text!r}")
-    return value
 
 
 def crop_size(text: str) -> Preprocessing:
@@ -133,7 +71,7 @@ def parse(argv) -> argparse.Namespace:
                              help="onnxruntime execution provider, or OpenVINO (default: the fastest available)")
         command.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default, as the "
                              "artifact computes) or bf16 (faster, on CPUs with native bf16)")
-        command.add_argument("--threads", type=whole(1, MAX_THREADS), help="CPU threads (default: the engine's "
+        command.add_argument("--threads", type=Whole(1, MAX_THREADS), help="CPU threads (default: the engine's "
                              f"choice; at most {MAX_THREADS})")
         command.add_argument("--cache-dir", type=Path, help="where the TensorRT provider caches its engines and "
                              "timing (default ~/.cache/hiera-deploy/tensorrt), and OpenVINO its compiled models "
@@ -143,7 +81,7 @@ def parse(argv) -> argparse.Namespace:
                              "bicubic, center crop)")
 
     def image_options(command):
-        command.add_argument("--max-megapixels", type=megapixels, default=MAX_PIXELS / 1e6,
+        command.add_argument("--max-megapixels", type=Number(0, MAX_MEGAPIXELS), default=MAX_PIXELS / 1e6,
                              help=f"refuse larger images (every frame of a clip), a decompression-bomb guard "
                                   f"(default {MAX_PIXELS / 1e6:g}, at most {MAX_MEGAPIXELS:g})")
 
@@ -156,9 +94,9 @@ def parse(argv) -> argparse.Namespace:
                          "(searched recursively); for a video model, clips: multi-frame files (animated GIF, WebP "
                          "or PNG, multi-page TIFF) or directories of frames, sampled as the model was evaluated")
     model_options(predict)
-    predict.add_argument("--top-k", type=whole(1, MAX_TOP_K), default=5,
+    predict.add_argument("--top-k", type=Whole(1, MAX_TOP_K), default=5,
                          help=f"classes per image (default 5, at most {MAX_TOP_K})")
-    predict.add_argument("--batch-size", type=whole(1, MAX_BATCH), default=None,
+    predict.add_argument("--batch-size", type=Whole(1, MAX_BATCH), default=None,
                          help=f"images per call for a dynamic-batch model (a static one takes its own batch size; "
                               f"default 8, at most {MAX_BATCH})")
     predict.add_argument("--json", action="store_true", help="one JSON object per image and line")
@@ -175,7 +113,7 @@ def parse(argv) -> argparse.Namespace:
                           "writing it was stopped, the images already done are not run again")
     features.add_argument("--outputs", nargs="+", metavar="NAME", help="the model outputs to write (default: "
                           "pooler_output of a features model, the deepest stage map of a backbone)")
-    features.add_argument("--batch-size", type=whole(1, MAX_BATCH), default=None,
+    features.add_argument("--batch-size", type=Whole(1, MAX_BATCH), default=None,
                           help=f"images per call for a dynamic-batch model (default 8, at most {MAX_BATCH})")
     image_options(features)
     progress_option(features)
@@ -185,16 +123,17 @@ def parse(argv) -> argparse.Namespace:
     rebuild.add_argument("image", type=Path, help="an image file")
     model_options(rebuild)
     rebuild.add_argument("--out", type=Path, help="the PNG to write (default: IMAGE's name + .mae.png, here)")
-    rebuild.add_argument("--seed", type=whole(0, 2**63 - 1), default=0, help="which mask units to hide (default 0)")
+    rebuild.add_argument("--seed", type=Whole(0, 2**63 - 1), default=0, help="which mask units to hide (default 0, "
+                         f"at most {2**63 - 1})")
     image_options(rebuild)
 
     bench = commands.add_parser("bench", help="latency and throughput on random input")
     model_options(bench)
-    bench.add_argument("--batch", type=whole(1, MAX_BATCH), default=1,
+    bench.add_argument("--batch", type=Whole(1, MAX_BATCH), default=1,
                        help=f"images per call (default 1, at most {MAX_BATCH})")
-    bench.add_argument("--runs", type=whole(1, MAX_RUNS), default=20,
+    bench.add_argument("--runs", type=Whole(1, MAX_RUNS), default=20,
                        help=f"timed calls (default 20, at most {MAX_RUNS})")
-    bench.add_argument("--warmup", type=whole(0, MAX_WARMUP), default=3,
+    bench.add_argument("--warmup", type=Whole(0, MAX_WARMUP), default=3,
                        help=f"untimed calls first (default 3, at most {MAX_WARMUP})")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     progress_option(bench)
@@ -210,9 +149,6 @@ def parse(argv) -> argparse.Namespace:
                          "--hardwareCompatibilityLevel=ampere+")
     sidecar.add_argument("--version-compatible", action="store_true", help="built with --versionCompatible")
     add_triton_parser(commands)
-    if not argv:
-        p.print_help(sys.stderr)
-        p.exit(2)
     return p.parse_args(argv)
 
 
@@ -458,24 +394,11 @@ COMMANDS = {"predict": predict, "embed": embed, "reconstruct": reconstruct, "ben
             "sidecar": sidecar, "triton": triton}
 
 
+def run(argv) -> int:
+    args = parse(argv)
+    return COMMANDS[args.command](args)
+
+
 def main(argv=None) -> int:
     """The command line (python -m runtime, hiera-runtime): returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = parse(argv)
-    except SystemExit as stop:  # --help, or a bad argument (already reported in one line)
-        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
-    try:
-        return COMMANDS[args.command](args)
-    except HieraRuntimeError as error:
-        say(f"error: {error}", sys.stderr)
-        return 2
-    except MemoryError:
-        say("error: out of memory", sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        say("interrupted", sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader stopped (`| head`): quietly, as a killed pipeline would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return 141
+    return run_command(run, argv, errors=(HieraRuntimeError,))

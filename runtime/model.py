@@ -29,6 +29,7 @@ from .session import OnnxSession
 from .tensorrt import ENGINE_SUFFIXES, EngineSession
 
 DEFAULT_BATCH_SIZE = 8  # images per call for a dynamic batch, unless asked otherwise
+MAX_TOP_K = 1000  # the most classes per image a command line lists (ImageNet's 1000 are all of them)
 
 
 def open_session(path, provider: str = "auto", threads: int | None = None, cache_dir=None,

@@ -33,6 +33,7 @@ DECODERS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "AVIF")
 # Decompression-bomb guard: a 64-megapixel RGB image already takes 192 MB once decoded. Pillow's own
 # guard only warns below 179 megapixels.
 MAX_PIXELS = 64_000_000
+MAX_MEGAPIXELS = 1000.0  # the largest guard an option may set: Pillow refuses images above 179 megapixels anyway
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 MAX_EDGE = 16384  # the largest resize edge, crop side or clip length a Preprocessing accepts
 # transformers' image processors store the resample filter as PIL's enum value.

@@ -15,7 +15,6 @@ processor, and evaluates PyTorch and the exported artifacts on the held-out spli
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -34,10 +33,13 @@ import hiera_model  # noqa: E402
 from export.parity import run_artifact  # noqa: E402
 from hiera_model import HieraModelError, lock  # noqa: E402
 from runtime.errors import HieraRuntimeError  # noqa: E402
+from runtime.artifact import MAX_BATCH  # noqa: E402
 from runtime.preprocess import Preprocessing  # noqa: E402
+from runtime.shell import Parser, Whole, run_command  # noqa: E402
 
 CHECKPOINT = ROOT / "models" / "digits"
 SIZE = 64
+MAX_EPOCHS = 1000
 PREPROCESSING = Preprocessing(resize_shortest_edge=SIZE, crop_size=(SIZE, SIZE), resample="bicubic",
                               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 SEED = 0
@@ -143,12 +145,12 @@ def write_images(args) -> None:
     print(f"wrote {len(images)} images to {args.out}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def run(argv) -> int:
+    parser = Parser(prog="tools/digits.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = commands.add_parser("train", help="train and save models/digits/")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--epochs", type=Whole(1, MAX_EPOCHS), default=30, help=f"default 30, at most {MAX_EPOCHS}")
+    p.add_argument("--batch", type=Whole(1, MAX_BATCH), default=64, help=f"default 64, at most {MAX_BATCH}")
     p.add_argument("--out", type=Path, default=CHECKPOINT)
     p.set_defaults(run=train)
     p = commands.add_parser("evaluate", help="held-out top-1 of the checkpoint and of exported artifacts")
@@ -160,13 +162,15 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--split", choices=["test", "train"], default="test", help="default: test, the held-out images")
     p.set_defaults(run=write_images)
-    args = parser.parse_args()
-    try:
-        args.run(args)
-    except (HieraModelError, HieraRuntimeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)  # a file named wrong: one line and status 2, as the CLIs say it
-        sys.exit(2)
+    args = parser.parse_args(argv)
+    args.run(args)
+    return 0
+
+
+def main(argv=None) -> int:
+    # a file named wrong: one line and status 2, as the CLIs say it
+    return run_command(run, argv, errors=(HieraModelError, HieraRuntimeError, OSError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,27 +9,20 @@ local server for tests and benchmarks in `server.py`. docs/serving.md is the use
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ..preprocess import MAX_PIXELS
+from ..artifact import MAX_BATCH
+from ..model import MAX_TOP_K
+from ..preprocess import MAX_MEGAPIXELS, MAX_PIXELS
+from ..shell import Number, Whole, say
 from .repository import DEFAULT_MAX_BATCH, MANIFEST, MARKER, Options, Served, plan, write_repository
 
 __all__ = ["Options", "Served", "add_parser", "command", "plan", "write_repository"]
 
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
-
-
-def not_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
+# Upper bounds of the numeric options, as --help documents them. Triton's schema takes any int32 count and
+# any uint64 delay; these are what a server can hold and a client would wait for.
+MAX_INSTANCES = 1024
+MAX_QUEUE_DELAY_US = 60_000_000  # a minute
 
 
 def add_parser(commands) -> None:
@@ -46,24 +39,27 @@ def add_parser(commands) -> None:
                    "onnxruntime or TensorRT backend (default), or a python-backend model running the artifact "
                    "through this runtime")
     p.add_argument("--kind", choices=["cpu", "gpu"], default="cpu", help="where the model step runs (default cpu)")
-    p.add_argument("--instances", type=positive, default=1, help="instances of the model step and of the "
-                   "preprocessing (default 1)")
-    p.add_argument("--max-batch", type=positive, help="largest batch Triton forms (default: a static artifact's "
-                   f"batch, an engine profile's largest, else {DEFAULT_MAX_BATCH})")
-    p.add_argument("--top-k", type=positive, default=5, help="classifiers: classes per image (default 5)")
+    p.add_argument("--instances", type=Whole(1, MAX_INSTANCES), default=1, help="instances of the model step and of "
+                   f"the preprocessing (default 1, at most {MAX_INSTANCES})")
+    p.add_argument("--max-batch", type=Whole(1, MAX_BATCH), help="largest batch Triton forms (default: a static "
+                   f"artifact's batch, an engine profile's largest, else {DEFAULT_MAX_BATCH}; at most {MAX_BATCH})")
+    p.add_argument("--top-k", type=Whole(1, MAX_TOP_K), default=5, help="classifiers: classes per image (default 5, "
+                   f"at most {MAX_TOP_K})")
     p.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false",
                    help="run the model on each request as it comes (default: Triton's dynamic batcher forms "
                    "batches across requests)")
-    p.add_argument("--preferred-batch", type=positive, nargs="+", metavar="N", help="batch sizes the dynamic "
-                   "batcher waits for (default: half the max batch and the max batch)")
-    p.add_argument("--queue-delay-us", type=not_negative, default=100, help="how long the dynamic batcher may hold a "
-                   "request to fill a preferred batch, in microseconds (default 100)")
+    p.add_argument("--preferred-batch", type=Whole(1, MAX_BATCH), nargs="+", metavar="N", help="batch sizes the "
+                   f"dynamic batcher waits for, 1 to {MAX_BATCH} (default: half the max batch and the max batch)")
+    p.add_argument("--queue-delay-us", type=Whole(0, MAX_QUEUE_DELAY_US), default=100, help="how long the dynamic "
+                   "batcher may hold a request to fill a preferred batch, in microseconds (default 100, at most "
+                   f"{MAX_QUEUE_DELAY_US})")
     p.add_argument("--trt-fp16", action="store_true", help="--kind gpu, ONNX: onnxruntime's TensorRT accelerator "
                    "in fp16")
     p.add_argument("--python-path", nargs="+", default=[], metavar="DIR", help="absolute import paths for the "
                    "python steps, for a server whose Python lacks hiera-deploy (default: the server's own)")
-    p.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
-                   help=f"refuse larger images, a decompression-bomb guard (default {MAX_PIXELS / 1e6:g})")
+    p.add_argument("--max-megapixels", type=Number(0, MAX_MEGAPIXELS), default=MAX_PIXELS / 1e6,
+                   help=f"refuse larger images, a decompression-bomb guard (default {MAX_PIXELS / 1e6:g}, at most "
+                        f"{MAX_MEGAPIXELS:g})")
 
 
 def command(args) -> int:
@@ -73,12 +69,12 @@ def command(args) -> int:
                       queue_delay_us=args.queue_delay_us, trt_fp16=args.trt_fp16,
                       python_path=tuple(args.python_path), max_pixels=int(args.max_megapixels * 1e6))
     written = write_repository(args.models, args.repo, options)
-    print(f"{'replaced' if written['replaced'] else 'wrote'} {args.repo}")
+    say(f"{'replaced' if written['replaced'] else 'wrote'} {args.repo}")
     for model in written["models"]:
         outputs = "scores, indices, labels" if model["task"] == "classify" else f"{model['task']} outputs"
         engine = "python backend (runtime)" if model["backend"] == "python" else model["platform"]
-        print(f"  {model['name']}: image bytes -> {outputs}; max batch {model['max_batch']}")
-        print(f"    {' -> '.join(model['steps'])}  ({engine}, {options.kind} x{options.instances})")
-    print(f"  {MARKER}: what was written from what; {MANIFEST}: KServe (set storageUri and image)")
-    print(f"serve: tritonserver --model-repository {args.repo.resolve()}")
+        say(f"  {model['name']}: image bytes -> {outputs}; max batch {model['max_batch']}")
+        say(f"    {' -> '.join(model['steps'])}  ({engine}, {options.kind} x{options.instances})")
+    say(f"  {MARKER}: what was written from what; {MANIFEST}: KServe (set storageUri and image)")
+    say(f"serve: tritonserver --model-repository {args.repo.resolve()}")
     return 0

@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from runtime.cli import main, printable
+from runtime.cli import main
+from runtime.shell import printable
 
 from ..runtime.conftest import exported  # noqa: F401 (a fixture)
 

@@ -254,7 +254,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(digits, mae_artifact, t
         "two models, one name": ([digits["classify"], digits["static"]], ["--backend", "python"],
                                  "would both be served as hiera_digits_classify"),
         "not a repository": ([digits["classify"]], ["--repo", other], "is not a repository this command wrote"),
-        "top k": ([digits["classify"]], ["--top-k", "0"], "must be at least 1"),
+        "top k": ([digits["classify"]], ["--top-k", "0"], "--top-k: must be a whole number from 1 to 1000"),
         "relative python path": ([digits["classify"]], ["--backend", "python", "--python-path", "lib"],
                                  "must be absolute"),
     }
