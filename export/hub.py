@@ -37,6 +37,7 @@ import onnx
 from hiera_model import VARIANTS, HieraConfig, HieraModelError
 from hiera_model.config_files import config_from_file
 from runtime import files
+from runtime.artifact import PER_ARTIFACT, report_path
 from runtime.bench import MAX_RUNS
 from runtime.errors import FileError
 from runtime.shell import Parser, Whole, say
@@ -346,7 +347,8 @@ def hub_command(argv) -> int:
     a = p.parse_args(argv)
     report = report_for(a.artifact)
     summary = _read_report(report)
-    artifacts = {precision: report.with_name(entry["file"]) for precision, entry in summary["artifacts"].items()}
+    artifacts = {precision: report.with_name(entry["file"]) for precision, entry in summary["artifacts"].items()
+                 if precision in ONNX_FILES}  # the OpenVINO artifact has no place in the Hub's layout
     first = _metadata(artifacts, summary, report)
     check(first["task"], len(first["input_size"]) == 3, artifacts)
     speed = measure(artifacts, a.bench_runs) if a.bench_runs else None
@@ -358,18 +360,16 @@ def hub_command(argv) -> int:
 
 
 def report_for(artifact: Path) -> Path:
-    """The report beside an artifact: hiera_<name>_<task>[.<precision>].onnx -> hiera_<name>_<task>.report.json."""
+    """The report beside an artifact (`runtime.artifact.report_path`): hiera_<name>_<task>.report.json."""
     artifact = Path(artifact)
     try:
         files.require_file(artifact)
     except FileError as error:
         raise ExportError(str(error)) from None
-    stem = artifact.name.removesuffix(".onnx")
-    base, _, suffix = stem.rpartition(".")
-    report = artifact.with_name(f"{base if base and suffix in ONNX_FILES else stem}.report.json")
-    if not report.is_file():
-        raise ExportError(f"{artifact}: no report beside it ({report.name}); pass an artifact that python -m export "
-                          "wrote, in its folder")
+    report = report_path(artifact)
+    if report is None or not report.is_file():
+        raise ExportError(f"{artifact}: no report beside it (hiera_<name>_<task>.report.json); pass an "
+                          "artifact that python -m export wrote, in its folder")
     return report
 
 
@@ -412,6 +412,9 @@ def _metadata(artifacts: Mapping[str, Path], report: dict, report_path: Path) ->
         entry = report["artifacts"].get(precision)
         if not isinstance(entry, dict) or entry.get("file") != path.name:
             raise ExportError(f"{report_path}: does not list {path.name} as the {precision} artifact")
+        if entry.get("passed") is False:
+            raise ExportError(f"{path}: its export report says it FAILED ({'; '.join(entry.get('failures') or [])}): "
+                              "a Hub folder would publish it; publish an export whose artifacts passed")
         try:
             digest = files.sha256(path)
         except FileError as error:
@@ -422,7 +425,7 @@ def _metadata(artifacts: Mapping[str, Path], report: dict, report_path: Path) ->
         meta = _read_metadata(path)
         if meta.get("precision") != precision:
             raise ExportError(f"{path}: its metadata says precision {meta.get('precision')!r}, not {precision}")
-        common = {k: v for k, v in meta.items() if k != "precision"}
+        common = {k: v for k, v in meta.items() if k not in PER_ARTIFACT}
         if shared is None:
             shared = common
         elif common != shared:

@@ -89,7 +89,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
             _stage(r, report, name, stage)
         names = [*report["files"], artifact.report_name(r.stem)]
         artifact.write_report(r.staging / names[-1], report)
-        extra = _hub_folder(r, r.staging / names[-1]) if r.options.layout == "hub" else []
+        extra = _hub_folder(r, r.staging / names[-1], report) if r.options.layout == "hub" else []
         progress("commit", f"moving {len(names) + len(extra)} files into {r.options.out_dir}")
         transaction.commit([*extra, *names], owned=hub.owned if r.options.layout == "hub" else None)
     report = artifact.seal(report)
@@ -278,11 +278,20 @@ def _merge(into: dict, part: dict) -> None:
             into[key] = value
 
 
-def _hub_folder(r: Run, report_file: Path) -> list[str]:
+def _hub_folder(r: Run, report_file: Path, report: dict) -> list[str]:
     """The Hugging Face files of the export (config.json, preprocessor_config.json, the ONNX files under the
-    names transformers.js and optimum look for, a model card), made in staging beside the artifacts they link."""
+    names transformers.js and optimum look for, a model card), made in staging beside the artifacts they link.
+    An artifact that failed its checks is left out (said in the progress); without a passing fp32 there is none."""
+    failed = {precision: entry["failures"] for precision, entry in report.get("artifacts", {}).items()
+              if entry.get("passed") is False}
+    for precision, failures in failed.items():
+        r.progress("hub", f"{precision} left out of the Hub folder: it FAILED ({'; '.join(failures)})")
+    if "fp32" in failed:
+        r.progress("hub", "no Hub folder: its fp32 artifact FAILED")
+        return []
     r.progress("hub", "config.json, preprocessor_config.json, model card, ONNX files under the Hub's names")
-    artifacts = {precision: path for precision, path in r.files.items() if precision in hub.ONNX_FILES}
+    artifacts = {precision: path for precision, path in r.files.items()
+                 if precision in hub.ONNX_FILES and precision not in failed}
     tree = hub.layout(artifacts, report_file, r.weights_path, config=r.config)
     tree.pop(report_file.name)  # the report is already there, under its own name
     hub.write(tree, r.staging)

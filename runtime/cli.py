@@ -1,6 +1,6 @@
 """python -m runtime (the console script hiera-runtime): predict IMAGE... --model FILE | embed IMAGE... --model FILE
---out FILE | reconstruct IMAGE --model FILE | bench --model FILE | info --model FILE | sidecar ENGINE --onnx FILE |
-triton MODEL... --repo DIR.
+--out FILE | reconstruct IMAGE --model FILE | bench --model FILE | info --model FILE | check ARTIFACT... |
+sidecar ENGINE --onnx FILE | triton MODEL... --repo DIR.
 
 A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
 images, shows progress on a terminal, and prints. Exit status: 0 when every image was done, 1 when some
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import files
-from .artifact import MAX_BATCH
+from . import files, probe
+from .artifact import MAX_BATCH, report_verdict
 from .bench import MAX_RUNS, summarize, time_calls
+from .device import cpu_isa, cpu_name
 from .embed import SUFFIXES as EMBED_SUFFIXES
 from .embed import embed as write_embedding
 from .errors import HieraRuntimeError, MissingMetadata
@@ -79,6 +80,10 @@ def parse(argv) -> argparse.Namespace:
         command.add_argument("--crop-size", type=crop_size, metavar="N|HxW", help="run an ONNX file without Hiera "
                              "metadata, with ImageNet preprocessing to this size (shortest edge to the crop's / 0.875, "
                              "bicubic, center crop)")
+        command.add_argument("--no-check", dest="check", action="store_false", help="do not run the artifact's "
+                             "probe on this device first (it runs once per artifact, engine and device otherwise)")
+        command.add_argument("--allow-failed", action="store_true", help="run an artifact whose export report "
+                             "says it failed (said on every run)")
 
     def image_options(command):
         command.add_argument("--max-megapixels", type=Number(0, MAX_MEGAPIXELS), default=MAX_PIXELS / 1e6,
@@ -138,9 +143,19 @@ def parse(argv) -> argparse.Namespace:
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     progress_option(bench)
 
-    info = commands.add_parser("info", help="what an artifact says about itself")
+    info = commands.add_parser("info", help="what an artifact says about itself, and its export's verdict")
     model_options(info)
     info.add_argument("--json", action="store_true", help="as one JSON object")
+
+    check = commands.add_parser("check", help="run each artifact's probe on this device: one line each, the "
+                                "figures against their bounds (exit 1 if one fails)")
+    check.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT", help="exported .onnx files (or "
+                       "engines with their sidecars)")
+    check.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino"],
+                       help="the engine to check them on (default: the one `predict` would take)")
+    check.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default) or bf16")
+    check.add_argument("--threads", type=Whole(1, MAX_THREADS), help=f"CPU threads (at most {MAX_THREADS})")
+    check.add_argument("--json", action="store_true", help="one JSON object per artifact and line")
 
     sidecar = commands.add_parser("sidecar", help="write the sidecar of an engine trtexec built here from our ONNX")
     sidecar.add_argument("engine", type=Path, help="the engine trtexec wrote (--saveEngine)")
@@ -157,9 +172,13 @@ def load_from_args(args, model_class=None):
     preprocessing = args.crop_size  # a Preprocessing, or None
     max_pixels = int(args.max_megapixels * 1e6) if "max_megapixels" in args else MAX_PIXELS
     try:
-        return (model_class.load if model_class else load)(
+        model = (model_class.load if model_class else load)(
             args.model, provider=args.provider, threads=args.threads, cache_dir=args.cache_dir,
-            preprocessing=preprocessing, max_pixels=max_pixels, inference_precision=args.inference_precision)
+            preprocessing=preprocessing, max_pixels=max_pixels, inference_precision=args.inference_precision,
+            check=args.check and args.command != "info", allow_failed=args.allow_failed or args.command == "info")
+        for warning in model.warnings:
+            say(f"warning: {warning}", sys.stderr)
+        return model
     except MissingMetadata as error:
         raise HieraRuntimeError(f"{args.model}: no Hiera metadata (hiera.* metadata_props): not exported by "
                                 "python -m export; run it anyway with --crop-size N|HxW (ImageNet preprocessing)") \
@@ -350,7 +369,8 @@ def info(args) -> int:
     details = {"file": str(args.model), "api": type(model).__name__, "providers": model.providers,
                "input": session.input_shape, "outputs": session.output_names,
                **{key: value for key, value in extra.items() if key != "labels"},
-               "labels": len(i.labels) if i.labels else None}
+               "labels": len(i.labels) if i.labels else None, "verdict": _verdict(model)}
+    details.pop("probe", None)  # its arrays: `check` runs it
     if args.json:
         say(json.dumps(details, allow_nan=False, default=str))
         return 0
@@ -378,10 +398,49 @@ def info(args) -> int:
     if "opset" in extra:
         rows.append(("opset", str(extra["opset"])))
     rows.append(("runs on", ", ".join(model.providers)))
+    rows.append(("verdict", _verdict(model)))
     say(args.model)
     for name, text in rows:
         say(f"  {name:14s}{text}")
     return 0
+
+
+def _verdict(model) -> str:
+    """The export report's verdict on the artifact, and whether it carries a probe (which `check` runs)."""
+    verdict = report_verdict(model.session.path)
+    said = "no export report beside it" if verdict is None else \
+        "export report: not validated" if verdict.passed is None else \
+        f"export report: {'passed' if verdict.passed else 'FAILED: ' + '; '.join(verdict.failures)}"
+    carried = "a probe (python -m runtime check runs it here)" if model.info.probe else \
+        f"no probe (metadata format {model.info.format_version})"
+    return f"{said}; {carried}"
+
+
+def check(args) -> int:
+    """Each artifact's probe on this device's engine: one line (or JSON object) per artifact."""
+    worst = 0
+    for path in args.artifacts:
+        try:
+            model = load(path, provider=args.provider, threads=args.threads,
+                         inference_precision=args.inference_precision, check=False, allow_failed=True)
+            rows = probe.check(model, model.info.probe) if model.info.probe else None
+        except HieraRuntimeError as error:
+            say(json.dumps({"artifact": str(path), "error": str(error)}) if args.json else f"error: {error}",
+                sys.stderr if not args.json else sys.stdout)
+            worst = max(worst, 2)
+            continue
+        engine, device = probe.engine_name(model.session), f"{cpu_name()} ({' '.join(cpu_isa()) or 'no extensions'})"
+        status = "no probe" if rows is None else "ok" if all(row.passed for row in rows) else "FAILED"
+        worst = max(worst, 1 if status == "FAILED" else 0)
+        if args.json:
+            say(json.dumps({"artifact": str(path), "status": status, "engine": engine, "device": device,
+                            "rows": [row.to_dict() for row in rows or []]}, allow_nan=False))
+        elif rows is None:
+            say(f"{path}: no probe (metadata format {model.info.format_version}, made by an older export): "
+                f"nothing to run on this device; checked only its metadata ({engine}, {device})")
+        else:
+            say(f"{path}: {status}: {'; '.join(row.describe() for row in rows)} ({engine}, {device})")
+    return worst
 
 
 def sidecar(args) -> int:
@@ -391,7 +450,7 @@ def sidecar(args) -> int:
 
 
 COMMANDS = {"predict": predict, "embed": embed, "reconstruct": reconstruct, "bench": bench, "info": info,
-            "sidecar": sidecar, "triton": triton}
+            "check": check, "sidecar": sidecar, "triton": triton}
 
 
 def run(argv) -> int:

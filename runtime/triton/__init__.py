@@ -75,6 +75,7 @@ def command(args) -> int:
         engine = "python backend (runtime)" if model["backend"] == "python" else model["platform"]
         say(f"  {model['name']}: image bytes -> {outputs}; max batch {model['max_batch']}")
         say(f"    {' -> '.join(model['steps'])}  ({engine}, {options.kind} x{options.instances})")
+        say(f"    probe: {model['probe']}")
     say(f"  {MARKER}: what was written from what; {MANIFEST}: KServe (set storageUri and image)")
     say(f"serve: tritonserver --model-repository {args.repo.resolve()}")
     return 0

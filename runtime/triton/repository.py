@@ -28,10 +28,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..artifact import ModelInfo, from_metadata, read_sidecar, sidecar_path
+from .. import probe
+from ..artifact import ModelInfo, from_metadata, read_sidecar, report_verdict, sidecar_path
 from ..errors import FileError, HieraRuntimeError
 from ..files import open_file, read_bytes, require_file, sha256, staged_directory, write_bytes, write_json
 from ..preprocess import MAX_PIXELS
+from ..model import load
 from ..session import OnnxSession
 from ..tensorrt import ENGINE_SUFFIXES
 
@@ -84,6 +86,7 @@ class Served:
     outputs: tuple[Tensor, ...]
     max_batch: int
     top_k: int  # classifiers: top k, at most the number of classes
+    probe: str = "not run"  # what its probe said on the engine the server will use, where that engine is here
 
     @property
     def steps(self) -> list[str]:
@@ -247,9 +250,26 @@ def check_options(o: Options) -> None:
             raise HieraRuntimeError(f"python_path {path}: must be absolute (a path on the server's machine)")
 
 
+def proven(path: Path, o: Options) -> str:
+    """Refuse an artifact whose export report says it failed; run the probe of one the native backend will serve
+    on a CPU with onnxruntime (the engine the server runs it with), here and now. The python backend's models run
+    it themselves when the server loads them (runtime.load); a GPU's engine cannot be run here."""
+    verdict = report_verdict(path)
+    if verdict is not None and verdict.passed is False:
+        raise HieraRuntimeError(f"{path}: its export report ({verdict.report.name}) says it FAILED: "
+                                f"{'; '.join(verdict.failures) or 'see it'}; serve an artifact that passed")
+    if path.suffix in ENGINE_SUFFIXES or o.backend != "native" or o.kind != "cpu":
+        return "runs when the server loads it" if o.backend == "python" else "not run here (the server's GPU)"
+    model = load(path, provider="cpu", check=False)
+    rows = probe.prove(model)
+    return "none in the artifact" if rows is None else \
+        f"ok on {probe.engine_name(model.session)}: " + "; ".join(row.describe() for row in rows)
+
+
 def serve(paths: list[Path], o: Options) -> Served:
     """What one model (an ONNX file, or engines of one model) becomes in the repository."""
     first = paths[0]
+    checked = [proven(path, o) for path in paths][0]
     if first.suffix in ENGINE_SUFFIXES:
         info, model_input, outputs, by_capability, limit = read_engines(paths)
         if o.trt_fp16:
@@ -285,7 +305,8 @@ def serve(paths: list[Path], o: Options) -> Served:
                                 f"{max_batch}")
     top_k = min(o.top_k, outputs[0].dims[-1]) if info.task == "classify" and outputs[0].dims[-1] > 0 else o.top_k
     return Served(name=sanitized(first.stem), info=info, platform=platform, files=files, artifacts=artifacts,
-                  capabilities=capabilities, input=model_input, outputs=outputs, max_batch=max_batch, top_k=top_k)
+                  capabilities=capabilities, input=model_input, outputs=outputs, max_batch=max_batch, top_k=top_k,
+                  probe=checked)
 
 
 def plan(paths, options: Options = Options()) -> list[Served]:
@@ -467,7 +488,7 @@ def write_model_folder(folder: Path, config: dict, files: dict[str, Path], pytho
 def record(served: list[Served], o: Options) -> dict:
     return {"format_version": FORMAT_VERSION, "written_by": "python -m runtime triton", "options": asdict(o),
             "models": [{"name": s.name, "task": s.info.task, "steps": s.steps, "platform": s.platform,
-                        "backend": o.backend, "max_batch": s.max_batch,
+                        "backend": o.backend, "max_batch": s.max_batch, "probe": s.probe,
                         "artifacts": [{"file": s.files[name].name, "as": name, "sha256": sha256(s.files[name])}
                                       for name in s.artifacts]} for s in served]}
 

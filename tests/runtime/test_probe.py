@@ -163,3 +163,30 @@ def test_an_artifact_whose_report_says_it_failed_is_refused(exported, tmp_path, 
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "says it FAILED" in result.stderr and len(result.stderr.splitlines()) == 1, \
         result.stderr
+
+
+def runtime_check(*arguments) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime", "check", *map(str, arguments)], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_the_check_command_says_one_line_per_artifact_and_fails_an_edited_one(exported, tmp_path):
+    fine = [exported / "hiera_digits_classify.onnx", exported / "hiera_digits_classify.int8.onnx"]
+    result = runtime_check(*fine, "--provider", "cpu")
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) == 2, result.stdout + result.stderr
+    assert lines[1].startswith(f"{fine[1]}: ok: PyTorch fp32: cosine 0.99") and "onnxruntime" in lines[1], lines[1]
+    path = copy_of(exported, tmp_path)
+
+    def shift_a_bias(model):
+        bias = next(t for t in reversed(model.graph.initializer) if len(t.dims) == 1 and t.dims[0] == 10)
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(0.5), bias.name))
+    edited(path, shift_a_bias)
+    result = runtime_check(fine[0], path, "--provider", "cpu", "--json")
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 1 and [v["status"] for v in verdicts] == ["ok", "FAILED"], result.stdout
+    assert verdicts[1]["rows"][0] == {"against": "PyTorch fp32", "figure": "max_abs", "value": verdicts[1]["rows"][0][
+        "value"], "bound": 0.0001, "passed": False} and verdicts[1]["rows"][0]["value"] > 0.4
+    result = runtime_check(fine[0], "--provider", "cuda")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "provider cuda" in result.stderr, \
+        result.stderr
