@@ -271,8 +271,8 @@ def main(argv=None) -> int:
         return command(argv[1:]) if command else export(argv)
     except (ExportError, HieraModelError, HieraRuntimeError) as error:
         return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted: the output folder is as it was", file=sys.stderr)
+    except KeyboardInterrupt as error:  # runtime.commit's says which state the output folder is in
+        print(f"interrupted: {printable(str(error)) or 'the output folder is as it was'}", file=sys.stderr)
         return 130
     except MemoryError:
         print("error: out of memory (the output folder is as it was)", file=sys.stderr)

@@ -473,8 +473,8 @@ def main(argv=None) -> int:
     except MemoryError:
         say("error: out of memory", sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        say("interrupted", sys.stderr)
+    except KeyboardInterrupt as error:  # runtime.commit's says which state what it was writing is in
+        say(f"interrupted: {error}" if str(error) else "interrupted", sys.stderr)
         return 130
     except BrokenPipeError:  # the reader stopped (`| head`): quietly, as a killed pipeline would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
