@@ -253,9 +253,13 @@ def commit_files(staging: Path, target: Path, names: list[str], remove=()) -> No
     missing = [name for name in names if not (staging / name).is_file()]
     if missing:
         raise FileError(f"{staging}: {', '.join(missing)} was not written; nothing was committed")
-    with _held_signals() as held:
-        _write_manifest(staging, {"files": list(names), "remove": list(remove)})
-        _finish(lambda: _move_files(staging, target), target, "the new files")
+    try:
+        _step("staged")
+        with _held_signals() as held:
+            _write_manifest(staging, {"files": list(names), "remove": list(remove)})
+            _finish(lambda: _move_files(staging, target), target, "the new files")
+    except OSError as error:  # before the decision (after it, `_finish` says what is left)
+        raise FileError(f"{target}: cannot write ({_reason(error)}); it is as it was") from None
     if held.caught:
         raise Interrupted(f"{target} holds the new files: the commit was finished first")
 
@@ -332,6 +336,7 @@ def replacing(out, written_by: str):
             yield Replacement(out, staging, replaced)
             names = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*")  # files, and empty folders
                            if not p.is_dir() or not any(p.iterdir()))
+            _step("staged")
             with _held_signals() as held:
                 _write_manifest(staging, {"written_by": written_by, "files": names})
                 _finish(lambda: _swap(staging, out), out, "the new folder")

@@ -253,7 +253,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(digits, mae_artifact, t
         "trt fp16 on cpu": ([digits["classify"]], ["--trt-fp16"], "needs kind gpu"),
         "two models, one name": ([digits["classify"], digits["static"]], ["--backend", "python"],
                                  "would both be served as hiera_digits_classify"),
-        "not a repository": ([digits["classify"]], ["--repo", other], "is not a folder that python -m runtime triton wrote"),
+        "not a repository": ([digits["classify"]], ["--repo", other], "is not a folder that python -m runtime triton"),
         "top k": ([digits["classify"]], ["--top-k", "0"], "must be at least 1"),
         "relative python path": ([digits["classify"]], ["--backend", "python", "--python-path", "lib"],
                                  "must be absolute"),
