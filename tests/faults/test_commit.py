@@ -222,7 +222,20 @@ def test_what_an_older_version_left_is_recovered(tmp_path):
     out = hub_folder(tmp_path)
     os.rename(out, tmp_path / f".hub.{os.getpid() + 1}.old")  # killed between its two renames
     (tmp_path / ".hub.abc123.staging").mkdir()  # and its staging folder, undecided
-    (tmp_path / ".hub.lock").write_text("99999999\n")  # and its lock file, of a dead process
+    with commit.lock(tmp_path / ".hub.lock"):
+        assert commit.recover_folder(out, "python -m export") == [
+            "removed .hub.abc123.staging, left by a run that did not finish", "moved hub back, as it was"]
+    assert tree(out) == OLD_HUB and os.listdir(tmp_path) == ["hub"]
+
+
+def test_a_lock_file_of_a_dead_run_blocks_nothing(tmp_path):
+    out = hub_folder(tmp_path)
+    child = os.fork()
+    if child == 0:  # takes the lock and dies holding it
+        with commit.lock(tmp_path / ".hub.lock"):
+            os._exit(KILLED)
+    os.waitpid(child, 0)
+    assert (tmp_path / ".hub.lock").read_text() == f"{child}\n"
     hub.publish(NEW_HUB, out)
     assert tree(out) == NEW_HUB and os.listdir(tmp_path) == ["hub"]
 
