@@ -125,7 +125,7 @@ def claimed(folder: Path):
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(lock(holder_lock(folder), wait=False))
-        except Busy:
+        except FileError:  # a live run holds it, or it is being removed by the run that made it
             yield False
             return
         yield True

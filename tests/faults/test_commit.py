@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export import ExportError, Options, hub, run
+from export import ExportError, Options, hub, run, verify
 from export.transaction import STAGING_PREFIX, Transaction, kept_manifest
 from runtime import FeatureExtractor, HieraRuntimeError, commit
 from runtime.embed import embed, read
@@ -366,6 +366,19 @@ STOP_AT = ("import os, signal, sys, runpy\n"
 def stop_command(step: str, number: str, module: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", STOP_AT, step, number, module, *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_export_interrupted_during_its_commit_finishes_it_and_says_so(digits_fp32, tmp_path):
+    out = tmp_path / "artifacts"
+    shutil.copytree(digits_fp32.parent, out)  # a dynamic-batch export; the new one has a static batch
+    done = stop_command(f"moved {digits_fp32.name}", "SIGINT", "export", "--weights", DIGITS, "--out", out,
+                        "--precision", "fp32", "--no-validate")
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines()[-1] == f"interrupted: {out} holds the new files: the commit was finished first"
+    report = out / digits_fp32.name.replace(".onnx", ".report.json")
+    assert json.loads(report.read_text())["batch"] == 1  # the new export's report, with its files
+    failed = [check for check in verify([report]).checks if not check.ok]
+    assert [check.detail for check in failed] == ["the export's parity check did not pass (it was not run)"]
 
 
 def test_export_hub_interrupted_at_its_swap_keeps_a_whole_folder(digits_fp32, tmp_path):
