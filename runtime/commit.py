@@ -287,6 +287,9 @@ def _move_files(staging: Path, target: Path) -> None:
             _step(f"moved {name}")
     for name in manifest["remove"]:
         (target / name).unlink(missing_ok=True)
+        for folder in Path(name).parents[:-1]:  # the folders it leaves empty (the Hub layout's onnx/)
+            with contextlib.suppress(OSError):
+                (target / folder).rmdir()
         _step(f"removed {name}")
     _fsync(target)
     shutil.rmtree(staging)

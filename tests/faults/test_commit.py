@@ -119,6 +119,7 @@ THEIRS = {"notes.txt": b"mine", f"{STEM}.int8.onnx": b"a name like ours, not our
 def export_files(out: Path, contents: dict) -> None:
     with Transaction(out, STEM) as transaction:
         for name, data in contents.items():
+            (transaction.staging / name).parent.mkdir(parents=True, exist_ok=True)
             (transaction.staging / name).write_bytes(data)
         transaction.commit(list(contents))
 
@@ -153,6 +154,13 @@ def test_an_export_commit_stopped_at_any_step(fault, tmp_path):
             pass
         assert tree(out) == (new if pending else tree(out)) and tree(out) in (old, new), step
         assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [kept_manifest(STEM)], step
+
+
+def test_an_export_removes_the_files_of_the_previous_one_and_the_folders_it_empties(tmp_path):
+    out = tmp_path / "artifacts"
+    export_files(out, {**NEW_EXPORT, "onnx/model.onnx": b"the Hub layout's", "onnx/model.onnx_data": b"data"})
+    export_files(out, NEW_EXPORT)
+    assert sorted(os.listdir(out)) == sorted([*NEW_EXPORT, kept_manifest(STEM)])
 
 
 def test_an_export_replaces_no_file_it_did_not_write(tmp_path):
