@@ -14,6 +14,8 @@ something (an export's files, a Hub folder, a Triton repository, an embedding an
 - **Two kinds of commit.** `commit_files` moves files into a folder (an export's, an embedding's) and
   removes the files of the old set that the new one lacks. `replacing` swaps a whole folder (Hub,
   Triton): the old one is moved aside, the new one moved in, the old one removed.
+- **Journals** (`Journal`): rows a long run appends to a hidden folder, each batch recorded with its rows'
+  sha256 once they are on disk, so that a killed run continues from the rows that are intact.
 - **Delete only what we wrote.** A folder swapped in whole keeps its manifest (`MANIFEST`, listing every
   file it was written with); a folder may be replaced only if every file in it is one that a manifest
   kept in it lists (`check_replaceable`). Anything else is refused, naming the file that would be lost.
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -403,6 +407,97 @@ def recover_folder(out: Path, written_by: str) -> list[str]:
         shutil.rmtree(old)
         done.append(f"removed {old.name}, the folder a finished replacement left")
     return done
+
+
+# ------------------------------------------------------------------------------------------------ journals
+
+class Journal:
+    """Rows of `row_bytes` each, appended in `folder` so that a killed run can continue: `rows` (appended) and
+    `journal` (a JSON line per batch naming its rows and each row's sha256, written once the rows are on disk).
+    Rows past the last complete line (a batch cut off by a kill) are dropped, and a row whose bytes are not
+    the ones its line recorded does not count. `start_over` (what to remove to start over) ends the messages
+    about a journal that cannot be continued."""
+
+    def __init__(self, folder: Path, row_bytes: int, start_over: str):
+        self.folder, self.row_bytes, self.start_over = Path(folder), row_bytes, start_over
+        self.rows_file, self.journal_file = self.folder / "rows", self.folder / "journal"
+        self.count = 0  # rows in the file, those that count or not
+        self._rows = self._journal = None
+
+    def start(self) -> None:
+        """An empty journal."""
+        for path in (self.rows_file, self.journal_file):
+            path.unlink(missing_ok=True)
+        self._open()
+
+    def resume(self) -> dict[str, int]:
+        """The rows an earlier run journalled that are intact: their positions by name. What a kill cut off is
+        truncated away."""
+        with files.open_file(self.journal_file) as file:
+            lines = file.read().split(b"\n")
+        listed, kept = [], 0
+        for number, line in enumerate(lines):
+            try:
+                entry = files.loads(line)
+                names, digests = entry["images"], entry.get("sha256")
+                if not all(isinstance(name, str) for name in names):
+                    raise TypeError("names that are not strings")
+            except (ValueError, TypeError, KeyError, AttributeError) as error:
+                if number == len(lines) - 1:  # the last line, cut short by a kill: its rows are dropped too
+                    break
+                raise HieraRuntimeError(f"{self.journal_file}: damaged line {number + 1} ({error}); "
+                                        f"{self.start_over}") from None
+            if not isinstance(digests, list) or len(digests) != len(names):
+                digests = [None] * len(names)  # rows no digest vouches for: done again
+            listed += zip(names, digests)
+            kept += len(line) + 1
+        self.count = len(listed)
+        size = files.require_file(self.rows_file).stat().st_size
+        if size < self.count * self.row_bytes:
+            raise HieraRuntimeError(f"{self.rows_file}: {size:,} bytes, fewer than the {self.count:,} rows its "
+                                    f"journal lists; {self.start_over}")
+        try:
+            os.truncate(self.rows_file, self.count * self.row_bytes)
+            os.truncate(self.journal_file, kept)
+        except OSError as error:
+            raise HieraRuntimeError(f"{self.folder}: cannot write ({_reason(error)})") from None
+        intact = {}
+        with files.open_file(self.rows_file) as rows:
+            for position, (name, digest) in enumerate(listed):
+                if hashlib.sha256(rows.read(self.row_bytes)).hexdigest() == digest:
+                    intact[name] = position
+        self._open()
+        return intact
+
+    def append(self, names: list[str], rows: bytes) -> dict[str, int]:
+        """Rows on disk first, then the line naming them with their digests: a kill between leaves rows the
+        journal does not list, dropped when the run continues. Returns their positions by name."""
+        digests = [hashlib.sha256(rows[start:start + self.row_bytes]).hexdigest()
+                   for start in range(0, len(names) * self.row_bytes, self.row_bytes)]
+        try:
+            for file, data in ((self._rows, rows), (self._journal, json.dumps({"images": names, "sha256": digests})
+                                                                   .encode() + b"\n")):
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            raise HieraRuntimeError(f"{self.folder}: cannot write ({_reason(error)}); the rows written so far stay "
+                                    "there, and the next run continues from them") from None
+        first, self.count = self.count, self.count + len(names)
+        return {name: row for row, name in enumerate(names, first)}
+
+    def _open(self) -> None:
+        try:
+            self._rows = open(self.rows_file, "ab")  # noqa: SIM115 (closed by close)
+            self._journal = open(self.journal_file, "ab")  # noqa: SIM115
+        except OSError as error:
+            raise HieraRuntimeError(f"{self.folder}: cannot write ({_reason(error)})") from None
+
+    def close(self) -> None:
+        for file in (self._rows, self._journal):
+            if file is not None and not file.closed:
+                with contextlib.suppress(OSError):  # its buffer could not be flushed (a full disk): rows that
+                    file.close()                    # no journal line names, dropped when the run continues
 
 
 def _fsync(folder: Path) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import re
@@ -291,14 +290,15 @@ def _read_json(path: Path):
 
 
 class _Partial:
-    """The hidden folder in which a run keeps its finished rows, so that a killed run can continue; a lock file
-    beside the output keeps two runs from writing it at once."""
+    """The hidden folder in which a run keeps its finished rows (a `commit.Journal`), so that a killed run can
+    continue; a lock file beside the output keeps two runs from writing it at once."""
 
     def __init__(self, out: Path, identity: dict):
         self.out, self.identity = out, identity
         self.folder = out.with_name(f".{out.name}.partial")
         self.row_floats = sum(int(np.prod(shape)) for shape in identity["outputs"].values())
-        self.count, self._rows, self._journal = 0, None, None
+        self.journal = commit.Journal(self.folder, self.row_floats * 4, f"remove {self.folder} to start {out.name} "
+                                      "over")
         self._held = contextlib.ExitStack()  # the lock, and SIGTERM as an interruption
 
     def open(self, images: list[str]) -> dict[str, int]:
@@ -321,64 +321,17 @@ class _Partial:
             if _read_json(about) != self.identity:
                 raise HieraRuntimeError(f"{self.folder}: an unfinished run of another model or other outputs; "
                                         f"remove it to start {self.out.name} over")
-            return self._resume()
+            intact, rows = self.journal.resume(), self.rows()
+            return {name: row for name, row in intact.items() if np.isfinite(rows[row]).all()}  # others run again
         try:
             earlier = self._earlier() if os.path.lexists(self.out) else None
-            for name in ("rows", "journal"):
-                (self.folder / name).unlink(missing_ok=True)
+            self.journal.start()
             files.write_json(about, self.identity)
         except BaseException:
             if created:
                 self.remove()
             raise
-        self._open_files()
         return self._reuse(earlier, images) if earlier else {}
-
-    def _open_files(self):
-        try:
-            self._rows = open(self.folder / "rows", "ab")  # noqa: SIM115
-            self._journal = open(self.folder / "journal", "ab")  # noqa: SIM115
-        except OSError as error:
-            raise HieraRuntimeError(f"{self.folder}: cannot write ({error.strerror or error})") from None
-
-    def _resume(self) -> dict[str, int]:
-        journal, listed, kept = self.folder / "journal", [], 0
-        with files.open_file(journal) as file:
-            lines = file.read().split(b"\n")
-        for number, line in enumerate(lines):
-            try:
-                entry = files.loads(line)
-                names, digests = entry["images"], entry.get("sha256")
-                if not all(isinstance(name, str) for name in names):
-                    raise TypeError("image names that are not strings")
-            except (ValueError, TypeError, KeyError, AttributeError) as error:
-                if number == len(lines) - 1:  # the last line, cut short by a kill: its rows are dropped too
-                    break
-                raise HieraRuntimeError(f"{journal}: damaged line {number + 1} ({error}); remove {self.folder} "
-                                        f"to start {self.out.name} over") from None
-            if not isinstance(digests, list) or len(digests) != len(names):
-                digests = [None] * len(names)  # rows no digest vouches for: embedded again
-            listed += zip(names, digests)
-            kept += len(line) + 1
-        self.count = len(listed)
-        row_bytes = self.row_floats * 4
-        rows = self.folder / "rows"
-        size = files.require_file(rows).stat().st_size
-        if size < self.count * row_bytes:
-            raise HieraRuntimeError(f"{rows}: {size:,} bytes, fewer than the {self.count:,} rows its journal lists; "
-                                    f"remove {self.folder} to start {self.out.name} over")
-        try:
-            os.truncate(rows, self.count * row_bytes)
-            os.truncate(journal, kept)
-        except OSError as error:
-            raise HieraRuntimeError(f"{self.folder}: cannot write ({error.strerror or error})") from None
-        stored, done = self.rows(), {}
-        for position, (name, digest) in enumerate(listed):  # a row counts only if it is finite and the journal's
-            row = np.asarray(stored[position])
-            if np.isfinite(row).all() and _row_digest(row) == digest:
-                done[name] = position
-        self._open_files()
-        return done
 
     def _earlier(self) -> Embedding:
         """The finished output already at `out`, if it holds what this run writes."""
@@ -406,45 +359,18 @@ class _Partial:
         return reused
 
     def append(self, paths: list[str], rows: list[np.ndarray]) -> dict[str, int]:
-        """Rows on disk first, then the journal line naming them with their digests: a kill between leaves rows
-        the journal does not list, dropped when the run continues."""
-        if not paths:
-            return {}
-        rows = np.ascontiguousarray(rows, dtype="<f4")
-        try:
-            self._rows.write(rows.tobytes())
-            self._rows.flush()
-            os.fsync(self._rows.fileno())
-            line = {"images": paths, "sha256": [_row_digest(row) for row in rows]}
-            self._journal.write(json.dumps(line).encode() + b"\n")
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
-        except OSError as error:
-            raise HieraRuntimeError(f"{self.folder}: cannot write ({error.strerror or error}); the rows written so "
-                                    "far stay there, and the next run continues from them") from None
-        first, self.count = self.count, self.count + len(paths)
-        return {path: row for row, path in enumerate(paths, first)}
+        return self.journal.append(paths, np.ascontiguousarray(rows, dtype="<f4").tobytes()) if paths else {}
 
     def rows(self) -> np.ndarray:
         """Every journalled row, [rows, floats] (memory-mapped)."""
-        if not self.count:
+        if not self.journal.count:
             return np.zeros((0, self.row_floats), np.float32)
-        return np.memmap(self.folder / "rows", "<f4", "r", shape=(self.count, self.row_floats))
+        return np.memmap(self.journal.rows_file, "<f4", "r", shape=(self.journal.count, self.row_floats))
 
     def remove(self):
-        self._close_files()
+        self.journal.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self):
-        self._close_files()
+        self.journal.close()
         self._held.close()
-
-    def _close_files(self):
-        for file in (self._rows, self._journal):
-            if file is not None and not file.closed:
-                with contextlib.suppress(OSError):  # its buffer could not be flushed (a full disk): rows that
-                    file.close()                    # no journal line names, dropped when the run continues
-
-
-def _row_digest(row: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(row, dtype="<f4").tobytes()).hexdigest()
