@@ -11,7 +11,7 @@ that follow Triton's layout (`<model>/config.pbtxt`, `<model>/1/...`):
     <name>              the ensemble clients call: image bytes in, the task's outputs out
 
 `<name>` is the artifact's file stem with anything but letters, digits, `_` and `-` turned into `_`. Beside
-the models: `hiera_repository.json` (what was written from what; it marks the folder as ours) and
+the models: `hiera_repository.json` (what was written from what) and
 `inferenceservice.yaml` (KServe). Triton reads only the model folders.
 
 The repository is built in a staging folder beside the target and swapped into place whole
