@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from runtime import files
+from runtime.formats import FORMATS
 from runtime.errors import FileError
 
 from .errors import ExportError
@@ -40,11 +41,11 @@ def in_family(file_name: str, stem: str) -> bool:
 
 def computes(precision: str) -> str:
     """The precision an artifact computes in, as its metadata says: the OpenVINO artifact is an fp32 graph."""
-    return "fp32" if precision == "openvino" else precision
+    return FORMATS[precision].computes
 
 
 def artifact_name(stem: str, precision: str) -> str:
-    return f"{stem}.onnx" if precision == "fp32" else f"{stem}.{precision}.onnx"
+    return stem + FORMATS[precision].suffix
 
 
 def engine_name(stem: str, precision: str) -> str:

@@ -38,6 +38,7 @@ from runtime import commit, files
 from runtime.artifact import PER_ARTIFACT, report_path
 from runtime.bench import MAX_RUNS
 from runtime.device import cpu_isa, cpu_name
+from runtime.formats import FORMATS
 from runtime.errors import FileError
 from runtime.shell import Parser, Whole, say
 
@@ -45,8 +46,7 @@ from .errors import ExportError
 
 # transformers.js picks a file by dtype: onnx/model{suffix}.onnx. Our int8 is dynamic quantization with int8
 # weights per output channel, which is what its "q8" (model_quantized.onnx) names.
-ONNX_FILES = {"fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "int8": "onnx/model_quantized.onnx",
-              "qdq": "onnx/model_qdq.onnx"}
+ONNX_FILES = {name: kind.hub_file for name, kind in FORMATS.items() if kind.hub_file}  # runtime/formats.py
 OPTIMUM_FILE = "model.onnx"
 ARCHITECTURES = {"classify": "HieraForImageClassification", "features": "HieraModel", "backbone": "HieraBackbone",
                  "mae": "HieraForPreTraining"}
@@ -281,12 +281,7 @@ def model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed:
     return "\n".join(lines)
 
 
-RUNS_IN = {
-    "fp32": "onnxruntime: Python, Node, Web (WASM); com.microsoft fused ops, so not TensorRT",
-    "fp16": "onnxruntime on CUDA GPUs; CPUs and WASM run it, slower than fp32 (no fp16 arithmetic there)",
-    "int8": "onnxruntime on CPUs: Python, Node, Web (WASM); the fastest there",
-    "qdq": "TensorRT and OpenVINO int8; no Hugging Face tool picks it by name",
-}
+RUNS_IN = {name: kind.runs_in for name, kind in FORMATS.items()}
 
 _JS_SETUP = ["```js", "import { env, pipeline, AutoModel, RawImage } from '@huggingface/transformers';",
              "env.allowRemoteModels = false;            // a local folder: its parent directory, then its name",

@@ -10,13 +10,12 @@ from hiera_model import TASKS
 from runtime import files
 from runtime.artifact import MAX_BATCH, MAX_SIDE
 from runtime.errors import FileError
+from runtime.formats import DEFAULT_PRECISIONS, PRECISIONS  # the registry of artifact kinds
 
 from . import tensorrt, trt_check
 from .errors import ExportError
 from .onnx_export import MIN_OPSET, max_opset
 
-PRECISIONS = ("fp32", "fp16", "int8", "qdq", "openvino")
-DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # qdq (static int8 for TensorRT) needs calibration images
 LAYOUTS = ("files", "hub")
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1
 MAX_WORKSPACE_GB = 1024

@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from runtime import load
+from runtime.formats import FORMATS
 from runtime.preprocess import Preprocessing
 from runtime.tensorrt import ENGINE_SUFFIXES
 
 # Checks by precision: the largest absolute difference allowed (fp32), the smallest cosine similarity
 # per sample (fp16, int8).
-THRESHOLDS = {"fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99},
-              "openvino": {"max_abs": 1e-4}}
+THRESHOLDS = {name: dict(kind.bound) for name, kind in FORMATS.items()}
 RANDOM_INPUTS = 4
 
 

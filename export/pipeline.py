@@ -26,6 +26,7 @@ import onnx
 
 from runtime import files, load, probe
 from runtime.artifact import to_metadata
+from runtime.formats import FORMATS
 from runtime.errors import HieraRuntimeError
 from runtime.preprocess import find_images, load_image
 
@@ -45,13 +46,9 @@ PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime
 # Which graph each precision is made from, and how. The traced graph has standard operators only (what
 # GPU providers and TensorRT parse and fuse on their own); the optimized one has onnxruntime's fused
 # operators (for its CPU provider). Without optimization both are the traced graph.
-CONVERSIONS = {
-    "fp32": ("optimized", None),
-    "fp16": ("traced", convert.to_fp16),
-    "int8": ("optimized", convert.to_int8),
-    "qdq": ("traced", convert.to_qdq),  # with the calibration images, see `_convert`
-    "openvino": ("traced", None),  # OpenVINO fuses the standard-op graph itself (see export/openvino.py)
-}
+# OpenVINO fuses the standard-op graph itself (see export/openvino.py). From the registry, runtime/formats.py.
+CONVERSIONS = {name: (kind.source, getattr(convert, kind.converter) if kind.converter else None)
+               for name, kind in FORMATS.items()}
 
 
 @dataclass
@@ -160,10 +157,11 @@ def _convert(r: Run) -> dict:
     for precision in r.options.precisions:
         source, converter = CONVERSIONS[precision]
         r.progress("convert", precision)
-        if precision == "qdq":
+        if FORMATS[precision].needs_calibration:
             images = _calibration_inputs(r.options.calibration, r.preprocessing)
-            r.progress("convert", f"qdq: calibrating int8 scales on {len(images)} images from {r.options.calibration}")
-            converter = functools.partial(convert.to_qdq, calibration=images, batch=r.options.batch)
+            r.progress("convert", f"{precision}: calibrating int8 scales on {len(images)} images from "
+                                  f"{r.options.calibration}")
+            converter = functools.partial(converter, calibration=images, batch=r.options.batch)
         # fp32 is its source graph with metadata: its weights are copied from the source's file as it is written
         graph = converter(r.graphs[source]) if converter else artifact.load_graph(r.graphs[source], weights=False)
         if r.options.opset == 16:  # after conversion: fp16's keeps LayerNormalization's inputs in fp32

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from . import files
 from .errors import HieraRuntimeError
+from .formats import COMPUTED
 from .preprocess import Preprocessing
 from .probe import PROBE_VERSION
 
 FORMAT_VERSION = 2  # the newest metadata format this runtime reads (and export writes); 2 adds hiera.probe
 TASKS = ("classify", "features", "backbone", "mae")
-PRECISIONS = ("fp32", "fp16", "int8", "qdq")
+PRECISIONS = COMPUTED  # what hiera.precision may say (runtime/formats.py)
 PER_ARTIFACT = ("precision", "probe")  # the hiera.* entries that differ between the artifacts of one export
 MAX_BATCH = 1024  # the largest batch an artifact may declare (and export traces for a dynamic batch)
 MAX_SIDE = 16384  # pixels (or frames) along one input axis
