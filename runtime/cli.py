@@ -380,7 +380,7 @@ def info(args) -> int:
                       + (f", {i.precision}" if i.precision else "")),
             ("input", f"{session.input_name} {dims(session.input_shape)}, "
                       + (f"static batch {i.batch}" if i.batch else "dynamic batch")),
-            ("outputs", ", ".join(f"{name} {dims(getattr(session, 'output_shapes', {}).get(name))}"
+            ("outputs", ", ".join(f"{name} {dims(session.output_shapes.get(name))}"
                                   for name in session.output_names)),
             ("preprocessing", f"{clips}shortest edge to {p.resize_shortest_edge} ({p.resample}), center crop "
                               f"{p.crop_size[0]} x {p.crop_size[1]}, mean {' '.join(f'{v:g}' for v in p.mean)}, "

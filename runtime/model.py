@@ -65,16 +65,16 @@ def open_model(path, *, provider: str = "auto", threads: int | None = None, cach
             raise MissingMetadata(f"{session.path}: no Hiera metadata (hiera.* metadata_props): not exported by "
                                   "python -m export; give its preprocessing (a runtime.Preprocessing) to run it anyway")
         return session, for_foreign_model(session.path, session.input_shape, session.output_names, preprocessing)
-    return session, from_metadata(session.metadata, getattr(session, "metadata_path", session.path))
+    return session, from_metadata(session.metadata, session.metadata_path)
 
 
 def check_labels(session, info: ModelInfo) -> None:
     """As many class names as the classifier has classes: the names of another model's classes would label
     every prediction wrongly."""
-    shape = getattr(session, "output_shapes", {}).get("logits")
+    shape = session.output_shapes.get("logits")
     classes = shape[-1] if shape else None
     if info.task == "classify" and info.labels and isinstance(classes, int) and classes != len(info.labels):
-        raise HieraRuntimeError(f"{getattr(session, 'metadata_path', session.path)}: damaged Hiera metadata: "
+        raise HieraRuntimeError(f"{session.metadata_path}: damaged Hiera metadata: "
                                 f"hiera.labels has {len(info.labels)} names, the model has {classes} classes")
 
 

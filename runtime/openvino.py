@@ -36,6 +36,7 @@ import numpy as np
 
 from . import files
 from .errors import HieraRuntimeError
+from .interface import check_inputs
 
 PRECISIONS = ("f32", "bf16")
 OPENVINO_SUFFIX = ".openvino.onnx"  # the standard-op fp32 graph that python -m export writes for OpenVINO
@@ -144,8 +145,8 @@ def refuse_foreign_operators(path: Path, domains: set[str]) -> None:
     if foreign:
         stem = path.name.removesuffix(".onnx").removesuffix(".int8")
         raise HieraRuntimeError(f"{path}: uses onnxruntime's own operators (domain {', '.join(foreign)}), not for "
-                                f"OpenVINO; give it {stem}{OPENVINO_SUFFIX} (python -m export writes it), the .fp16 "
-                                f"or .qdq artifact, or run this file with onnxruntime (provider cpu)")
+                                f"OpenVINO; give it {stem}{OPENVINO_SUFFIX} (python -m export --precision openvino "
+                                f"writes it), the .fp16 or .qdq artifact, or run this file with onnxruntime (provider cpu)")
 
 
 def runs_best_here(path) -> bool:
@@ -237,6 +238,9 @@ class OpenVinoSession:
         self.output_names = [_name(output, names) for output in compiled.outputs]
         self.providers = [f"OpenVINO {ov.__version__.split('-')[0]} CPU ({inference_precision})"]
         self.max_batch = None  # any batch the input's batch axis allows
+        self.metadata_path, self.device = self.path, "cpu"
+        self.output_shapes = {name: _shape(output.get_partial_shape())
+                              for name, output in zip(self.output_names, compiled.outputs)}
         self._idle = queue.SimpleQueue()  # infer requests not in use
 
     def _read(self, core):
@@ -246,10 +250,7 @@ class OpenVinoSession:
             raise HieraRuntimeError(f"{self.path}: OpenVINO cannot read this model ({_first_line(error)})") from None
 
     def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
-        if set(other_inputs) != set(self.other_inputs):
-            expected, given = [self.input_name, *self.other_inputs], [self.input_name, *other_inputs]
-            raise HieraRuntimeError(f"{self.path}: the model takes inputs {', '.join(expected)}; "
-                                    f"given {', '.join(given)}")
+        check_inputs(self, other_inputs)
         feeds = {self.input_name: np.ascontiguousarray(pixel_values, dtype=np.float32)}
         feeds.update({name: np.ascontiguousarray(value, dtype=self.other_inputs[name])
                       for name, value in other_inputs.items()})

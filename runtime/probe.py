@@ -146,7 +146,7 @@ def check(model, probe: dict) -> list[Row]:
     engine = engine_name(session)
     reference = _part(probe, "reference")
     bound = reference["bound"]
-    if getattr(session, "inference_precision", None) == "bf16":
+    if session.inference_precision == "bf16":
         bound = {"cosine": 0.999}
     rows = [_compare(got, reference["outputs"], bound, reference.get("name", "PyTorch fp32"))]
     recorded = _part(probe, "engine")
@@ -214,7 +214,7 @@ def prove(model) -> list[Row] | None:
         return None
     engine = engine_name(session)
     device = f"{cpu_name()} ({' '.join(cpu_isa()) or 'no known extensions'})"
-    keep = getattr(session, "device", "cpu") == "cpu"
+    keep = session.device == "cpu"
     entry = verdict_dir() / f"{_key(files.sha256(session.path), engine, device)}.json" if keep else None
     rows = _kept(entry) if entry else None
     if rows is None:

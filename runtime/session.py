@@ -10,6 +10,7 @@ import numpy as np
 
 from . import files
 from .errors import HieraRuntimeError
+from .interface import check_inputs
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 # An explicit choice keeps the providers after it as fallbacks: onnxruntime places each node the first
@@ -98,6 +99,7 @@ class OnnxSession:
         self._idle_bindings = {}  # input shape -> [(IOBinding, input OrtValue)] not in use by any call
         self._lock = threading.Lock()
         self.max_batch = None  # any batch the input's batch axis allows (engines have a profile's limit)
+        self.inference_precision = None  # the artifact's own
         self._ort = ort
 
     @staticmethod
@@ -115,10 +117,7 @@ class OnnxSession:
 
     def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
         pixel_values = np.ascontiguousarray(pixel_values, dtype=self.input_dtype)
-        if set(other_inputs) != set(self.other_inputs):
-            expected, given = [self.input_name, *self.other_inputs], [self.input_name, *other_inputs]
-            raise HieraRuntimeError(f"{self.path}: the model takes inputs {', '.join(expected)}; "
-                                    f"given {', '.join(given)}")
+        check_inputs(self, other_inputs)
         try:
             if not self.io_binding or other_inputs:  # the bound path serves the one-input models
                 feeds = {name: np.ascontiguousarray(value, dtype=self.other_inputs[name])

@@ -20,6 +20,7 @@ import numpy as np
 from . import files
 from .artifact import make_sidecar, read_sidecar, sidecar_path, write_sidecar
 from .errors import HieraRuntimeError
+from .interface import check_inputs
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 # Engines built with the hardware-compatibility level "ampere_plus" run on any GPU from Ampere (8.0) on.
@@ -146,6 +147,7 @@ class EngineSession:
             if self.input_shape[0] == "batch" else None
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.providers = [f"TensorRT {trt.__version__}"]
+        self.device, self.inference_precision = "cuda", None
         self.context = self.engine.create_execution_context()
         self.stream = _cuda(self._cudart.cudaStreamCreate())
         self._device = {}  # tensor name -> (device pointer, bytes): grown, never shrunk
@@ -163,10 +165,7 @@ class EngineSession:
         return pointer
 
     def run(self, pixel_values: np.ndarray, **other_inputs: np.ndarray) -> dict[str, np.ndarray]:
-        if set(other_inputs) != set(self.other_inputs):
-            expected, given = [self.input_name, *self.other_inputs], [self.input_name, *other_inputs]
-            raise HieraRuntimeError(f"{self.path}: the engine takes inputs {', '.join(expected)}; "
-                                    f"given {', '.join(given)}")
+        check_inputs(self, other_inputs)
         host_inputs = {name: np.ascontiguousarray(value, dtype=self.dtypes[name])
                        for name, value in {self.input_name: pixel_values, **other_inputs}.items()}
         with self._lock:

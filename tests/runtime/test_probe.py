@@ -24,9 +24,9 @@ DIGITS = ROOT / "models" / "digits"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The digits model's fp32 and int8 artifacts, with their probes and report."""
+    """The digits model's fp32, int8 and OpenVINO artifacts, with their probes and report."""
     out = tmp_path_factory.mktemp("digits")
-    report = run(Options(weights=str(DIGITS), out_dir=out, precisions=("fp32", "int8")))
+    report = run(Options(weights=str(DIGITS), out_dir=out, precisions=("fp32", "int8", "openvino")))
     assert report["passed"], failed_rows(report)
     return out
 
@@ -190,3 +190,17 @@ def test_the_check_command_says_one_line_per_artifact_and_fails_an_edited_one(ex
     result = runtime_check(fine[0], "--provider", "cuda")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "provider cuda" in result.stderr, \
         result.stderr
+
+
+@pytest.mark.parametrize("provider", ["cpu", "openvino"])
+def test_every_session_keeps_the_one_interface(exported, provider):
+    """runtime/interface.py's Session: what the model layer, the CLI and the probe read (TensorRT's engine session:
+    tests/runtime/test_tensorrt.py, on its stand-in)."""
+    from runtime.interface import Session
+
+    name = "hiera_digits_classify.openvino.onnx" if provider == "openvino" else "hiera_digits_classify.onnx"
+    session = load(exported / name, provider=provider, check=False).session
+    assert isinstance(session, Session), type(session).__name__
+    assert session.output_shapes["logits"][-1] == 10 and session.device == "cpu"
+    with pytest.raises(HieraRuntimeError, match="the model takes inputs pixel_values; given pixel_values, noise$"):
+        session.run(np.zeros((1, 3, 64, 64), np.float32), noise=np.zeros((1, 4), np.float32))

@@ -11,6 +11,7 @@ import pytest
 from export import Options, read_artifact, run
 from runtime import Classifier, HieraRuntimeError, Preprocessing, files
 from runtime.artifact import read_sidecar, sidecar_path
+from runtime.interface import Session
 from runtime.tensorrt import EngineSession, check_compatible
 
 from . import fake_tensorrt
@@ -140,6 +141,7 @@ def test_an_engine_runs_through_the_classifier(tmp_path, monkeypatch):
     fake_tensorrt.write_engine(engine, metadata=stand_in_metadata())
     classifier = Classifier.load(engine)
     assert classifier.providers == ["TensorRT 10.3.0"] and classifier.session.max_batch == fake_tensorrt.MAX_BATCH
+    assert isinstance(classifier.session, Session)  # the interface every engine keeps (runtime/interface.py)
     images = [np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8) for i in range(11)]
     predictions = classifier.predict(images, batch_size=16)  # two calls: the profile takes at most 8
     logits = fake_tensorrt.expected_logits(classifier.preprocess(images)).astype(np.float64)
