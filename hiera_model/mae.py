@@ -151,9 +151,9 @@ class MaskedAutoencoder(Hiera):
         normalized on its own with `norm_pix_loss` (as both references compute it)."""
         p = self.pred_stride
         batch, channels, height, width = pixel_values.shape
-        # [batch, channels, rows, p, columns, p] -> [batch, rows * columns, channels * p * p] in two rank-4 steps:
-        rows = pixel_values.reshape(-1, p, width // p, p).transpose(1, 2)  # [.. rows, columns, p, p]
-        patches = rows.reshape(batch, channels, -1, p * p).transpose(1, 2)  # [batch, patch, channels, p * p]
+        # [batch, channels, rows, p, columns, p] -> [batch, rows * columns, channels * p * p], in rank-4 steps:
+        grid = pixel_values.reshape(-1, p, width // p, p).transpose(1, 2)  # [batch * channels * rows, columns, p, p]
+        patches = grid.reshape(batch, channels, -1, p * p).transpose(1, 2)  # [batch, patches, channels, p * p]
         label = patches.reshape(batch, -1, channels * p * p)
         if self.config.norm_pix_loss:
             label = (label - label.mean(-1, keepdim=True)) / (label.var(-1, keepdim=True) + 1e-6).sqrt()
