@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
 
@@ -59,3 +60,31 @@ def optimize(source: Path, destination: Path) -> dict[str, int]:
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(collections.Counter(node.op_type for node in model.graph.node).most_common())
+
+
+def max_rank(model: onnx.ModelProto) -> int | None:
+    """The highest rank of any tensor of `model`: inputs, outputs, initializers and every value after shape
+    inference; None if some value's rank cannot be inferred. onnx's own inference stops at onnxruntime's fused
+    operators, so this is onnxruntime's symbolic inference; it does not know `QAttention` either, whose output
+    has its input's rank, as `guess_output_rank` assumes for an operator it does not know."""
+    graph = model.graph
+    # The weights become inputs of their type and shape: inference reads the values of small constants
+    # (shapes, axes) only, and must not read weights (left on disk, or above protobuf's 2 GB).
+    weights = {w.name: w for w in graph.initializer if w.data_location == onnx.TensorProto.EXTERNAL
+               or w.ByteSize() > 1 << 16}
+    declared = [onnx.helper.make_tensor_value_info(w.name, w.data_type, w.dims) for w in weights.values()]
+    constants = [w for w in graph.initializer if w.name not in weights]
+    light = onnx.helper.make_model(onnx.helper.make_graph(list(graph.node), graph.name, [*graph.input, *declared],
+                                                          list(graph.output), constants),
+                                   opset_imports=list(model.opset_import),
+                                   ir_version=model.ir_version, functions=list(model.functions))
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=True)
+    except Exception:  # it raises a bare Exception when it cannot infer every value
+        return None
+    values = {v.name: v for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    produced = [name for node in inferred.graph.node for name in node.output if name]
+    if any(name not in values or not values[name].type.tensor_type.HasField("shape") for name in produced):
+        return None
+    ranks = [len(v.type.tensor_type.shape.dim) for v in values.values()]
+    return max(ranks + [len(w.dims) for w in graph.initializer])

@@ -33,7 +33,7 @@ from runtime.preprocess import find_images, load_image
 from . import artifact, convert, hub, openvino, parity, tensorrt, trt_check
 from .errors import ExportError
 from .onnx_export import to_opset_16, trace
-from .optimize import op_histogram, optimize
+from .optimize import max_rank, op_histogram, optimize
 from .options import DEFAULT_PRECISIONS, PRECISIONS, Options, check
 from .transaction import Transaction
 from .weights import load_weights, preprocessing_for
@@ -169,7 +169,7 @@ def _convert(r: Run) -> dict:
         artifact.set_metadata(graph, to_metadata(precision=artifact.computes(precision), **r.props))
         path = r.staging / artifact.artifact_name(r.stem, precision)
         findings = trt_check.check(graph, r.options.trt_version)
-        entries[precision] = {"file": path.name, "nodes": len(graph.graph.node),
+        entries[precision] = {"file": path.name, "nodes": len(graph.graph.node), "max_rank": max_rank(graph),
                               "tensorrt_check": {"version": r.options.trt_version, "findings": findings}}
         r.progress("write", path.name)
         artifact.save_graph(graph, path, weights_dir=r.staging)

@@ -12,7 +12,7 @@ class MaskUnitAttention(nn.Module):
     Tokens arrive as rows [batch * tokens, dim], unrolled with each mask unit's `unit_tokens` rows
     contiguous (see `unroll`), so mask-unit attention is ordinary batched attention over groups of
     `unit_tokens` rows and every Linear is one GEMM. Query pooling is a max over the outermost stride
-    within each unit. Every tensor stays at rank 6 or less; the head split and merge are rank-4
+    within each unit. Every tensor stays at rank 4 or less; the head split and merge are rank-4
     transposes; only the leading axis depends on the batch.
     """
 
@@ -35,7 +35,10 @@ class MaskUnitAttention(nn.Module):
         qkv = self.qkv(x).reshape(-1, group_tokens, 3 * self.heads, self.head_dim).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=1)
         if self.q_stride > 1:  # a group's tokens: [units, q_stride, tokens per unit / q_stride]
-            q = q.unflatten(2, (self.group_units, self.q_stride, -1)).amax(dim=3).flatten(2, 3)
+            # Units and heads folded into the leading axis keep this at rank 4 (for LiteRT's GPU delegate and NNAPI).
+            pooled_tokens = self.unit_tokens // self.q_stride
+            q = q.reshape(-1, self.q_stride, pooled_tokens, self.head_dim).amax(dim=1)
+            q = q.reshape(-1, self.heads, self.group_units * pooled_tokens, self.head_dim)
         attn = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(-1, self.dim_out)
         return self.proj(x)

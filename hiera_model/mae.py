@@ -113,9 +113,10 @@ class MaskedAutoencoder(Hiera):
         kept = ids_restore < visible  # [batch, units], True where visible
 
         # Zero the dropped units' pixels before the patch embedding, whose kernel overlaps its neighbours.
+        # Each row of units, [batch * unit rows, 1, unit columns, 1], is expanded to its pixels (rank 4 at most).
         (uh, uw), (sh, sw) = self.unit_grid, self.config.input_size
-        pixel_mask = kept.to(pixel_values.dtype).reshape(-1, 1, uh, 1, uw, 1)
-        pixel_mask = pixel_mask.expand(-1, -1, -1, sh // uh, -1, sw // uw).reshape(-1, 1, sh, sw)
+        pixel_mask = kept.to(pixel_values.dtype).reshape(-1, 1, uw, 1)
+        pixel_mask = pixel_mask.expand(-1, sh // uh, -1, sw // uw).reshape(-1, 1, sh, sw)
         x = self.patch_embed(pixel_values * pixel_mask) + self.position_embedding()
         x = x.index_select(1, self.unroll).unflatten(1, (units, -1))  # [batch, units, unit tokens, dim]
         ids_keep = ids_shuffle[:, :visible, None, None].expand(-1, -1, *x.shape[2:])
@@ -150,8 +151,10 @@ class MaskedAutoencoder(Hiera):
         normalized on its own with `norm_pix_loss` (as both references compute it)."""
         p = self.pred_stride
         batch, channels, height, width = pixel_values.shape
-        patches = pixel_values.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
-        label = patches.reshape(batch, (height // p) * (width // p), channels * p * p)
+        # [batch, channels, rows, p, columns, p] -> [batch, rows * columns, channels * p * p], in rank-4 steps:
+        grid = pixel_values.reshape(-1, p, width // p, p).transpose(1, 2)  # [batch * channels * rows, columns, p, p]
+        patches = grid.reshape(batch, channels, -1, p * p).transpose(1, 2)  # [batch, patches, channels, p * p]
+        label = patches.reshape(batch, -1, channels * p * p)
         if self.config.norm_pix_loss:
             label = (label - label.mean(-1, keepdim=True)) / (label.var(-1, keepdim=True) + 1e-6).sqrt()
         return label

@@ -67,11 +67,12 @@ class MaxRank(TorchDispatchMode):
     HieraConfig(embed_dim=16, depths=(1, 2, 2, 1), input_size=(96, 128), num_classes=10),
 ])
 @torch.no_grad()
-def test_no_tensor_above_rank_6(variant):
-    """TensorRT allows rank 8; the reference code reaches 10 for video. Every op here stays at 6 or less."""
+def test_no_tensor_above_rank_4(variant):
+    """LiteRT's GPU delegate and NNAPI take rank 4 at most; the reference code reaches 10 for video. Every op here
+    stays at 4 or less."""
     model = hiera_model.create(variant, task="features")
     pixel_values = torch.randn(2, 3, *model.config.input_size)
     with MaxRank() as mode:
         model.forward_features(pixel_values, return_stages=True)
         model(pixel_values)
-    assert mode.rank == 6
+    assert mode.rank == 4
