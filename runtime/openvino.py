@@ -146,7 +146,8 @@ def refuse_foreign_operators(path: Path, domains: set[str]) -> None:
         stem = path.name.removesuffix(".onnx").removesuffix(".int8")
         raise HieraRuntimeError(f"{path}: uses onnxruntime's own operators (domain {', '.join(foreign)}), not for "
                                 f"OpenVINO; give it {stem}{OPENVINO_SUFFIX} (python -m export --precision openvino "
-                                f"writes it), the .fp16 or .qdq artifact, or run this file with onnxruntime (provider cpu)")
+                                "writes it), the .fp16 or .qdq artifact, or run this file with onnxruntime "
+                                "(provider cpu)")
 
 
 def runs_best_here(path) -> bool:
