@@ -22,8 +22,6 @@ renames it into place whole, which is what `python -m export hub ARTIFACT.onnx -
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -36,7 +34,7 @@ import onnx
 
 from hiera_model import VARIANTS, HieraConfig, HieraModelError
 from hiera_model.config_files import config_from_file
-from runtime import files
+from runtime import commit, files
 from runtime.artifact import PER_ARTIFACT, report_path
 from runtime.bench import MAX_RUNS
 from runtime.errors import FileError
@@ -113,12 +111,6 @@ def layout(artifacts: Mapping[str, Path], report: Path, checkpoint: Path | None 
     return out
 
 
-def owned(relative: str) -> bool:
-    """Whether `relative` is a path the Hub layout writes (so that a new export may replace or remove it)."""
-    return relative in (*ONNX_FILES.values(), OPTIMUM_FILE, "config.json", "preprocessor_config.json", "README.md") \
-        or (relative.startswith("onnx/") and relative.endswith("_data"))
-
-
 def write(files_by_path: Mapping[str, Path | bytes], directory: Path) -> None:
     """Put a layout into `directory` (created if need be): sources hard-linked (copied where the filesystem
     cannot link them), bytes written. Not atomic by itself: write into a staging folder (see `publish`)."""
@@ -145,20 +137,19 @@ def write(files_by_path: Mapping[str, Path | bytes], directory: Path) -> None:
 
 
 def publish(files_by_path: Mapping[str, Path | bytes], out: Path) -> Path:
-    """Write a layout to `out` as one transaction: built in a staging folder beside it, then renamed into place.
-    `out` then holds the previous complete folder or the new one, never a mix. An existing `out` must be empty or
-    a folder this function wrote (a model card and a report at its top); anything else is refused."""
+    """Write a layout to `out` as one transaction (`runtime.commit.replacing`): built in a staging folder beside
+    it, then swapped into place. `out` then holds the previous complete folder or the new one, never a mix. An
+    existing `out` must be empty or hold only files an export listed in the manifest it keeps there; anything
+    else is refused, naming the file that would be lost."""
     out = Path(out)
     parent = out.resolve().parent
     if not parent.is_dir():
         raise ExportError(f"{parent}: no such directory")
-    with _lock(out):
-        _replaceable(out)
-        try:
-            with files.staged_directory(out) as staging:
-                write(files_by_path, staging)
-        except FileError as error:
-            raise ExportError(str(error)) from None
+    try:
+        with commit.replacing(out, "python -m export") as replacement:
+            write(files_by_path, replacement.staging)
+    except FileError as error:
+        raise ExportError(str(error)) from None
     return out
 
 
@@ -533,35 +524,6 @@ def _with_data_location(path: Path, location: str) -> bytes:
             if entry.key == "location":
                 entry.value = location
     return model.SerializeToString()
-
-
-def _replaceable(out: Path) -> bool:
-    """Whether `out` exists (and may be replaced); refuse what this module did not write."""
-    if not out.exists() and not out.is_symlink():
-        return False
-    if out.is_symlink() or not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a directory")
-    entries = list(out.iterdir())
-    if entries and not ((out / "README.md").is_file() and (out / "onnx").is_dir()
-                        and any(p.name.endswith(".report.json") for p in entries)):
-        raise ExportError(f"{out}: a directory that is not a hub folder written by python -m export hub; choose "
-                          "another folder or remove it")
-    return True
-
-
-@contextlib.contextmanager
-def _lock(out: Path):
-    """One writer at a time for one output folder: a lock file beside it."""
-    path = out.resolve().parent / f".{out.name}.lock"
-    try:
-        with open(path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ExportError(f"{out}: another export is writing it") from None
-            yield
-    except OSError as error:
-        raise ExportError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def _safe_relative(relative: str) -> Path:

@@ -91,7 +91,7 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
         artifact.write_report(r.staging / names[-1], report)
         extra = _hub_folder(r, r.staging / names[-1], report) if r.options.layout == "hub" else []
         progress("commit", f"moving {len(names) + len(extra)} files into {r.options.out_dir}")
-        transaction.commit([*extra, *names], owned=hub.owned if r.options.layout == "hub" else None)
+        transaction.commit([*extra, *names])
     report = artifact.seal(report)
     report["report_file"] = str(r.options.out_dir / names[-1])
     return report

@@ -10,12 +10,18 @@ the file is written here (an 8-byte header length, a JSON header, the tensors' b
 it stream; `safetensors.numpy.load_file` reads it.
 
 Resuming. While it runs, finished rows go to a hidden folder beside the output, `.<out name>.partial`:
-`rows` (each image's outputs as float32, appended) and `journal` (a JSON line per batch naming its images,
-written once its rows are on disk). A run that finds the folder continues from it; rows past the last
-journal line (a batch cut off by a kill) are dropped. A run that finds a finished output of the same model
-and outputs reuses its rows for the images it holds. Either way the file written equals what one
-uninterrupted run writes. Images that failed are tried again. The output appears (atomically) only when
-complete, and then the folder is removed; a run that fails keeps it, to continue from.
+`rows` (each image's outputs as float32, appended) and `journal` (a JSON line per batch naming its images
+and each row's sha256, written once its rows are on disk). A run that finds the folder continues from it;
+rows past the last journal line (a batch cut off by a kill) are dropped, and a row that is not finite or
+not the one its journal line recorded is embedded again. A run that finds a finished output of the same
+model and outputs reuses its finite rows for the images it holds. Either way the file written equals what
+one uninterrupted run writes. Images that failed are tried again. A lock file beside the output,
+`.<out name>.lock`, keeps two runs from writing one output at once.
+
+Committing. The output (a `.npy` and its index, or the `.safetensors`) is written into the hidden folder,
+then moved into place as one commit (`runtime.commit.commit_files`): killed or interrupted before the commit
+is decided, the old output stays and the next run continues; after, the next run finishes the move. A
+`.npy`'s index records the array file's sha256, and `read` refuses a pair that does not belong together.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files
-from .errors import HieraRuntimeError
+from . import commit, files
+from .errors import FileError, HieraRuntimeError
 from .model import FeatureExtractor
 
 FORMAT = "hiera-embed"
@@ -114,8 +120,12 @@ def embed(model: FeatureExtractor, images, out, *, outputs: list[str] | None = N
         index = {"format": FORMAT, "format_version": FORMAT_VERSION, **identity,
                  "images": [path for path in images if path in done],
                  "failed": [{"image": path, "error": failed[path]} for path in dict.fromkeys(images) if path in failed]}
-        written_index = _write(out, index, shapes, partial.rows(), rows)
-        partial.remove()
+        written_index = _write(out, partial.folder, index, shapes, partial.rows(), rows)
+    except KeyboardInterrupt as error:
+        if isinstance(error, commit.Interrupted):
+            raise
+        raise commit.Interrupted(f"{out} is as it was; the rows done so far are kept in {partial.folder.name} to "
+                                 "continue from") from None
     finally:
         partial.close()
     arrays = read(out).arrays
@@ -152,9 +162,10 @@ def index_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _write(out: Path, index: dict, shapes: dict[str, tuple], rows: np.ndarray, order: list[int]) -> Path | None:
-    """The output file, atomically, from the journalled `rows` picked in `order`; returns the index file
-    of a .npy (written after the array)."""
+def _write(out: Path, staging: Path, index: dict, shapes: dict[str, tuple], rows: np.ndarray,
+           order: list[int]) -> Path | None:
+    """The output file from the journalled `rows` picked in `order`, written in `staging` and committed with a
+    .npy's index (which records the array's sha256); returns the index file of a .npy."""
     offsets, start = {}, 0
     for name, shape in shapes.items():
         size = int(np.prod(shape))
@@ -167,13 +178,15 @@ def _write(out: Path, index: dict, shapes: dict[str, tuple], rows: np.ndarray, o
             picked = rows[order[first:first + ROWS_PER_WRITE], begin:end]
             file.write(np.ascontiguousarray(picked, dtype="<f4").tobytes())
 
+    staged = staging / out.name
     if out.suffix == ".npy":
         (name, shape), = shapes.items()
-        with files.atomic_path(out) as tmp, open(tmp, "wb") as file:
+        with _writing(out, staged) as file:
             np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False,
                                                         "shape": (count, *shape)})
             stream(file, name)
-        files.write_json(index_path(out), index)
+        files.write_json(staging / index_path(out).name, {**index, "array_sha256": files.sha256(staged)})
+        commit.commit_files(staging, out.parent, [out.name, index_path(out).name])
         return index_path(out)
     header, position = {}, 0
     for name, shape in shapes.items():
@@ -188,11 +201,24 @@ def _write(out: Path, index: dict, shapes: dict[str, tuple], rows: np.ndarray, o
         raise HieraRuntimeError(f"{out}: {len(index['images']):,} image paths make a safetensors header of "
                                 f"{len(text):,} bytes, above the {MAX_SAFETENSORS_HEADER:,} the format's readers "
                                 "take; write .npy (its index is a separate file)")
-    with files.atomic_path(out) as tmp, open(tmp, "wb") as file:
+    with _writing(out, staged) as file:
         file.write(struct.pack("<Q", len(text)) + text)
         for name in shapes:
             stream(file, name)
+    commit.commit_files(staging, out.parent, [out.name])
     return None
+
+
+@contextlib.contextmanager
+def _writing(out: Path, staged: Path):
+    """`staged` open for writing, flushed to disk at the end; a failed write is one line naming `out`."""
+    try:
+        with open(staged, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as error:
+        raise FileError(f"{out}: cannot write ({error.strerror or error})") from None
 
 
 def read(path) -> Embedding:
@@ -205,6 +231,8 @@ def read(path) -> Embedding:
             index = _read_json(index_path(path))
             if not isinstance(index, dict) or not isinstance(index.get("outputs"), dict) or len(index["outputs"]) != 1:
                 raise ValueError(f"{index_path(path).name} is not the index of an embedding")
+            if index.get("array_sha256") != files.sha256(path):  # a kill between two renames, or a copy
+                raise ValueError(f"{index_path(path).name} is not its index: the sha256 it records is not the file's")
             arrays = {next(iter(index["outputs"])): array}
         elif path.suffix == ".safetensors":
             index, arrays = _read_safetensors(path)
@@ -262,25 +290,30 @@ def _read_json(path: Path):
 
 
 class _Partial:
-    """The hidden folder in which a run keeps its finished rows, so that a killed run can continue; a lock
-    in it keeps two runs from writing one output at once."""
+    """The hidden folder in which a run keeps its finished rows (a `commit.Journal`), so that a killed run can
+    continue; a lock file beside the output keeps two runs from writing it at once."""
 
     def __init__(self, out: Path, identity: dict):
         self.out, self.identity = out, identity
         self.folder = out.with_name(f".{out.name}.partial")
         self.row_floats = sum(int(np.prod(shape)) for shape in identity["outputs"].values())
-        self.count, self._lock, self._rows, self._journal = 0, None, None, None
+        self.journal = commit.Journal(self.folder, self.row_floats * 4, f"remove {self.folder} to start {out.name} "
+                                      "over")
+        self._held = contextlib.ExitStack()  # the lock, and SIGTERM as an interruption
 
     def open(self, images: list[str]) -> dict[str, int]:
         """The rows already done, by image path: continued from this folder, or taken from a finished output
         of the same model. A refusal before the folder holds a run leaves no folder behind."""
+        self._held.enter_context(commit.lock(self.out.with_name(f".{self.out.name}.lock"), wait=False,
+                                             target=self.out))
+        self._held.enter_context(commit.interruptible())
+        if commit.decided(self.folder) is not None:  # a run stopped while moving its output into place
+            commit.recover_files(self.folder, self.out.parent)
         created = not self.folder.exists()
         try:
             self.folder.mkdir(exist_ok=True)
-            self._lock = open(self.folder / "lock", "a")  # noqa: SIM115 (held until close)
         except OSError as error:
             raise HieraRuntimeError(f"{self.folder}: cannot write ({error.strerror or error})") from None
-        _lock_or_fail(self._lock, self.out)
         for stale in glob.glob(glob.escape(str(self.out.parent / f".{self.out.name}.")) + "*.tmp"):
             Path(stale).unlink(missing_ok=True)  # a write a killed run left; ours now, under the lock
         about = self.folder / "about.json"
@@ -288,58 +321,17 @@ class _Partial:
             if _read_json(about) != self.identity:
                 raise HieraRuntimeError(f"{self.folder}: an unfinished run of another model or other outputs; "
                                         f"remove it to start {self.out.name} over")
-            return self._resume()
+            intact, rows = self.journal.resume(), self.rows()
+            return {name: row for name, row in intact.items() if np.isfinite(rows[row]).all()}  # others run again
         try:
             earlier = self._earlier() if os.path.lexists(self.out) else None
-            for name in ("rows", "journal"):
-                (self.folder / name).unlink(missing_ok=True)
+            self.journal.start()
             files.write_json(about, self.identity)
         except BaseException:
             if created:
                 self.remove()
             raise
-        self._open_files()
         return self._reuse(earlier, images) if earlier else {}
-
-    def _open_files(self):
-        try:
-            self._rows = open(self.folder / "rows", "ab")  # noqa: SIM115
-            self._journal = open(self.folder / "journal", "ab")  # noqa: SIM115
-        except OSError as error:
-            raise HieraRuntimeError(f"{self.folder}: cannot write ({error.strerror or error})") from None
-
-    def _resume(self) -> dict[str, int]:
-        journal, done, kept = self.folder / "journal", {}, 0
-        with files.open_file(journal) as file:
-            lines = file.read().split(b"\n")
-        for number, line in enumerate(lines):
-            try:
-                entry = files.loads(line)
-                names = entry["images"]
-                if not all(isinstance(name, str) for name in names):
-                    raise TypeError("image names that are not strings")
-            except (ValueError, TypeError, KeyError) as error:
-                if number == len(lines) - 1:  # the last line, cut short by a kill: its rows are dropped too
-                    break
-                raise HieraRuntimeError(f"{journal}: damaged line {number + 1} ({error}); remove {self.folder} "
-                                        f"to start {self.out.name} over") from None
-            for name in names:
-                done[name] = self.count
-                self.count += 1
-            kept += len(line) + 1
-        row_bytes = self.row_floats * 4
-        rows = self.folder / "rows"
-        size = files.require_file(rows).stat().st_size
-        if size < self.count * row_bytes:
-            raise HieraRuntimeError(f"{rows}: {size:,} bytes, fewer than the {self.count:,} rows its journal lists; "
-                                    f"remove {self.folder} to start {self.out.name} over")
-        try:
-            os.truncate(rows, self.count * row_bytes)
-            os.truncate(journal, kept)
-        except OSError as error:
-            raise HieraRuntimeError(f"{self.folder}: cannot write ({error.strerror or error})") from None
-        self._open_files()
-        return done
 
     def _earlier(self) -> Embedding:
         """The finished output already at `out`, if it holds what this run writes."""
@@ -352,57 +344,33 @@ class _Partial:
         return earlier
 
     def _reuse(self, earlier: Embedding, images: list[str]) -> dict[str, int]:
-        """The rows `earlier` holds for these images, copied in."""
+        """The finite rows `earlier` holds for these images, copied in (the others are embedded again)."""
         position = {image: row for row, image in enumerate(earlier.images)}
         wanted = [image for image in dict.fromkeys(images) if image in position]
         names = list(self.identity["outputs"])
+        reused = {}
         for first in range(0, len(wanted), ROWS_PER_WRITE):
             chunk = wanted[first:first + ROWS_PER_WRITE]
             picked = [position[image] for image in chunk]
             rows = np.concatenate([np.asarray(earlier.arrays[name][picked]).reshape(len(chunk), -1) for name in names],
                                   axis=1)
-            self.append(chunk, list(rows))
-        return {image: row for row, image in enumerate(wanted)}
+            finite = np.isfinite(rows).all(axis=1)
+            reused.update(self.append([image for image, good in zip(chunk, finite) if good], list(rows[finite])))
+        return reused
 
     def append(self, paths: list[str], rows: list[np.ndarray]) -> dict[str, int]:
-        """Rows on disk first, then the journal line naming them: a kill between leaves rows the journal
-        does not list, dropped when the run continues."""
-        try:
-            self._rows.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
-            self._rows.flush()
-            os.fsync(self._rows.fileno())
-            self._journal.write(json.dumps({"images": paths}).encode() + b"\n")
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
-        except OSError as error:
-            raise HieraRuntimeError(f"{self.folder}: cannot write ({error.strerror or error}); the rows written so "
-                                    "far stay there, and the next run continues from them") from None
-        first, self.count = self.count, self.count + len(paths)
-        return {path: row for row, path in enumerate(paths, first)}
+        return self.journal.append(paths, np.ascontiguousarray(rows, dtype="<f4").tobytes()) if paths else {}
 
     def rows(self) -> np.ndarray:
         """Every journalled row, [rows, floats] (memory-mapped)."""
-        if not self.count:
+        if not self.journal.count:
             return np.zeros((0, self.row_floats), np.float32)
-        return np.memmap(self.folder / "rows", "<f4", "r", shape=(self.count, self.row_floats))
+        return np.memmap(self.journal.rows_file, "<f4", "r", shape=(self.journal.count, self.row_floats))
 
     def remove(self):
-        self.close()
+        self.journal.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self):
-        for file in (self._rows, self._journal, self._lock):
-            if file is not None and not file.closed:
-                with contextlib.suppress(OSError):  # its buffer could not be flushed (a full disk): rows that
-                    file.close()                    # no journal line names, dropped when the run continues
-
-
-def _lock_or_fail(lock_file, out: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return
-    try:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise HieraRuntimeError(f"{out}: another run is writing it now") from None
+        self.journal.close()
+        self._held.close()

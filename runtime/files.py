@@ -6,6 +6,7 @@
 - Reads are bounded by what the caller expects, not by what the file claims.
 - Writes are atomic: a temporary file beside the target, flushed to disk, renamed over it. A failed
   write (disk full, read-only filesystem, `ulimit -f`) removes its temporary file and says why in one line.
+  Whatever replaces several files, or a folder, goes through `runtime.commit`.
 - `sha256` is the digest every provenance record and sidecar uses.
 
 Errors are `FileError` (a `HieraRuntimeError`), one line naming the path; `hiera_model` and `export`
@@ -19,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -168,36 +168,6 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
-
-
-@contextlib.contextmanager
-def staged_directory(out):
-    """A new folder beside `out` to build a whole directory in (a model repository, a Hub folder). When the
-    block ends without error it replaces `out` (an old one is moved aside first, removed after), so that
-    `out` is always the old complete folder or the new one; when it fails, `out` stays as it was."""
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staging"))
-    except OSError as error:
-        raise FileError(f"{out}: cannot write ({_reason(error)})") from None
-    old = None
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a server may run as another user
-        if out.exists():
-            old = out.parent / f".{out.name}.{os.getpid()}.old"
-            os.rename(out, old)
-        os.rename(staging, out)
-    except OSError as error:
-        if old is not None and not out.exists():
-            os.rename(old, out)  # the old folder back, as it was
-            old = None
-        raise FileError(f"{out}: cannot write ({_reason(error)})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path, data: bytes) -> None:

@@ -12,10 +12,12 @@ Inference precision: "f32" (the default: outputs match the artifact's fp32 math)
 bfloat16: the fast path, refused on a CPU without native bf16, where OpenVINO would silently run f32).
 
 Compiled models are cached when a `cache_dir` is given: an entry is OpenVINO's exported compiled model,
-named by the sha256 of the model's files and of what it was compiled with (OpenVINO version, CPU,
-precision, threads), behind a header holding the sha256 of the blob. An entry is written atomically
-(never half-written under its name) and checked before use: OpenVINO imports a blob with damaged
-weights without complaint and computes NaN from it, so a damaged entry is refused, saying to delete it.
+named by the sha256 of what it was compiled from (the model files' sha256, OpenVINO version, device,
+precision, threads), behind a header that records those and the sha256 of the blob. An entry is written
+atomically (never half-written under its name) and checked before use: OpenVINO imports a blob with
+damaged weights without complaint and computes NaN from it, and would run another model's entry copied
+under this one's name, so an entry that is damaged, or was compiled from anything else than what is asked
+for now, is refused, saying to delete it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ PRECISIONS = ("f32", "bf16")
 OPENVINO_SUFFIX = ".openvino.onnx"  # the standard-op fp32 graph that python -m export writes for OpenVINO
 IR_SUFFIX = ".xml"
 STANDARD_DOMAINS = ("", "ai.onnx")
-CACHE_MAGIC = b"hiera-deploy openvino cache 1\n"
+CACHE_MAGIC = b"hiera-deploy openvino cache 2\n"  # then a line: what it was compiled from; the blob's sha256
+CACHE_KEY_LIMIT = 1 << 16
 CACHE_SUFFIX = ".ovcache"
 X86 = ("x86_64", "amd64", "i686", "x86")
 DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32}
@@ -213,9 +216,9 @@ class OpenVinoSession:
             header = read_onnx_header(self.path)
             refuse_foreign_operators(self.path, header.domains)
             self.metadata, names = header.metadata, header.inputs + header.outputs
-        entry = cache_entry(Path(cache_dir).expanduser(), self.path, ov.get_version(),
-                            core.get_property("CPU", "FULL_DEVICE_NAME"), config) if cache_dir else None
-        compiled = read_cache(core, entry, config) if entry else None
+        key = cache_key(self.path, ov.get_version(), core.get_property("CPU", "FULL_DEVICE_NAME"), config)
+        entry = cache_entry(Path(cache_dir).expanduser(), key) if cache_dir else None
+        compiled = read_cache(core, entry, key, config) if entry else None
         if compiled is None:
             model = model or self._read(core)
             try:
@@ -224,7 +227,7 @@ class OpenVinoSession:
                 raise HieraRuntimeError(f"{self.path}: OpenVINO cannot compile this model ({_first_line(error)})") \
                     from None
             if entry:
-                write_cache(entry, compiled)
+                write_cache(entry, key, compiled)
         self.compiled = compiled
         inputs = compiled.inputs
         self.input_name = _name(inputs[0], names)
@@ -299,33 +302,44 @@ def _rt_metadata(model) -> dict[str, str]:
 
 # --- the compiled-model cache --------------------------------------------------------------------------------
 
-def cache_entry(cache_dir: Path, path: Path, version: str, cpu: str, config: dict) -> Path:
-    """The cache file of `path` compiled with `config` by this OpenVINO on this CPU: named by the sha256 of all
-    of them, so a changed model, another OpenVINO or other options never meet an old entry."""
+def cache_key(path: Path, version: str, cpu: str, config: dict) -> bytes:
+    """What a compiled model is made from: the model's files (sha256), this OpenVINO, the device, the options
+    (inference precision, threads); one line of JSON."""
+    return json.dumps({"format": CACHE_MAGIC.decode().strip(), "model": [files.sha256(f) for f in model_files(path)],
+                       "openvino": version, "device": f"CPU {cpu}",
+                       "config": {name: str(value) for name, value in sorted(config.items())}}).encode() + b"\n"
+
+
+def cache_entry(cache_dir: Path, key: bytes) -> Path:
+    """The cache file of what `key` says: named by its sha256, so a changed model, another OpenVINO or other
+    options never meet an old entry."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise files.FileError(f"{cache_dir}: cannot create the OpenVINO cache directory "
                               f"({error.strerror or error})") from None
     files.require_directory(cache_dir)
-    key = json.dumps({"model": [files.sha256(f) for f in model_files(path)], "openvino": version, "cpu": cpu,
-                      "config": {name: str(value) for name, value in sorted(config.items())}})
-    return cache_dir / (hashlib.sha256(key.encode()).hexdigest() + CACHE_SUFFIX)
+    return cache_dir / (hashlib.sha256(key).hexdigest() + CACHE_SUFFIX)
 
 
-def read_cache(core, entry: Path, config: dict):
-    """The compiled model in `entry`, or None when there is none yet; a damaged entry is refused."""
+def read_cache(core, entry: Path, key: bytes, config: dict):
+    """The compiled model in `entry`, or None when there is none yet; an entry that is damaged or was compiled
+    from anything but `key` is refused."""
     if not entry.exists():
         return None
     with files.open_file(entry) as stream:
         try:
-            header, blob = stream.read(len(CACHE_MAGIC) + 64), stream.read()  # the blob unsliced: no copy of it
+            magic, made_from = stream.read(len(CACHE_MAGIC)), stream.readline(CACHE_KEY_LIMIT)
+            digest, blob = stream.read(64), stream.read()  # the blob unsliced: no copy of it
         except OSError as error:
             raise files.FileError(f"{entry}: cannot read ({error.strerror or error})") from None
     damaged = "delete it, and the model is compiled and cached again"
-    if header[:len(CACHE_MAGIC)] != CACHE_MAGIC or hashlib.sha256(blob).hexdigest().encode() != header[-64:]:
+    if magic != CACHE_MAGIC or hashlib.sha256(blob).hexdigest().encode() != digest:
         raise HieraRuntimeError(f"{entry}: damaged OpenVINO cache entry (its contents do not match their sha256); "
                                 f"{damaged}")
+    if made_from != key:  # another model's entry under this one's name would run without complaint
+        raise HieraRuntimeError(f"{entry}: an OpenVINO cache entry compiled from another model file, OpenVINO, "
+                                f"device or precision than the one asked for; {damaged}")
     try:
         return core.import_model(blob, "CPU", config)
     except RuntimeError as error:
@@ -333,9 +347,9 @@ def read_cache(core, entry: Path, config: dict):
                                 f"{damaged}") from None
 
 
-def write_cache(entry: Path, compiled) -> None:
+def write_cache(entry: Path, key: bytes, compiled) -> None:
     """Atomically: the entry appears complete or not at all."""
     blob = compiled.export_model().getbuffer()
     with files.atomic_path(entry) as tmp, open(tmp, "wb") as out:  # header and blob, without joining them
-        out.write(CACHE_MAGIC + hashlib.sha256(blob).hexdigest().encode())
+        out.write(CACHE_MAGIC + key + hashlib.sha256(blob).hexdigest().encode())
         out.write(blob)

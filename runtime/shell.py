@@ -144,8 +144,8 @@ def run_command(command, argv, *, errors: tuple = (), failed: tuple = (), state:
             status = stop.code if isinstance(stop.code, int) else OK if stop.code is None else BAD_INPUT
         sys.stdout.flush()  # here, so that a reader gone before the last line is a broken pipe like any other
         return status
-    except KeyboardInterrupt:
-        say(f"interrupted{note}", sys.stderr)
+    except KeyboardInterrupt as error:  # runtime.commit's Interrupted says which state its target is in
+        say(f"interrupted: {error}" if str(error) else f"interrupted{note}", sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:  # before `errors`, which may hold OSError
         with contextlib.suppress(OSError, ValueError):  # (stdout may be no file descriptor: a test's capture)

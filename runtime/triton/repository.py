@@ -11,12 +11,12 @@ that follow Triton's layout (`<model>/config.pbtxt`, `<model>/1/...`):
     <name>              the ensemble clients call: image bytes in, the task's outputs out
 
 `<name>` is the artifact's file stem with anything but letters, digits, `_` and `-` turned into `_`. Beside
-the models: `hiera_repository.json` (what was written from what; it marks the folder as ours) and
+the models: `hiera_repository.json` (what was written from what) and
 `inferenceservice.yaml` (KServe). Triton reads only the model folders.
 
-The repository is built in a staging folder beside the target and moved into place whole: an existing
-repository of ours is replaced (moved aside, the new one moved in, the old one removed); any other existing
-folder that is not empty is refused.
+The repository is built in a staging folder beside the target and swapped into place whole
+(`runtime.commit.replacing`): an existing folder is replaced only if every file in it is one this command
+listed in the manifest it keeps there (`.hiera-manifest.json`); anything else is refused.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pathlib import Path
 from .. import probe
 from ..artifact import ModelInfo, from_metadata, read_sidecar, report_verdict, sidecar_path
 from ..errors import FileError, HieraRuntimeError
-from ..files import open_file, read_bytes, require_file, sha256, staged_directory, write_bytes, write_json
+from ..commit import replacing
+from ..files import open_file, read_bytes, require_file, sha256, write_bytes, write_json
 from ..preprocess import MAX_PIXELS
 from ..model import load
 from ..session import OnnxSession
@@ -40,6 +41,7 @@ from ..tensorrt import ENGINE_SUFFIXES
 MARKER = "hiera_repository.json"
 MANIFEST = "inferenceservice.yaml"
 FORMAT_VERSION = 1
+WRITTEN_BY = "python -m runtime triton"
 DEFAULT_MAX_BATCH = 8  # for a dynamic batch axis with no other limit
 BACKENDS = ("native", "python")
 KINDS = ("cpu", "gpu")
@@ -458,22 +460,6 @@ def copy_file(source: Path, target: Path) -> None:
             raise FileError(f"{target}: cannot write ({error.strerror or error})") from None
 
 
-def check_target(repo: Path) -> bool:
-    """Whether `repo` holds a repository of ours (to be replaced); refuse anything else that is there."""
-    if repo.is_symlink() or (repo.exists() and not repo.is_dir()):
-        raise HieraRuntimeError(f"{repo}: exists and is not a folder")
-    if not repo.exists():
-        return False
-    try:
-        entries = os.listdir(repo)
-    except OSError as error:
-        raise FileError(f"{repo}: cannot read ({error.strerror or error})") from None
-    if entries and MARKER not in entries:
-        raise HieraRuntimeError(f"{repo}: exists and is not a repository this command wrote (no {MARKER}); "
-                                "choose another folder, or empty this one")
-    return bool(entries)
-
-
 def write_model_folder(folder: Path, config: dict, files: dict[str, Path], python: bool, o: Options) -> None:
     (folder / "1").mkdir(parents=True)
     write_bytes(folder / "config.pbtxt", (pbtxt(config) + "\n").encode())
@@ -486,7 +472,7 @@ def write_model_folder(folder: Path, config: dict, files: dict[str, Path], pytho
 
 
 def record(served: list[Served], o: Options) -> dict:
-    return {"format_version": FORMAT_VERSION, "written_by": "python -m runtime triton", "options": asdict(o),
+    return {"format_version": FORMAT_VERSION, "written_by": WRITTEN_BY, "options": asdict(o),
             "models": [{"name": s.name, "task": s.info.task, "steps": s.steps, "platform": s.platform,
                         "backend": o.backend, "max_batch": s.max_batch, "probe": s.probe,
                         "artifacts": [{"file": s.files[name].name, "as": name, "sha256": sha256(s.files[name])}
@@ -499,8 +485,8 @@ def write_repository(paths, repo, options: Options = Options()) -> dict:
     there before."""
     served = plan(paths, options)
     repo = Path(repo)
-    replaced = check_target(repo)
-    with staged_directory(repo) as staging:
+    with replacing(repo, WRITTEN_BY) as replacement:
+        staging = replacement.staging
         for s in served:
             for folder, config in configs(s, options).items():
                 files = s.files if folder == f"{s.name}_model" else {}
@@ -508,6 +494,6 @@ def write_repository(paths, repo, options: Options = Options()) -> dict:
         result = record(served, options)
         write_json(staging / MARKER, result)
         write_bytes(staging / MANIFEST, kserve_manifest(kserve_name(repo.name), repo.name, options.kind).encode())
-    return {**result, "replaced": replaced}
+    return {**result, "replaced": replacement.replaced}
 
 

@@ -104,7 +104,8 @@ def test_embed_on_a_full_disk_keeps_its_rows_to_continue_and_no_output(exported,
     if not can_mount(target):
         pytest.skip("this machine does not allow mounting a tmpfs (unshare -m)")
     out = target / "features.npy"
-    done = in_tmpfs("size=4k", target, sys.executable, "-m", "runtime", "embed", photo, "--model", features,
+    # two pages: the lock file (its owner's pid) and the run's about.json fit, its rows do not
+    done = in_tmpfs("size=8k", target, sys.executable, "-m", "runtime", "embed", photo, "--model", features,
                     "--out", out)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {target}/.features.npy.partial")

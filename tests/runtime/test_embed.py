@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from runtime import FeatureExtractor, HieraRuntimeError
+from runtime import FeatureExtractor, HieraRuntimeError, commit
 from runtime.cli import main
 from runtime.embed import embed, read
 
@@ -140,16 +140,12 @@ def test_another_models_output_is_left_alone(features, exported, folder, tmp_pat
 
 
 def test_one_run_at_a_time(features, folder, tmp_path):
-    import fcntl
-
     out = tmp_path / "features.npy"
-    partial = tmp_path / ".features.npy.partial"
-    partial.mkdir()
-    with open(partial / "lock", "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    with commit.lock(tmp_path / ".features.npy.lock"):
         busy = runtime_cli("embed", folder, "--model", features, "--out", out)
-    assert busy.returncode == 2 and busy.stderr == f"error: {out}: another run is writing it now\n"
-    assert not out.exists()
+    assert busy.returncode == 2
+    assert busy.stderr == f"error: {out}: another run (pid {os.getpid()}) is writing it now\n"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_bad_requests_are_one_line(features, exported, folder, tmp_path, capsys):

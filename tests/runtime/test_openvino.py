@@ -192,6 +192,26 @@ def test_the_cache_is_used_checked_and_never_half_written(standard, tmp_path):
         OpenVinoSession(graph, cache_dir=tmp_path / "not-a-dir" / "cache")
 
 
+def test_a_cache_entry_is_used_only_for_what_it_was_compiled_from(standard, tmp_path):
+    honest, _, _ = standard("small_q_pool")
+    other, _, _ = standard("small_q_pool", batch=2)  # another model file that takes the same input
+    cache = tmp_path / "cache"
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 96), dtype=np.float32)
+    OpenVinoSession(honest, cache_dir=cache)
+    (entry,) = cache.iterdir()
+    OpenVinoSession(other, cache_dir=tmp_path / "other")
+    (swapped,) = (tmp_path / "other").iterdir()
+    entry.write_bytes(swapped.read_bytes())  # another model's entry under the honest one's name
+    with pytest.raises(HieraRuntimeError) as error:
+        OpenVinoSession(honest, cache_dir=cache).run(x)
+    assert str(error.value) == (f"{entry}: an OpenVINO cache entry compiled from another model file, OpenVINO, "
+                                "device or precision than the one asked for; delete it, and the model is compiled "
+                                "and cached again")
+    if HAS_BF16:  # the same model in another precision: another entry, never this one
+        OpenVinoSession(honest, cache_dir=cache, inference_precision="bf16")
+        assert len(list(cache.iterdir())) == 2
+
+
 def test_bad_files_are_one_line(tmp_path):
     (tmp_path / "text.onnx").write_text("not a model")
     (tmp_path / "empty.onnx").write_bytes(b"")

@@ -206,7 +206,7 @@ def test_cli_writes_and_then_replaces_a_repository_of_its_own(digits, tmp_path, 
     assert f"serve: tritonserver --model-repository {repo}" in out
     status, out, _ = cli(capsys, digits["features"], "--repo", repo)
     assert status == 0 and out.startswith(f"replaced {repo}\n")
-    assert sorted(os.listdir(repo)) == sorted([MARKER, MANIFEST, "hiera_digits_features",
+    assert sorted(os.listdir(repo)) == sorted([MARKER, MANIFEST, ".hiera-manifest.json", "hiera_digits_features",
                                                "hiera_digits_features_model", "hiera_digits_features_preprocess"])
     assert os.listdir(tmp_path) == ["models"]  # no staging or old folder left beside it
 
@@ -253,7 +253,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(digits, mae_artifact, t
         "trt fp16 on cpu": ([digits["classify"]], ["--trt-fp16"], "needs kind gpu"),
         "two models, one name": ([digits["classify"], digits["static"]], ["--backend", "python"],
                                  "would both be served as hiera_digits_classify"),
-        "not a repository": ([digits["classify"]], ["--repo", other], "is not a repository this command wrote"),
+        "not a repository": ([digits["classify"]], ["--repo", other], "is not a folder that python -m runtime triton"),
         "top k": ([digits["classify"]], ["--top-k", "0"], "--top-k: must be a whole number from 1 to 1000"),
         "relative python path": ([digits["classify"]], ["--backend", "python", "--python-path", "lib"],
                                  "must be absolute"),
