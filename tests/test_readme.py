@@ -28,9 +28,9 @@ LINE_TIMEOUT_S = 300
 
 def examples(text: str) -> list[tuple[str, str | None]]:
     """(command line, why it is not run, or None) for every command of every ```sh block, in order."""
-    found, reason = [], None
+    found = []
     for block in SH_BLOCK.findall(text):
-        lines, pending = [], ""
+        lines, pending, reason = [], "", None
         for raw in block.splitlines():  # join continued lines first
             pending += raw[:-1] + " " if raw.rstrip().endswith("\\") else raw
             if not raw.rstrip().endswith("\\"):
