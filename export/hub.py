@@ -37,6 +37,7 @@ from hiera_model.config_files import config_from_file
 from runtime import commit, files
 from runtime.artifact import PER_ARTIFACT, report_path
 from runtime.bench import MAX_RUNS
+from runtime.device import cpu_isa, cpu_name
 from runtime.errors import FileError
 from runtime.shell import Parser, Whole, say
 
@@ -246,10 +247,12 @@ def model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed:
             continue
         checked = entry.get("parity") or {}
         first = next(iter(checked.values()), {})
+        bound = ((report.get("validation") or {}).get("thresholds") or {}).get(precision) or {}
         cells = [f"`{target}`" + (f", `{OPTIMUM_FILE}`" if precision == "fp32" else ""), precision,
                  f"{entry['bytes'] / 1e6:.1f}", f"`{entry['sha256'][:16]}…`",
-                 f"{first['max_abs']:.2e}" if "max_abs" in first else "not checked",
-                 f"{first['cosine']:.6f}" if "cosine" in first else "-",
+                 _against(f"{first['max_abs']:.2e}", first["max_abs"], bound, "max_abs") if "max_abs" in first
+                 else "not checked",
+                 _against(f"{first['cosine']:.6f}", first["cosine"], bound, "cosine") if "cosine" in first else "-",
                  f"{first['top1_agreement']:.0%}" if "top1_agreement" in first else "-", RUNS_IN[precision]]
         lines.append("| " + " | ".join(cells) + " |")
     if any(name.endswith("_data") for name in out):
@@ -263,8 +266,9 @@ def model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed:
     lines += ["## Speed", ""]
     if speed:
         lines += [f"onnxruntime CPU, batch {next(iter(speed.values()))['batch']}, "
-                  f"{next(iter(speed.values())).get('threads', '?')} threads, on {platform.machine()} "
-                  "(the machine that wrote this folder):", "", "| file | median ms | p90 ms |", "| --- | --- | --- |"]
+                  f"{next(iter(speed.values())).get('threads', '?')} threads, on {cpu_name()} "
+                  f"({' '.join(cpu_isa()) or platform.machine()}; the machine that wrote this folder):", "",
+                  "| file | median ms | p90 ms |", "| --- | --- | --- |"]
         lines += [f"| `{ONNX_FILES[p]}` | {s['median_ms']:.1f} | {s['p90_ms']:.1f} |" for p, s in speed.items()]
     else:
         lines.append("Not measured here. On your machine: `python -m runtime bench --model onnx/model.onnx`.")
@@ -348,6 +352,14 @@ def hub_command(argv) -> int:
     for relative in sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()):
         say(f"  {relative}")
     return 0
+
+
+def _against(text: str, value, bound: dict, figure: str) -> str:
+    """A parity figure with the bound it is held to and whether it holds (as the report's verdict decides)."""
+    if figure not in bound or not isinstance(value, (int, float)):
+        return text
+    holds = value <= bound[figure] if figure == "max_abs" else value >= bound[figure]
+    return f"{text} ({'≤' if figure == 'max_abs' else '≥'} {bound[figure]:g}: {'ok' if holds else 'FAILED'})"
 
 
 def report_for(artifact: Path) -> Path:
