@@ -16,6 +16,8 @@ from pathlib import Path
 import onnx
 
 from runtime import files
+from runtime.artifact import decoded
+from runtime.errors import HieraRuntimeError
 from runtime.formats import FORMATS
 from runtime.errors import FileError
 
@@ -113,10 +115,9 @@ def read_artifact(path) -> dict:
     """The `hiera.*` metadata of an artifact file, decoded as JSON (weights are not read)."""
     model = load_graph(path, weights=False)
     try:
-        return {p.key.removeprefix("hiera."): json.loads(p.value) for p in model.metadata_props
-                if p.key.startswith("hiera.")}
-    except ValueError as error:
-        raise ExportError(f"{path}: damaged Hiera metadata ({error})") from None
+        return decoded({p.key: p.value for p in model.metadata_props}, path)
+    except HieraRuntimeError as error:
+        raise ExportError(str(error)) from None
 
 
 def load_graph(path, weights: bool = True) -> onnx.ModelProto:

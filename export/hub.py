@@ -22,7 +22,6 @@ renames it into place whole, which is what `python -m export hub ARTIFACT.onnx -
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -35,11 +34,11 @@ import onnx
 from hiera_model import VARIANTS, HieraConfig, HieraModelError
 from hiera_model.config_files import config_from_file
 from runtime import commit, files
-from runtime.artifact import PER_ARTIFACT, report_path
+from runtime.artifact import PER_ARTIFACT, decoded, report_path
 from runtime.bench import MAX_RUNS
 from runtime.device import cpu_isa, cpu_name
 from runtime.formats import FORMATS
-from runtime.errors import FileError
+from runtime.errors import FileError, HieraRuntimeError
 from runtime.shell import Parser, Whole, say
 
 from .errors import ExportError
@@ -375,7 +374,7 @@ def measure(artifacts: Mapping[str, Path], runs: int, threads: int = 2) -> dict[
     """Median and p90 latency of each artifact on onnxruntime's CPU provider at its own batch."""
     import numpy as np
 
-    from runtime import HieraRuntimeError, load
+    from runtime import load
     from runtime.bench import summarize, time_calls
 
     speed = {}
@@ -437,10 +436,12 @@ def _metadata(artifacts: Mapping[str, Path], report: dict, report_path: Path) ->
 def _read_metadata(path: Path) -> dict:
     try:
         model = onnx.load(path, load_external_data=False)
-        meta = {p.key.removeprefix("hiera."): json.loads(p.value) for p in model.metadata_props
-                if p.key.startswith("hiera.")}
     except Exception as error:  # onnx and protobuf raise many types (DecodeError, ValueError, OSError): all mean this
         raise ExportError(f"{path}: not a readable ONNX file ({type(error).__name__})") from None
+    try:
+        meta = decoded({p.key: p.value for p in model.metadata_props}, path)
+    except HieraRuntimeError as error:
+        raise ExportError(str(error)) from None
     if not meta:
         raise ExportError(f"{path}: no hiera.* metadata: not written by python -m export")
     if "batch" not in meta:

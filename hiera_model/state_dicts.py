@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import zipfile
@@ -22,11 +21,11 @@ from pathlib import Path
 import torch
 
 from runtime import files
+from runtime.errors import FileError
 
 from .errors import HieraModelError
 from .file_access import file_errors
 
-SAFETENSORS_HEADER_LIMIT = 100 << 20  # the safetensors format's own limit
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                        "U8": torch.uint8, "BOOL": torch.bool}
@@ -61,17 +60,11 @@ def _read_safetensors(file, path, size: int) -> dict[str, torch.Tensor]:
     def invalid(reason):
         return HieraModelError(f"{path}: not a valid safetensors file ({reason})")
 
-    if size < 8:
-        raise invalid(f"{size} bytes, shorter than the 8-byte header length")
-    header_size = int.from_bytes(_read_exactly(file, 8, path), "little")
-    if header_size > min(SAFETENSORS_HEADER_LIMIT, size - 8):
-        raise invalid(f"its header declares {header_size:,} bytes; the file holds {size - 8:,} after the length")
     try:
-        header = json.loads(_read_exactly(file, header_size, path))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise invalid("its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise invalid("its header is not a JSON object")
+        header, data_start = files.safetensors_header(file, path)
+    except FileError as error:
+        raise HieraModelError(str(error)) from None
+    header_size = data_start - 8
     header.pop("__metadata__", None)
 
     entries = []  # (begin, end, name, dtype, shape)

@@ -202,20 +202,29 @@ def _mae(value) -> dict:
     return {"mask_units": units, "mask_ratio": ratio, "pred_stride": stride, "norm_pix_loss": value["norm_pix_loss"]}
 
 
+def decoded(props: dict[str, str], path) -> dict:
+    """The `hiera.*` entries of a file's metadata, each decoded as strict JSON (no NaN), by name without the prefix:
+    the one reader of them (`from_metadata` validates what it returns; the export, the Hub layout and the CLI read
+    through it). Empty where the file has none."""
+    meta = {}
+    for key, value in props.items():
+        if not key.startswith("hiera."):
+            continue
+        if not isinstance(value, str):
+            raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {key} is not a string")
+        try:
+            meta[key.removeprefix("hiera.")] = files.loads(value)
+        except ValueError as error:
+            raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {key} is not JSON ({error})") from None
+    return meta
+
+
 def from_metadata(props: dict[str, str], path) -> ModelInfo:
     """Decode and validate the `hiera.*` entries of an ONNX file's (or an engine sidecar's) metadata."""
-    values = {key.removeprefix("hiera."): value for key, value in props.items() if key.startswith("hiera.")}
-    if not values:
+    meta = decoded(props, path)
+    if not meta:
         raise HieraRuntimeError(f"{path}: no Hiera metadata (hiera.* metadata_props): not exported by python -m "
                                 "export; give the preprocessing explicitly to run it anyway")
-    meta = {}
-    for key, value in values.items():
-        if not isinstance(value, str):
-            raise HieraRuntimeError(f"{path}: damaged Hiera metadata: hiera.{key} is not a string")
-        try:
-            meta[key] = files.loads(value)
-        except ValueError as error:
-            raise HieraRuntimeError(f"{path}: damaged Hiera metadata: hiera.{key} is not JSON ({error})") from None
     try:
         return _decode_fields(meta)
     except _Bad as error:

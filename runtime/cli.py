@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from . import files, probe
-from .artifact import MAX_BATCH, report_verdict
+from .artifact import MAX_BATCH, decoded, report_verdict
 from .bench import MAX_RUNS, summarize, time_calls
 from .device import cpu_isa, cpu_name
 from .embed import SUFFIXES as EMBED_SUFFIXES
@@ -344,18 +344,6 @@ def bench(args) -> int:
     return 0
 
 
-def _metadata_values(metadata: dict[str, str]) -> dict:
-    """The artifact's hiera.* entries decoded for display (a value that is not JSON stays the string)."""
-    values = {}
-    for key, value in metadata.items():
-        if key.startswith("hiera."):
-            try:
-                values[key.removeprefix("hiera.")] = json.loads(value, parse_constant=lambda c: c)
-            except (TypeError, ValueError):
-                values[key.removeprefix("hiera.")] = value
-    return values
-
-
 def dims(shape) -> str:
     """[batch, 3, 224, 224]: a tensor's shape, a symbolic or unknown axis by name."""
     return "[" + ", ".join(str(d) if isinstance(d, int) else "batch" if i == 0 else str(d or "?")
@@ -365,7 +353,7 @@ def dims(shape) -> str:
 def info(args) -> int:
     model = load_from_args(args)
     session, i = model.session, model.info
-    extra = _metadata_values(session.metadata)
+    extra = decoded(session.metadata, session.metadata_path)  # valid: the model loaded
     details = {"file": str(args.model), "api": type(model).__name__, "providers": model.providers,
                "input": session.input_shape, "outputs": session.output_names,
                **{key: value for key, value in extra.items() if key != "labels"},

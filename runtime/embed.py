@@ -46,7 +46,6 @@ from .model import FeatureExtractor
 FORMAT = "hiera-embed"
 FORMAT_VERSION = 1
 SUFFIXES = (".npy", ".safetensors")
-MAX_SAFETENSORS_HEADER = 100_000_000  # the largest header the safetensors library reads
 INDEX_BYTES = 1 << 30  # an index of a few million paths
 ROWS_PER_WRITE = 256  # rows gathered and written at a time when the output is assembled
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -197,10 +196,10 @@ def _write(out: Path, staging: Path, index: dict, shapes: dict[str, tuple], rows
                               for key, value in index.items()}
     text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     text += b" " * (-len(text) % 8)  # the tensors start 8-byte aligned
-    if len(text) > MAX_SAFETENSORS_HEADER:
+    if len(text) > files.SAFETENSORS_HEADER_LIMIT:
         raise HieraRuntimeError(f"{out}: {len(index['images']):,} image paths make a safetensors header of "
-                                f"{len(text):,} bytes, above the {MAX_SAFETENSORS_HEADER:,} the format's readers "
-                                "take; write .npy (its index is a separate file)")
+                                f"{len(text):,} bytes, above the {files.SAFETENSORS_HEADER_LIMIT:,} the format's "
+                                "readers take; write .npy (its index is a separate file)")
     with _writing(out, staged) as file:
         file.write(struct.pack("<Q", len(text)) + text)
         for name in shapes:
@@ -262,10 +261,8 @@ def read(path) -> Embedding:
 def _read_safetensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     with files.open_file(path) as file:
         size = os.fstat(file.fileno()).st_size
-        (length,) = struct.unpack("<Q", file.read(8).ljust(8, b"\0"))
-        if not 0 < length <= min(MAX_SAFETENSORS_HEADER, size - 8):
-            raise ValueError(f"header length {length}")
-        header = files.loads(file.read(length))
+        header, data_start = files.safetensors_header(file, path)
+        length = data_start - 8
     metadata = header.pop("__metadata__", None)
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise ValueError("no __metadata__ of strings")

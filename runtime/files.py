@@ -120,6 +120,34 @@ def _refuse_constant(constant):
     raise ValueError(f"{constant} is not a JSON number")
 
 
+SAFETENSORS_HEADER_LIMIT = 100_000_000  # the largest header the safetensors library itself reads
+
+
+def safetensors_header(file, path) -> tuple[dict, int]:
+    """The JSON header of an open safetensors file and the offset its tensors' data starts at: the 8-byte length
+    checked against the file's size and the format's limit before anything is allocated, the header strict JSON
+    (see `loads`) and an object. The one reader of the format's header (checkpoints, embeddings)."""
+    def invalid(reason):
+        return FileError(f"{path}: not a valid safetensors file ({reason})")
+
+    size = os.fstat(file.fileno()).st_size
+    if size < 8:
+        raise invalid(f"{size} bytes, shorter than the 8-byte header length")
+    length = int.from_bytes(file.read(8), "little")
+    if not 0 < length <= min(SAFETENSORS_HEADER_LIMIT, size - 8):
+        raise invalid(f"its header declares {length:,} bytes; the file holds {size - 8:,} after the length")
+    text = file.read(length)
+    if len(text) != length:
+        raise invalid("it ends early (truncated)")
+    try:
+        header = loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise invalid("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise invalid("its header is not a JSON object")
+    return header, 8 + length
+
+
 def read_json(path, limit: int = 64 << 20):
     """A JSON document (see `loads`) from a regular file of at most `limit` bytes."""
     data = read_bytes(path, limit)
