@@ -17,6 +17,8 @@ import functools
 import gc
 import importlib.metadata
 import json
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,10 +264,10 @@ STAGES = [("reference", _reference), ("export", _trace), ("optimize", _optimize)
 
 def _stage(r: Run, report: dict, name: str, stage) -> None:
     """Run one stage and merge its part into `report`, with its time and peak resident memory."""
-    _reset_peak_memory()
     started = time.perf_counter()
-    _merge(report, stage(r))
-    report["stages"][name] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": _peak_memory_mb()}
+    with _PeakMemory() as peak:
+        _merge(report, stage(r))
+    report["stages"][name] = {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak.mb}
 
 
 def _merge(into: dict, part: dict) -> None:
@@ -340,16 +342,36 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _reset_peak_memory() -> None:
-    """Linux: restart the process's peak resident size (VmHWM) so that each stage's own peak is measured."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+class _PeakMemory:
+    """The largest resident size of this process while a stage runs, sampled every 5 ms from /proc/self/statm by a
+    thread (Linux; `mb` is None elsewhere). Sampling leaves the process's own peak (VmHWM) alone, which
+    `/usr/bin/time` and memory monitors read: resetting it per stage (clear_refs) made them under-report. A spike
+    shorter than a sample can be missed; each stage's steps hold their memory far longer than that."""
 
+    INTERVAL = 0.005
 
-def _peak_memory_mb() -> float | None:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return None
+    def __enter__(self):
+        self.pages, self._done = 0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.INTERVAL):
+            self._sample()
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self.pages = max(self.pages, int(Path("/proc/self/statm").read_text().split()[1]))
+
+    @property
+    def mb(self) -> float | None:
+        return round(self.pages * self._page / (1 << 20), 1) if self.pages else None
 
