@@ -35,7 +35,7 @@ PROBE_VERSION = 1
 KEPT = 1024  # values per sample and output: whole up to this many, else this many projections (`reduce`)
 ENGINE_BOUND = {"cosine": 0.999}  # the exporting engine's outputs against this device's, same engine
 MAX_VALUES = 1 << 24  # in any one stored array: a probe is small; a larger one is not a probe
-DTYPES = {"uint8": np.uint8, "float32": np.float32, "int64": np.int64, "bool": np.bool_}
+DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64, "int64": np.int64, "bool": np.bool_}
 
 
 def encode(array: np.ndarray) -> dict:

@@ -204,3 +204,19 @@ def test_every_session_keeps_the_one_interface(exported, provider):
     assert session.output_shapes["logits"][-1] == 10 and session.device == "cpu"
     with pytest.raises(HieraRuntimeError, match="the model takes inputs pixel_values; given pixel_values, noise$"):
         session.run(np.zeros((1, 3, 64, 64), np.float32), noise=np.zeros((1, 4), np.float32))
+
+
+def test_large_outputs_are_stored_as_projections_that_keep_their_cosine():
+    """A feature map of 96 x 56 x 56 values per sample: 1024 float64 projections, which survive the round trip and
+    keep the cosine of the maps they stand for (to 1e-4 here); an output of at most 1024 values is kept whole."""
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((2, 96, 56, 56)).astype(np.float32)
+    noisy = maps + np.float32(0.05) * rng.standard_normal(maps.shape).astype(np.float32)
+    reduced = probe.reduce(maps)
+    assert reduced.shape == (2, probe.KEPT) and reduced.dtype == np.float64
+    assert np.array_equal(probe.decode(probe.encode(reduced), "maps"), reduced)
+    cosine = lambda a, b: (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # noqa: E731
+    full = cosine(maps.reshape(2, -1).astype(np.float64), noisy.reshape(2, -1).astype(np.float64))
+    assert np.abs(cosine(reduced, probe.reduce(noisy)) - full).max() < 1e-4
+    logits = rng.standard_normal((2, 1000)).astype(np.float32)
+    assert np.array_equal(probe.reduce(logits), logits)
