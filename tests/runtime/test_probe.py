@@ -208,7 +208,8 @@ def test_every_session_keeps_the_one_interface(exported, provider):
 
 def test_large_outputs_are_stored_as_projections_that_keep_their_cosine():
     """A feature map of 96 x 56 x 56 values per sample: 1024 float64 projections, which survive the round trip and
-    keep the cosine of the maps they stand for (to 1e-4 here); an output of at most 1024 values is kept whole."""
+    keep the cosine of the maps they stand for (its distance from 1 within a quarter); an output of at most 1024
+    values is kept whole."""
     rng = np.random.default_rng(0)
     maps = rng.standard_normal((2, 96, 56, 56)).astype(np.float32)
     noisy = maps + np.float32(0.05) * rng.standard_normal(maps.shape).astype(np.float32)
@@ -217,6 +218,7 @@ def test_large_outputs_are_stored_as_projections_that_keep_their_cosine():
     assert np.array_equal(probe.decode(probe.encode(reduced), "maps"), reduced)
     cosine = lambda a, b: (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # noqa: E731
     full = cosine(maps.reshape(2, -1).astype(np.float64), noisy.reshape(2, -1).astype(np.float64))
-    assert np.abs(cosine(reduced, probe.reduce(noisy)) - full).max() < 1e-4
+    projected = cosine(reduced, probe.reduce(noisy))
+    assert np.abs((1 - projected) / (1 - full) - 1).max() < 0.25, (projected, full)
     logits = rng.standard_normal((2, 1000)).astype(np.float32)
     assert np.array_equal(probe.reduce(logits), logits)
