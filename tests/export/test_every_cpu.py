@@ -17,6 +17,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from export import ExportError, Options, quantize, run
 from export.quantize import LANE_LIMIT, require_no_saturation, worst_pair_sums
+from runtime import load, load_image
+from runtime.preprocess import find_images
 
 from ..conftest import ROOT, cpu_flags, failed_rows
 
@@ -28,21 +30,19 @@ SAMPLES = 16  # held-out digits run on the emulated CPU (about 10 s)
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """The digits model's fp32, int8 and qdq artifacts (qdq calibrated on 64 training images) and 16 held-out
-    inputs, preprocessed."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import digits as tool
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
-    out, train = tmp_path_factory.mktemp("digits"), tmp_path_factory.mktemp("train")
-    images, _ = tool.split()["train"]
-    for index, image in enumerate(images[:64]):
-        image.save(train / f"{index:03}.png")
-    report = run(Options(weights=str(DIGITS), out_dir=out, precisions=("fp32", "int8", "qdq"), calibration=train))
+    """The digits model's fp32, int8 and qdq artifacts (qdq calibrated on the training split, as the README's
+    command does) and 16 held-out images, preprocessed as the runtime preprocesses them."""
+    out, images = tmp_path_factory.mktemp("digits"), tmp_path_factory.mktemp("images")
+    tool = [sys.executable, ROOT / "tools" / "digits.py", "images"]
+    subprocess.run([*tool, images / "train", "--split", "train"], check=True, capture_output=True)
+    subprocess.run([*tool, images / "heldout"], check=True, capture_output=True)
+    report = run(Options(weights=str(DIGITS), out_dir=out, precisions=("fp32", "int8", "qdq"),
+                         calibration=images / "train"))
     assert report["passed"], failed_rows(report)
-    inputs = tool.preprocess(tool.split()["test"][0][:SAMPLES])
-    return {precision: out / report["artifacts"][precision]["file"] for precision in ("fp32", "int8", "qdq")}, inputs
+    files = {precision: out / report["artifacts"][precision]["file"] for precision in ("fp32", "int8", "qdq")}
+    preprocessing = load(files["fp32"], provider="cpu", check=False).info.preprocessing
+    inputs = np.stack([preprocessing(load_image(path)) for path in find_images(images / "heldout")[:SAMPLES]])
+    return files, inputs
 
 
 def full_range_int8(source, destination) -> onnx.ModelProto:
