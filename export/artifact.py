@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from runtime import files
+from runtime import artifact as runtime_artifact
 from runtime.artifact import decoded
 from runtime.errors import HieraRuntimeError
 from runtime.formats import FORMATS
@@ -26,7 +27,6 @@ from .errors import ExportError
 REPORT_VERSION = 1
 # Beyond this, protobuf cannot hold the weights in one file (Hiera-H in fp32 is 2.7 GB).
 EXTERNAL_DATA_BYTES = 1_900_000_000
-REPORT_BYTES = 64 << 20
 # The files an export writes, after its family name: `hiera_base_classify.onnx`, `.fp16.onnx`, `.onnx.data`,
 # `.report.json`, `.fp16.engine` and its `.fp16.engine.json`. Only such names are ever replaced or removed.
 FAMILY_SUFFIX = re.compile(r"(\.[a-z0-9_]+)*\.(onnx|onnx\.data|report\.json|engine|engine\.json)")
@@ -263,10 +263,8 @@ def write_report(path: Path, report: dict) -> None:
 
 
 def read_report(path: Path) -> dict:
+    """runtime.artifact.read_report, the one reader of reports, with the export's error type."""
     try:
-        report = files.read_json(path, REPORT_BYTES)
-    except FileError as error:
+        return runtime_artifact.read_report(path)
+    except HieraRuntimeError as error:
         raise ExportError(str(error)) from None
-    if not isinstance(report, dict):
-        raise ExportError(f"{path}: not an export report (not a JSON object)")
-    return report

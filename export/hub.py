@@ -41,6 +41,7 @@ from runtime.formats import FORMATS
 from runtime.errors import FileError, HieraRuntimeError
 from runtime.shell import Parser, Whole, say
 
+from . import artifact
 from .errors import ExportError
 
 # transformers.js picks a file by dtype: onnx/model{suffix}.onnx. Our int8 is dynamic quantization with int8
@@ -51,7 +52,6 @@ ARCHITECTURES = {"classify": "HieraForImageClassification", "features": "HieraMo
                  "mae": "HieraForPreTraining"}
 # PIL's enum values, as transformers stores them
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
-REPORT_LIMIT = 64 << 20
 NEEDS_FP32 = "the hub layout needs the fp32 artifact: optimum and transformers.js load model.onnx by default"
 
 
@@ -85,7 +85,7 @@ def layout(artifacts: Mapping[str, Path], report: Path, checkpoint: Path | None 
         raise ExportError(f"the hub layout has no file name for precision {', '.join(unknown)}")
     if "fp32" not in artifacts:
         raise ExportError(NEEDS_FP32)
-    summary = _read_report(report)
+    summary = artifact.read_report(report)
     meta = _metadata(artifacts, summary, report)
     check(meta["task"], len(meta["input_size"]) == 3, artifacts)
     out: dict[str, Path | bytes] = {}
@@ -335,7 +335,7 @@ def hub_command(argv) -> int:
                    f"onnxruntime's CPU provider for the model card (default 10, at most {MAX_RUNS}; 0: no timing)")
     a = p.parse_args(argv)
     report = report_for(a.artifact)
-    summary = _read_report(report)
+    summary = artifact.read_report(report)
     artifacts = {precision: report.with_name(entry["file"]) for precision, entry in summary["artifacts"].items()
                  if precision in ONNX_FILES}  # the OpenVINO artifact has no place in the Hub's layout
     first = _metadata(artifacts, summary, report)
@@ -390,16 +390,6 @@ def measure(artifacts: Mapping[str, Path], runs: int, threads: int = 2) -> dict[
         call = lambda model=model, inputs=inputs: model.run(**inputs)  # noqa: E731
         speed[precision] = {**summarize(time_calls(call, runs), batch), "threads": threads}
     return speed
-
-
-def _read_report(report: Path) -> dict:
-    try:
-        summary = files.read_json(report, REPORT_LIMIT)
-    except FileError as error:
-        raise ExportError(str(error)) from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("artifacts"), dict) or not summary["artifacts"]:
-        raise ExportError(f"{report}: not an export report (no artifacts listed)")
-    return summary
 
 
 def _metadata(artifacts: Mapping[str, Path], report: dict, report_path: Path) -> dict:
