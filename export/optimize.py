@@ -59,3 +59,13 @@ def optimize(source: Path, destination: Path) -> dict[str, int]:
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(collections.Counter(node.op_type for node in model.graph.node).most_common())
+
+
+def max_rank(model: onnx.ModelProto) -> int:
+    """The highest rank of any tensor in the graph (inputs, initializers, every node's output), by onnx's shape
+    inference: the figure mobile engines and GPU delegates limit (most to 4)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    shapes = [v.type.tensor_type.shape for v in [*graph.input, *graph.value_info, *graph.output]
+              if v.type.tensor_type.HasField("shape")]
+    return max([len(shape.dim) for shape in shapes] + [len(t.dims) for t in graph.initializer])

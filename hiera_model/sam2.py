@@ -3,8 +3,9 @@ mask decoder (the no-memory embedding on the coarsest map, conv_s0 and conv_s1 o
 
 The reference code partitions windows with a pad and a rank-6 view/permute, and pools queries with a
 reshape to a spatial map. Here each block's window layout is a constant token order computed from the
-config (`window_layout`), applied with one gather on the token axis; padding is a gather of an appended
-zero token, so padded tokens are zeros after the block's first norm exactly as in the reference. Within a
+config (`window_layout`), applied with one gather on the token axis; padding positions are then zeroed
+by a constant 0/1 mask, so they are zeros after the block's first norm exactly as in the reference (a
+Pad op would need opset 18's form). Within a
 window that pools its queries the tokens are ordered [pooling offset, pooled position], so pooling is a
 max over one axis of a rank-4 view. The stream between blocks is [batch, tokens, dim] in row-major order;
 no tensor is above rank 4 and only axis 0 depends on the batch.
@@ -61,6 +62,14 @@ def pool_order(grid: tuple[int, int], q_stride: int) -> np.ndarray:
                            for dy in range(q_stride) for dx in range(q_stride)])
 
 
+def nearest_2x_order(grid: tuple[int, int]) -> np.ndarray:
+    """For each token of a grid twice the size of `grid` (row-major), the token of `grid` that nearest
+    upsampling copies into it."""
+    height, width = grid
+    y, x = np.divmod(np.arange(4 * height * width), 2 * width)
+    return (y // 2) * width + x // 2
+
+
 class WindowAttention(nn.Module):
     """Attention within groups of tokens [groups, tokens, dim]; with query pooling, each group's tokens run
     [offset, pooled position] and the queries are max-pooled over the `pool` offsets."""
@@ -105,7 +114,11 @@ class Sam2Block(nn.Module):
         identity = len(into) == math.prod(grid) and (into == np.arange(len(into))).all()
         self.window_tokens = math.prod(window_shape)
         self.windows = len(into) // self.window_tokens  # per image
-        self.padded = bool((into == math.prod(grid)).any())
+        padding = into == math.prod(grid)
+        # Padding positions gather token 0 and are multiplied by 0.
+        self.register_buffer("keep", torch.from_numpy(~padding).float()[None, :, None] if padding.any() else None,
+                             persistent=False)
+        into = np.where(padding, 0, into)
         self.register_buffer("into", None if identity else torch.from_numpy(into), persistent=False)
         self.register_buffer("out", None if identity else torch.from_numpy(out), persistent=False)
         self.register_buffer("pool_order", torch.from_numpy(pool_order(grid, q_stride)) if q_stride > 1 else None,
@@ -119,9 +132,10 @@ class Sam2Block(nn.Module):
                 x = x.index_select(1, self.pool_order).unflatten(1, (self.pool, -1)).amax(dim=1)
         windows = normed
         if self.into is not None:
-            if self.padded:  # the zero token that padding positions gather
-                windows = F.pad(windows, (0, 0, 0, 1))
-            windows = windows.index_select(1, self.into).unflatten(1, (-1, self.window_tokens)).flatten(0, 1)
+            windows = windows.index_select(1, self.into)
+            if self.keep is not None:
+                windows = windows * self.keep
+            windows = windows.unflatten(1, (-1, self.window_tokens)).flatten(0, 1)
         attended = self.attn(windows)
         if self.out is not None:
             attended = attended.unflatten(0, (-1, self.windows)).flatten(1, 2).index_select(1, self.out)
@@ -167,6 +181,12 @@ class Sam2ImageEncoder(nn.Module):
         self.conv_s0 = nn.Conv2d(config.fpn_dim, config.fpn_dim // 8, 1)
         self.conv_s1 = nn.Conv2d(config.fpn_dim, config.fpn_dim // 4, 1)
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, config.fpn_dim))
+        # The neck's top-down path doubles a map's size (nearest): one constant gather on its flattened grid
+        # (a Resize would need opset 18's form), one per level that receives it.
+        for level in config.fpn_top_down_levels:
+            if level + 1 < len(grids):
+                self.register_buffer(f"upsample{level}", torch.from_numpy(nearest_2x_order(grids[level + 1])),
+                                     persistent=False)
 
     @property
     def input_names(self) -> list[str]:
@@ -201,7 +221,8 @@ class Sam2ImageEncoder(nn.Module):
         for level in range(last, -1, -1):  # coarse to fine; only the top-down levels add the coarser one
             lateral = self.neck[last - level](maps[level])
             if level in self.config.fpn_top_down_levels and level != last:
-                lateral = lateral + F.interpolate(levels[level + 1], scale_factor=2.0, mode="nearest")
+                coarse = levels[level + 1].flatten(2).index_select(2, getattr(self, f"upsample{level}"))
+                lateral = lateral + coarse.unflatten(2, lateral.shape[2:])
             levels[level] = lateral
         return {
             "image_embeddings": levels[2] + self.no_mem_embed.transpose(1, 2).unsqueeze(-1),

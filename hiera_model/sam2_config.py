@@ -116,6 +116,10 @@ class Sam2Config:
             raise HieraModelError(str(error), option="input_size") from None
 
     @property
+    def is_video(self) -> bool:  # asked of every model's config by the export
+        return False
+
+    @property
     def stage_dims(self) -> tuple[int, ...]:
         return tuple(self.embed_dim * 2 ** s for s in range(len(self.depths)))
 

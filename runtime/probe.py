@@ -71,7 +71,8 @@ def reduce(value: np.ndarray) -> np.ndarray:
     signs = 1.0 - 2.0 * ((index * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(63)).astype(np.float64)
     starts = np.linspace(0, rows.shape[1], KEPT + 1).astype(np.int64)
     sums = np.add.reduceat(rows.astype(np.float64) * signs, starts[:-1], axis=1)
-    return sums / np.sqrt(np.diff(starts))
+    # float32, a type the probe stores (`DTYPES`): in float64 no reduced output could be read back
+    return (sums / np.sqrt(np.diff(starts))).astype(np.float32)
 
 
 def mae_noise(samples: int, mask_units: int) -> np.ndarray:
