@@ -62,6 +62,14 @@ def pool_order(grid: tuple[int, int], q_stride: int) -> np.ndarray:
                            for dy in range(q_stride) for dx in range(q_stride)])
 
 
+def bicubic_matrix(size: int, out: int) -> torch.Tensor:
+    """[out, size]: the matrix that resizes one axis of length `size` to `out` as torch's bicubic interpolation
+    (align_corners False) does, made by interpolating each unit vector. Bicubic resizing is separable, so a
+    map resizes as rows @ map @ columns.T: two MatMuls in any opset, where the Resize op needs opset 18's form."""
+    basis = torch.eye(size, device="cpu")[None, :, :, None]  # cpu: also when the model is built on meta
+    return F.interpolate(basis, size=(out, 1), mode="bicubic")[0, :, :, 0].T.contiguous()
+
+
 def nearest_2x_order(grid: tuple[int, int]) -> np.ndarray:
     """For each token of a grid twice the size of `grid` (row-major), the token of `grid` that nearest
     upsampling copies into it."""
@@ -162,6 +170,8 @@ class Sam2ImageEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, config.embed_dim, *config.window_pos_embed_size))
         self.pos_embed_window = nn.Parameter(torch.zeros(1, config.embed_dim, config.window_sizes[0],
                                                          config.window_sizes[0]))
+        for axis, (size, out) in enumerate(zip(config.window_pos_embed_size, grids[0])):
+            self.register_buffer(f"pos_resize{axis}", bicubic_matrix(size, out), persistent=False)
         self.blocks = nn.ModuleList()
         self.stage_ends = []
         dim, grid = config.embed_dim, grids[0]
@@ -201,7 +211,7 @@ class Sam2ImageEncoder(nn.Module):
         the window table tiled over it (a constant for a fixed input size)."""
         height, width = self.config.tokens_spatial_shape
         window = self.pos_embed_window.shape[-1]
-        background = F.interpolate(self.pos_embed, size=(height, width), mode="bicubic")
+        background = self.pos_resize0 @ self.pos_embed @ self.pos_resize1.T  # bicubic, to the token grid
         return background + self.pos_embed_window.repeat(1, 1, height // window, width // window)
 
     def forward_stages(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:

@@ -33,6 +33,26 @@ def test_outputs_equal_transformers_get_image_embeddings(sam2_checkpoint, size):
     assert max(diffs.values()) <= TOLERANCE, diffs
 
 
+@torch.no_grad()
+def test_sam2_1_tiny_at_1024_equals_transformers(tmp_path):
+    """The one full-size check (fp32, batch 1): transformers' default Sam2Config is SAM 2.1 tiny's; its windows
+    of 14 pad stage 3's 64 x 64 grid to 70 x 70. transformers draws the position tables and the no-memory
+    embedding as zeros: they are redrawn so that their order counts."""
+    torch.manual_seed(0)
+    reference = transformers.Sam2Model(transformers.Sam2Config()).eval()
+    for name, parameter in reference.named_parameters():
+        if "pos_embed" in name or "no_memory" in name:
+            parameter.normal_(0, 0.5)
+    reference.save_pretrained(tmp_path)
+    encoder = hiera_model.load(tmp_path, task="image-encoder")
+    assert encoder.config == hiera_model.SAM2_VARIANTS["sam2.1_hiera_tiny"].config
+    pixel_values = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    expected = reference_embeddings(reference, pixel_values)
+    diffs = max_diffs(encoder(pixel_values), expected)
+    assert max(diffs.values()) <= TOLERANCE, diffs
+    assert expected["image_embeddings"].shape == (1, 256, 64, 64)
+
+
 def test_window_orders_are_a_padded_partition():
     # A 5 x 6 grid in 4 x 4 windows: 2 x 2 windows, 2 + 3 rows and 2 columns of padding (index 30).
     into, out = window_layout((5, 6), (4, 4), 1)
