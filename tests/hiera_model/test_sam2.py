@@ -9,9 +9,10 @@ import torch
 import transformers
 
 import hiera_model
-from hiera_model import HieraModelError, Sam2Config
+from hiera_model import HieraModelError, Sam2Config, VerificationError, lock
 from hiera_model.sam2 import pool_order, window_layout
 
+from ..conftest import ROOT
 from ..sam2_reference import OTHER_SIZE, OUTPUTS, SIZE, reference_embeddings, sam2_checkpoint  # noqa: F401
 
 TOLERANCE = 1e-4  # max abs diff; outputs here reach about 12
@@ -142,6 +143,31 @@ def test_sam2_and_hiera_checkpoints_say_which_model_they_are(sam2_checkpoint, tm
         hiera_model.create("tiny", "image-encoder")
     with pytest.raises(HieraModelError, match="a SAM 2 image encoder has task 'image-encoder', not 'classify'"):
         hiera_model.create("sam2.1_hiera_tiny", "classify")
+
+
+def test_models_lock_lists_the_published_sam2_folders_with_their_licence():
+    entries = [e for e in lock.read(ROOT / "models.lock") if e.variant in hiera_model.SAM2_VARIANTS]
+    assert sorted(e.source for e in entries) == sorted(v.transformers_id for v in hiera_model.SAM2_VARIANTS.values())
+    assert {(e.task, e.format, e.file, e.license) for e in entries} == {
+        ("image-encoder", "transformers", "model.safetensors", "Apache-2.0")}
+
+
+def test_a_published_sam2_folder_without_a_recorded_hash_needs_consent(sam2_checkpoint, tmp_path,  # noqa: F811
+                                                                       private_lock):
+    directory = tmp_path / "sam2.1-hiera-tiny"  # the hub repository's name: models.lock's row, no sha256 yet
+    shutil.copytree(sam2_checkpoint[0], directory)
+    with pytest.raises(VerificationError, match="facebook/sam2.1-hiera-tiny/model.safetensors"):
+        hiera_model.load(directory, task="image-encoder")
+    with pytest.warns(UserWarning, match="unverified"):
+        encoder = hiera_model.load(directory, task="image-encoder", allow_unverified=True)
+    assert encoder.provenance["verified"] is False and encoder.provenance["sha256"] == lock.sha256(
+        directory / "model.safetensors")
+    lock.fill(directory / "model.safetensors")  # recorded: it loads, verified, and the licence stays
+    assert hiera_model.load(directory, task="image-encoder").provenance["verified"] is True
+    row = next(e for e in lock.read(private_lock) if e.source == "facebook/sam2.1-hiera-tiny")
+    assert row.sha256 and row.license == "Apache-2.0"
+    assert all("license" not in item for item in json.loads(private_lock.read_text())["checkpoints"]
+               if item["variant"] not in hiera_model.SAM2_VARIANTS)
 
 
 def test_random_weights_are_seeded():
