@@ -170,6 +170,16 @@ def test_a_published_sam2_folder_without_a_recorded_hash_needs_consent(sam2_chec
                if item["variant"] not in hiera_model.SAM2_VARIANTS)
 
 
+def test_info_shows_the_sam2_table_with_its_licence(capsys):
+    from hiera_model.__main__ import main
+
+    assert main(["info", "sam2.1_hiera_tiny"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["SAM", "2", "variant"]
+    assert lines[1].split() == ["sam2.1_hiera_tiny", "96", "1-2-4-8", "1-2-7-2", "8-4-14-7", "5,7,9", "27.24",
+                                "Apache-2.0", "facebook/sam2.1-hiera-tiny"]
+
+
 def test_random_weights_are_seeded():
     config = Sam2Config(embed_dim=8, depths=(1, 1, 2, 1), window_sizes=(4, 4, 2, 2), global_blocks=(3,),
                         input_size=(64, 64), fpn_dim=16)
