@@ -41,7 +41,7 @@ def missing_extras() -> str | None:
 
 def parse(argv):
     """The export's `Options`, checked; nothing here imports torch, so that bad arguments are refused at once."""
-    from hiera_model import TASKS, VARIANTS
+    from hiera_model import SAM2_TASKS, SAM2_VARIANTS, TASKS, VARIANTS
     from runtime.artifact import MAX_SIDE
 
     from .onnx_export import MIN_OPSET, max_opset
@@ -56,11 +56,13 @@ def parse(argv):
                "the old one.",
                epilog=f"other commands (python -m export COMMAND --help):\n{commands}\n\nexit status: 0 ok, 1 a "
                "parity check failed (the artifacts are written and flagged in the report), 2 bad input")
-    p.add_argument("--variant", choices=list(VARIANTS), metavar="NAME", help="published variant: "
-                   + ", ".join(VARIANTS) + " (optional with --weights PATH: taken from the checkpoint)")
-    p.add_argument("--task", default="classify", choices=TASKS, help="classify (logits), features "
-                   "(last_hidden_state, pooler_output), backbone (stage1..stage4 maps, NCHW) or mae (inputs "
-                   "pixel_values and noise; outputs logits, bool_masked_pos, ids_restore); default classify")
+    p.add_argument("--variant", choices=[*VARIANTS, *SAM2_VARIANTS], metavar="NAME", help="published variant: "
+                   + ", ".join([*VARIANTS, *SAM2_VARIANTS]) + " (optional with --weights PATH: taken from the "
+                   "checkpoint)")
+    p.add_argument("--task", default="classify", choices=[*TASKS, *SAM2_TASKS], help="classify (logits), features "
+                   "(last_hidden_state, pooler_output), backbone (stage1..stage4 maps, NCHW), mae (inputs "
+                   "pixel_values and noise; outputs logits, bool_masked_pos, ids_restore) or, for SAM 2 variants, "
+                   "image-encoder (image_embeddings, high_res_feats_0, high_res_feats_1); default classify")
     p.add_argument("--loss", action="store_true", help="mae: also output each image's reconstruction loss")
     p.add_argument("--out-features", nargs="+", metavar="STAGE", help="backbone: the stage maps to output, e.g. "
                    "stage2 stage3 stage4 (default: all)")

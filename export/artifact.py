@@ -33,8 +33,9 @@ FAMILY_SUFFIX = re.compile(r"(\.[a-z0-9_]+)*\.(onnx|onnx\.data|report\.json|engi
 
 
 def family(name: str, task: str) -> str:
-    """The stem every file of one export starts with."""
-    return f"hiera_{name}_{task}"
+    """The stem every file of one export starts with; a dot in the name (sam2.1_hiera_tiny) becomes "_", since
+    the stem ends at the first dot (`family_of`)."""
+    return f"hiera_{name.replace('.', '_')}_{task}"
 
 
 def in_family(file_name: str, stem: str) -> bool:

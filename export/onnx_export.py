@@ -35,9 +35,9 @@ def trace(model, opset: int, batch: int | None, path: Path) -> None:
     import torch
 
     config = model.config
-    examples = {"pixel_values": torch.zeros(batch or 2, config.in_chans, *config.input_size),
-                "noise": torch.rand(batch or 2, config.mask_units)}  # MAE's second input
-    examples = {name: examples[name] for name in model.input_names}
+    examples = {"pixel_values": torch.zeros(batch or 2, config.in_chans, *config.input_size)}
+    if "noise" in model.input_names:  # MAE's second input
+        examples["noise"] = torch.rand(batch or 2, config.mask_units)
     batch_axis = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = {name: {0: batch_axis} for name in examples} if batch is None else None
     with _quiet(), torch.no_grad():

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hiera_model import TASKS
+from hiera_model import SAM2_TASKS, TASKS
 from runtime import files
 from runtime.artifact import MAX_BATCH, MAX_SIDE
 from runtime.errors import FileError
@@ -55,8 +55,8 @@ def check(options: Options) -> Options:
                 image_size=tuple(size) if size is not None else None,
                 calibration=Path(options.calibration) if options.calibration is not None else None,
                 out_features=tuple(options.out_features) if options.out_features is not None else None)
-    if o.task not in TASKS:
-        raise ExportError(f"task {o.task!r}: choose from {', '.join(TASKS)}", "task")
+    if o.task not in (*TASKS, *SAM2_TASKS):
+        raise ExportError(f"task {o.task!r}: choose from {', '.join((*TASKS, *SAM2_TASKS))}", "task")
     unknown = [p for p in o.precisions if p not in PRECISIONS]
     if unknown or not o.precisions or len(set(o.precisions)) != len(o.precisions):
         raise ExportError(f"precisions {' '.join(o.precisions) or '(none)'}: choose each once from "

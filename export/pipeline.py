@@ -106,7 +106,7 @@ def _weights(r: Run) -> dict:
         hub.check(o.task, model.config.is_video, o.precisions)
     size = "x".join(map(str, dict.fromkeys(o.image_size))) if o.image_size else None  # 448, or 224x448
     r.model, r.stem = model, artifact.family(f"{r.name}_{size}" if size else r.name, o.task)
-    r.preprocessing = preprocessing_for(r.weights_path, model.config.input_size)
+    r.preprocessing = preprocessing_for(r.weights_path, model.config.input_size, o.task)
     r.props = dict(variant=r.name, task=o.task, outputs=model.output_names, input_size=model.config.input_size,
                    preprocessing=r.preprocessing.to_dict(), labels=model.labels, weights=dict(model.provenance),
                    opset=o.opset, batch=o.batch or "dynamic", versions=_versions(), mae=_mae_metadata(model))
@@ -139,7 +139,8 @@ def _trace(r: Run) -> dict:
     r.model = None  # everything later works on the graph
     _release_memory()
     traced = artifact.load_graph(r.graphs["traced"], weights=False)
-    return {"graphs": {"exported": {"nodes": len(traced.graph.node), "ops": op_histogram(traced)}}}
+    return {"graphs": {"exported": {"nodes": len(traced.graph.node), "ops": op_histogram(traced),
+                                    "max_rank": max_rank(traced)}}}
 
 
 def _optimize(r: Run) -> dict:

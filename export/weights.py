@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import hiera_model
-from hiera_model import HieraModelError, get_variant
+from hiera_model import SAM2_TASKS, SAM2_VARIANTS, HieraModelError, get_variant
 from runtime import files
 from runtime.errors import FileError
 from runtime.preprocess import Preprocessing
@@ -31,12 +31,12 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
     hiera_model's (out_features, with_loss, input_size).
     """
     try:
-        if variant is not None:
+        if variant is not None and variant not in SAM2_VARIANTS:
             get_variant(variant)
         if weights == "random":
             if variant is None:
-                raise ExportError("random weights need a variant (one of: " + ", ".join(hiera_model.VARIANTS) + ")",
-                                  "variant")
+                raise ExportError("random weights need a variant (one of: " + ", ".join(
+                    [*hiera_model.VARIANTS, *SAM2_VARIANTS]) + ")", "variant")
             return hiera_model.create(variant, task, seed, **build_options), variant, None
         if weights is None or weights == "hub" or weights.startswith("hub:"):
             path = _download(weights, variant)
@@ -50,6 +50,8 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
 
 
 def _check_variant(model, variant: str | None, path: Path) -> str:
+    if model.task in SAM2_TASKS:
+        return _check_sam2_variant(model, variant, path)
     # A fine-tuned checkpoint keeps its variant's name whatever its number of classes.
     config = model.config
     match = next((v.name for v in hiera_model.VARIANTS.values() if v.config.is_video == config.is_video
@@ -59,6 +61,18 @@ def _check_variant(model, variant: str | None, path: Path) -> str:
         found = f"Hiera-{match}" if match else "a custom Hiera config"
         raise ExportError(f"{path}: these weights are for {found}, not variant {variant}", "variant")
     return match or (path.stem if path.is_file() else path.resolve().name).removeprefix("hiera_").replace("-", "_")
+
+
+def _check_sam2_variant(model, variant: str | None, path: Path) -> str:
+    """A SAM 2 checkpoint's name: the variant asked for, whose architecture it must have (SAM 2 and 2.1 share
+    theirs, so a checkpoint alone names the architecture, not the release), else the folder's name."""
+    if variant is not None:
+        expected = SAM2_VARIANTS[variant].config.at_size(model.config.input_size)
+        if model.config != expected:
+            raise ExportError(f"{path}: these weights are not {variant}'s architecture (embed_dim "
+                              f"{model.config.embed_dim}, depths {model.config.depths})", "variant")
+        return variant
+    return (path.stem if path.is_file() else path.resolve().name).replace("-", "_")
 
 
 def _download(weights: str | None, variant: str | None) -> Path:
@@ -83,9 +97,12 @@ def _download(weights: str | None, variant: str | None) -> Path:
         raise ExportError(f"cannot fetch {repo_id} ({reason[:120]}); {howto}", "weights") from None
 
 
-def preprocessing_for(path: Path | None, input_size) -> Preprocessing:
+def preprocessing_for(path: Path | None, input_size, task: str | None = None) -> Preprocessing:
     """The checkpoint's own `preprocessor_config.json` (transformers' image processor), if it has one;
-    otherwise the ImageNet recipe at the model's input size; for video, the Kinetics clip recipe."""
+    otherwise the ImageNet recipe at the model's input size; for video, the Kinetics clip recipe; for SAM 2,
+    its predictor's (the whole image resized to the input, which no BitImageProcessor setting describes)."""
+    if task in SAM2_TASKS:
+        return Preprocessing.for_sam2(input_size)
     if len(input_size) == 3:  # video: no published processor config describes clips
         return Preprocessing.for_clips(input_size)
     file = path / "preprocessor_config.json" if path is not None and path.is_dir() else None

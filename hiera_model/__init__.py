@@ -14,14 +14,16 @@ from __future__ import annotations
 import importlib
 
 from .errors import HieraModelError, VerificationError
+from .sam2_config import SAM2_TASKS, SAM2_VARIANTS, Sam2Config, Sam2Variant
 from .variants import TASKS, VARIANTS, HieraConfig, Variant, check_task, get_variant
 
 __all__ = ["create", "load", "build", "Hiera", "MaskedAutoencoder", "HieraConfig", "HieraModelError",
-           "VerificationError", "Variant", "VARIANTS", "TASKS", "check_task", "get_variant"]
+           "VerificationError", "Variant", "VARIANTS", "TASKS", "check_task", "get_variant",
+           "Sam2ImageEncoder", "Sam2Config", "Sam2Variant", "SAM2_VARIANTS", "SAM2_TASKS"]
 
 INSTALL_HINT = "pip install 'hiera-deploy[model]'"
 _NEEDS_TORCH = {"create": "factory", "build": "factory", "init_weights": "factory", "load": "checkpoints",
-                "Hiera": "model", "MaskedAutoencoder": "mae"}
+                "Hiera": "model", "MaskedAutoencoder": "mae", "Sam2ImageEncoder": "sam2"}
 
 
 def require_torch() -> None:

@@ -14,11 +14,13 @@ from runtime.shell import FAILED, OK, Parser, Whole, error_line, run_command, sa
 from . import lock, require_torch
 from .errors import HieraModelError, VerificationError
 from .hub import published_sha256
+from .sam2_config import SAM2_VARIANTS
 from .variants import TASKS, VARIANTS, get_variant
 
 
 def _info(args) -> int:
-    names = args.variants or list(VARIANTS)
+    sam2_names = [name for name in args.variants if name in SAM2_VARIANTS] if args.variants else list(SAM2_VARIANTS)
+    names = [name for name in args.variants if name not in SAM2_VARIANTS] if args.variants else list(VARIANTS)
     for name in names:  # an unknown name is refused before torch is imported
         get_variant(name)
     require_torch()
@@ -26,6 +28,41 @@ def _info(args) -> int:
 
     from .model import Hiera
 
+    if names:
+        _hiera_table(names, torch, Hiera)
+    if sam2_names:
+        _sam2_table(sam2_names, torch, blank_line=bool(names))
+    return OK
+
+
+def _print_table(rows) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _sam2_table(names, torch, blank_line: bool) -> None:
+    """SAM 2's image encoders: architecture, parameters of the encoder we export, licence, transformers id."""
+    from .sam2 import Sam2ImageEncoder
+
+    rows = [("SAM 2 variant", "embed", "heads", "depths", "windows", "global", "encoder params (M)", "license",
+             "transformers id")]
+    for name in names:
+        v = SAM2_VARIANTS[name]
+        with torch.device("meta"):
+            params = sum(p.numel() for p in Sam2ImageEncoder(v.config).parameters()) / 1e6
+        c = v.config
+        rows.append((name, str(c.embed_dim), "-".join(map(str, c.num_heads)), "-".join(map(str, c.depths)),
+                     "-".join(map(str, c.window_sizes)), ",".join(map(str, c.global_blocks)), f"{params:.2f}",
+                     v.license, v.transformers_id))
+    if blank_line:
+        print()
+    _print_table(rows)
+    print("SAM 2 image encoders (task image-encoder): 1024 x 1024, HieraDet with windows and global-attention blocks,\n"
+          "the FPN neck, conv_s0/conv_s1 and the no-memory embedding (docs/sam2.md).")
+
+
+def _hiera_table(names, torch, Hiera) -> None:
     rows = [("variant", "embed", "heads", "depths", "params (M)", "published", "GMACs", "top-1",
              "transformers id")]
     for name in names:
@@ -35,12 +72,9 @@ def _info(args) -> int:
         c = v.config
         rows.append((name, str(c.embed_dim), "-".join(map(str, c.num_heads)), "-".join(map(str, c.depths)),
                      f"{params:.2f}", f"{v.params_m:g}", f"{v.gmacs:g}", f"{v.top1:.1f}", v.transformers_id or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_table(rows)
     print("Images: 224 x 224, patch 7/4, query stride 2 x 2 for 3 stages, mask units 8 x 8, top-1 on ImageNet-1k.\n"
           "Video (16x224): 16 frames, patch 3x7x7/2x4x4, query stride 1x2x2, mask units 1x8x8, top-1 on Kinetics-400.")
-    return OK
 
 
 def _inspect(args) -> int:

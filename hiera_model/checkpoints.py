@@ -27,12 +27,14 @@ import torch
 from runtime import files
 
 from . import lock as model_lock
+from .checkpoints_sam2 import is_sam2_config, is_sam2_state, load as load_sam2
 from .factory import build, check_options
 from .config_files import config_from_file
 from .errors import HieraModelError
 from .file_access import file_errors, read_json
 from .model import Hiera
 from .resize import resize_position_embeddings
+from .sam2_config import SAM2_TASKS, is_sam2
 from .state_dicts import read_state_dict
 from .variants import VARIANTS, HieraConfig, check_task, get_variant
 
@@ -51,7 +53,11 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
     one that nothing records a hash for is refused unless `allow_unverified` (then a warning is issued).
     The options are `build`'s: with `input_size` the model is built for that input and the checkpoint's
     position embeddings are resized to it, as transformers' `interpolate_pos_encoding` does.
+    A SAM 2 task or variant loads SAM 2's image encoder (`checkpoints_sam2.load`).
     """
+    if task in SAM2_TASKS or is_sam2(variant):
+        return load_sam2(path, variant, task, allow_unverified=allow_unverified, lock_path=lock_path,
+                         out_features=out_features, with_loss=with_loss, input_size=input_size)
     check_task(task)
     path = Path(path)
     weight_files, config_file = _locate(path)
@@ -61,7 +67,11 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
     elif variant is not None:
         config = get_variant(variant).config_for(task)
     elif config_file is not None:
-        config, labels, names = config_from_file(read_json(config_file), config_file)
+        file_config = read_json(config_file)
+        if is_sam2_config(file_config):
+            raise HieraModelError(f"{config_file}: a SAM 2 checkpoint (Segment Anything 2's image encoder), not "
+                                  "Hiera; load it with {option}", option="task", value="image-encoder")
+        config, labels, names = config_from_file(file_config, config_file)
         where = str(config_file)
     if config is not None:  # refuse bad options before reading any weights
         check_options(config, task, out_features=out_features, with_loss=with_loss, input_size=input_size)
@@ -219,6 +229,9 @@ def _keep_fitting(state: dict, stored: dict, wanted: dict, path, config: HieraCo
 
 
 def detect_layout(state: dict[str, torch.Tensor], path) -> str:
+    if is_sam2_state(state):
+        raise HieraModelError(f"{path}: a SAM 2 checkpoint (Segment Anything 2's image encoder), not Hiera; load it "
+                              "with {option}", option="task", value="image-encoder")
     keys = set(state)
     if any(k.startswith(("hiera.", "embeddings.", "encoder.stages.")) for k in keys):
         return TRANSFORMERS

@@ -15,6 +15,7 @@ from torch import nn
 from .errors import HieraModelError
 from .mae import MaskedAutoencoder
 from .model import Hiera
+from .sam2_config import is_sam2
 from .variants import HieraConfig, check_task, get_variant
 
 
@@ -63,7 +64,11 @@ def _stage_order(config: HieraConfig, out_features) -> tuple[str, ...] | None:
 def create(variant: str | HieraConfig = "base", task: str = "classify", seed: int = 0, *, out_features=None,
            with_loss: bool = False, input_size=None) -> Hiera:
     """An eval-mode model with seeded random weights: a published variant's name (in its architecture for
-    `task`) or any valid `HieraConfig`; the options as `build` takes them."""
+    `task`) or any valid `HieraConfig`; the options as `build` takes them. A SAM 2 variant (or `Sam2Config`)
+    makes SAM 2's image encoder (`sam2.create`)."""
+    if is_sam2(variant):
+        from .sam2 import create as create_sam2
+        return create_sam2(variant, task, seed, out_features=out_features, with_loss=with_loss, input_size=input_size)
     config = variant if isinstance(variant, HieraConfig) else get_variant(variant).config_for(check_task(task))
     with torch.random.fork_rng(devices=[]):  # the layers' default init draws from the global RNG
         model = build(config, task, out_features=out_features, with_loss=with_loss, input_size=input_size)

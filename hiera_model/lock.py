@@ -25,7 +25,7 @@ from .file_access import file_errors, read_json
 from .hub import published_sha256
 
 ENV_VAR = "HIERA_MODELS_LOCK"
-FIELDS = ("variant", "task", "format", "source", "revision", "file", "size", "sha256")
+FIELDS = ("variant", "task", "format", "source", "revision", "file", "size", "sha256", "license")
 BY_LOCK, BY_HUB = "models.lock", "the Hub's sha256"
 
 
@@ -39,6 +39,7 @@ class Entry:
     file: str
     size: int | None = None
     sha256: str | None = None
+    license: str | None = None  # the weights' licence, where the lock records it (SAM 2's rows)
 
     @property
     def label(self) -> str:
@@ -94,6 +95,8 @@ def _entry_problem(item) -> str | None:
     if item.get("sha256") is not None and not (isinstance(item["sha256"], str) and
                                                re.fullmatch("[0-9a-f]{64}", item["sha256"])):
         return "sha256 must be 64 lowercase hex digits or null"
+    if item.get("license") is not None and (not isinstance(item["license"], str) or not item["license"]):
+        return "license must be a non-empty string or null"
     return None
 
 
@@ -101,7 +104,9 @@ def write(entries: list[Entry], lock_path=None) -> None:
     """Rewrite the lock atomically (`runtime.files`), onto the file a link points to."""
     path = (Path(lock_path) if lock_path else default_path()).resolve()
     data = read_json(path)
-    data["checkpoints"] = [{k: getattr(e, k) for k in FIELDS} for e in entries]
+    # A licence is written where one is recorded, so that the rows without one stay as they are.
+    data["checkpoints"] = [{k: getattr(e, k) for k in FIELDS if k != "license" or e.license is not None}
+                           for e in entries]
     with file_errors():
         files.write_json(path, data)
 

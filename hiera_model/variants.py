@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import HieraModelError
+from .sam2_config import SAM2_TASKS, SAM2_VARIANTS
 
 TASKS = ("classify", "features", "backbone", "mae")
 
@@ -310,6 +311,9 @@ def get_variant(name: str) -> Variant:
 
 
 def check_task(task: str) -> str:
+    if task in SAM2_TASKS:
+        raise HieraModelError(f"task {task!r} is SAM 2's image encoder: use a SAM 2 variant "
+                              f"({', '.join(SAM2_VARIANTS)}) or checkpoint")
     if task not in TASKS:
         raise HieraModelError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     return task

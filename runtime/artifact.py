@@ -27,14 +27,15 @@ from .preprocess import Preprocessing
 from .probe import PROBE_VERSION
 
 FORMAT_VERSION = 2  # the newest metadata format this runtime reads (and export writes); 2 adds hiera.probe
-TASKS = ("classify", "features", "backbone", "mae")
+TASKS = ("classify", "features", "backbone", "mae", "image-encoder")  # image-encoder: SAM 2's
 PRECISIONS = COMPUTED  # what hiera.precision may say (runtime/formats.py)
 PER_ARTIFACT = ("precision", "probe")  # the hiera.* entries that differ between the artifacts of one export
 MAX_BATCH = 1024  # the largest batch an artifact may declare (and export traces for a dynamic batch)
 MAX_SIDE = 16384  # pixels (or frames) along one input axis
 SIDECAR_BYTES = 64 << 20  # a sidecar is a few KB; a larger file is not one
 TASK_OUTPUTS = {"classify": {"logits"}, "features": {"last_hidden_state", "pooler_output"},
-                "mae": {"logits", "bool_masked_pos", "ids_restore"}}
+                "mae": {"logits", "bool_masked_pos", "ids_restore"},
+                "image-encoder": {"image_embeddings", "high_res_feats_0", "high_res_feats_1"}}
 
 
 @dataclass(frozen=True)

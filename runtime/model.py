@@ -282,7 +282,7 @@ class Classifier(_Model):
 
 
 class FeatureExtractor(_Model):
-    tasks = ("features", "backbone")
+    tasks = ("features", "backbone", "image-encoder")
 
     def extract(self, images, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """The outputs for one image or a list of them, by name (`last_hidden_state` and `pooler_output`, or

@@ -214,9 +214,9 @@ def _check_rescale(factor) -> None:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an image becomes model input: resize the shortest edge, center crop, scale to [0, 1], normalize,
-    RGB. Checked when made: a bad value is a `ValueError` naming the field (the artifact decoder and export
-    add the file)."""
+    """How an image becomes model input: resize the shortest edge, center crop (or, for SAM 2, resize to the
+    input size), scale to [0, 1], normalize, RGB. Checked when made: a bad value is a `ValueError` naming the
+    field (the artifact decoder and export add the file)."""
 
     resize_shortest_edge: int
     crop_size: tuple[int, int]  # (height, width)
@@ -225,6 +225,9 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     frames: int = 0  # video: frames per clip (0: an image model)
     frame_stride: int = 1  # video: the temporal stride the clip is sampled at
+    # False: resize the whole image to crop_size, aspect ratio not kept, nothing cropped (SAM 2's recipe);
+    # resize_shortest_edge is then unused.
+    keep_aspect_ratio: bool = True
 
     def __post_init__(self):
         def set_field(name, value):  # frozen: normalized once, here
@@ -241,11 +244,20 @@ class Preprocessing:
         set_field("std", _three("std", self.std, positive=True))
         set_field("frames", _whole("frames", self.frames, 0, MAX_EDGE))
         set_field("frame_stride", _whole("frame_stride", self.frame_stride, 1, MAX_EDGE))
+        if not isinstance(self.keep_aspect_ratio, bool):
+            raise ValueError(f"keep_aspect_ratio {self.keep_aspect_ratio!r} is not true or false")
 
     @classmethod
     def for_input_size(cls, input_size) -> Preprocessing:
         """The ImageNet recipe scaled to an image input size: shortest edge input / 0.875 (256 for 224)."""
         return cls(resize_shortest_edge=int(min(input_size) / 0.875), crop_size=tuple(input_size))
+
+    @classmethod
+    def for_sam2(cls, input_size) -> Preprocessing:
+        """SAM 2's image predictor (and transformers' `Sam2ImageProcessorFast`): the whole image resized to the
+        input size (bilinear), aspect ratio not kept, ImageNet mean and std."""
+        return cls(resize_shortest_edge=min(input_size), crop_size=tuple(input_size), resample="bilinear",
+                   keep_aspect_ratio=False)
 
     @classmethod
     def for_clips(cls, input_size, frame_stride: int = 4) -> Preprocessing:
@@ -312,6 +324,8 @@ class Preprocessing:
              "std": list(self.std), "color": "RGB"}
         if self.frames:
             d.update(frames=self.frames, frame_stride=self.frame_stride)
+        if not self.keep_aspect_ratio:  # written only where it differs, so earlier artifacts read the same
+            d["keep_aspect_ratio"] = False
         return d
 
     @classmethod
@@ -326,7 +340,7 @@ class Preprocessing:
         if d.get("color", "RGB") != "RGB":
             raise ValueError(f"color {d['color']!r}: this runtime feeds RGB only")
         return cls(d["resize_shortest_edge"], d["crop_size"], d["resample"], d["mean"], d["std"],
-                   d.get("frames", 0), d.get("frame_stride", 1))
+                   d.get("frames", 0), d.get("frame_stride", 1), d.get("keep_aspect_ratio", True))
 
     def clip(self, frames: list[Image.Image]) -> np.ndarray:
         """A clip's frames (as many as the model takes) to a normalized float32 array [3, frames, height, width]."""
@@ -341,6 +355,9 @@ class Preprocessing:
     def crop(self, image: Image.Image) -> np.ndarray:
         """One PIL image resized and centre-cropped to the model's input: uint8 [height, width, 3]."""
         image = to_rgb(image)
+        if not self.keep_aspect_ratio:
+            crop_h, crop_w = self.crop_size
+            return np.asarray(image.resize((crop_w, crop_h), RESAMPLE[self.resample]), dtype=np.uint8)
         width, height = image.size
         scale = self.resize_shortest_edge / min(width, height)
         # transformers rounds the long edge down (int()), so do we, to get the same pixels.

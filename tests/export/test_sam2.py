@@ -1,0 +1,92 @@
+"""`--task image-encoder`: SAM 2's encoder exported from a checkpoint transformers saved itself, its artifact
+against transformers' `Sam2Model.get_image_embeddings`, the graph's rank, SAM 2's preprocessing in the
+metadata, and bad input on the command line."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from export import Options, read_artifact, run
+from export.optimize import max_rank
+from runtime import FeatureExtractor
+from runtime.preprocess import Preprocessing
+
+from ..conftest import failed_rows
+from ..sam2_reference import OUTPUTS, SIZE, reference_embeddings, sam2_checkpoint  # noqa: F401
+from .test_cli import one_error_line, run_cli
+from .test_parity import FP32_TOLERANCE, onnx_outputs
+
+
+@pytest.fixture(scope="module")
+def exported(sam2_checkpoint, tmp_path_factory):  # noqa: F811
+    directory, _ = sam2_checkpoint
+    out = tmp_path_factory.mktemp("sam2-export")
+    report = run(Options(weights=str(directory), task="image-encoder", batch=None, out_dir=out,
+                         precisions=("fp32", "fp16", "int8")))
+    return out, report
+
+
+def test_artifacts_pass_every_bound_at_rank_4(exported):
+    _, report = exported
+    assert report["passed"], failed_rows(report)
+    assert report["task"] == "image-encoder" and report["graphs"]["exported"]["max_rank"] == 4
+    assert set(report["artifacts"]) == {"fp32", "fp16", "int8"}
+    for precision, entry in report["artifacts"].items():
+        assert set(entry["parity"]) == set(OUTPUTS), precision
+
+
+@torch.no_grad()
+def test_fp32_artifact_equals_transformers_get_image_embeddings(exported, sam2_checkpoint):  # noqa: F811
+    out, report = exported
+    _, reference = sam2_checkpoint
+    artifact = out / report["artifacts"]["fp32"]["file"]
+    pixel_values = np.random.default_rng(3).standard_normal((3, 3, SIZE, SIZE), dtype=np.float32)
+    expected = reference_embeddings(reference, torch.from_numpy(pixel_values))
+    got = onnx_outputs(artifact, pixel_values)
+    for name in OUTPUTS:
+        assert got[name].shape == tuple(expected[name].shape)
+        assert np.abs(got[name] - expected[name].numpy()).max() <= FP32_TOLERANCE, name
+    assert max_rank(onnx.load(artifact, load_external_data=False)) == 4
+
+
+def test_metadata_carries_sam2_preprocessing(exported):
+    out, report = exported
+    artifact = out / report["artifacts"]["fp32"]["file"]
+    meta = read_artifact(artifact)
+    assert meta["task"] == "image-encoder"
+    assert meta["outputs"] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    assert preprocessing == Preprocessing.for_sam2((SIZE, SIZE)) and not preprocessing.keep_aspect_ratio
+    # A wide image is squeezed to the input, not cropped: its left and right edges survive.
+    image = np.zeros((60, 240, 3), np.uint8)
+    image[:, :30] = 255
+    pixels = preprocessing.crop(Image.fromarray(image))
+    assert pixels.shape == (SIZE, SIZE, 3) and pixels[:, :8].min() == 255 and pixels[:, -8:].max() == 0
+    maps = FeatureExtractor.load(artifact).extract([image])
+    assert maps["image_embeddings"].shape == (1, 32, SIZE // 16, SIZE // 16)
+
+
+def test_max_rank_sees_every_tensor():
+    tensor = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], "g", [tensor("x", onnx.TensorProto.FLOAT,
+                                                                                [1, 2, 3, 4])],
+        [tensor("z", onnx.TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    graph.node.append(onnx.helper.make_node("Identity", ["y"], ["z"]))
+    assert max_rank(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])) == 5
+
+
+def test_bad_input_is_one_line(tmp_path):
+    cases = {
+        ("--variant", "sam2.1_hiera_tiny", "--task", "classify"): "a SAM 2 image encoder has task 'image-encoder'",
+        ("--variant", "tiny", "--task", "image-encoder"): "task 'image-encoder' is SAM 2's image encoder",
+        ("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--image-size", "1000"):
+            "each side must be a multiple of 32",
+    }
+    for args, expected in cases.items():
+        line = one_error_line(run_cli(*args, "--weights", "random", "--out", tmp_path))
+        assert expected in line, line
+    assert not any(tmp_path.iterdir())
