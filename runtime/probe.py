@@ -136,7 +136,17 @@ def engine_name(session) -> str:
 def check(model, probe: dict) -> list[Row]:
     """Run `probe` (a decoded `hiera.probe`) on `model` (a loaded `runtime` model) and compare: with PyTorch's
     outputs under the artifact's bound (bf16 inference in OpenVINO: cosine 0.999, as the export holds it), and,
-    where the same engine made the probe, with its outputs under `ENGINE_BOUND`."""
+    where the same engine made the probe, with its outputs under `ENGINE_BOUND`. A damaged probe is one line
+    naming the file."""
+    try:
+        return _check(model, probe)
+    except HieraRuntimeError as error:
+        if str(error).startswith("damaged probe"):
+            raise HieraRuntimeError(f"{model.session.metadata_path}: {error}") from None
+        raise
+
+
+def _check(model, probe: dict) -> list[Row]:
     info, session = model.info, model.session
     pixels = decode(probe.get("pixels"), "pixels")
     if pixels.ndim != 4 or pixels.shape[1:] != (*info.input_size[-2:], 3) or pixels.dtype != np.uint8:
