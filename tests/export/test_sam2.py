@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from export import Options, read_artifact, run
+from export.parity import photographs
 from export.optimize import max_rank
 from runtime import FeatureExtractor
 from runtime.preprocess import Preprocessing
@@ -22,19 +23,24 @@ from .test_parity import FP32_TOLERANCE, onnx_outputs
 @pytest.fixture(scope="module")
 def exported(sam2_checkpoint, tmp_path_factory):  # noqa: F811
     directory, _ = sam2_checkpoint
-    out = tmp_path_factory.mktemp("sam2-export")
+    out, calibration = tmp_path_factory.mktemp("sam2-export"), tmp_path_factory.mktemp("sam2-calibration")
+    for name, image in photographs().items():  # qdq's calibration, capped: the two photographs
+        image.save(calibration / name)
     report = run(Options(weights=str(directory), task="image-encoder", batch=None, out_dir=out,
-                         precisions=("fp32", "fp16", "int8")))
+                         precisions=("fp32", "fp16", "int8", "qdq", "openvino"), calibration=calibration))
     return out, report
 
 
 def test_artifacts_pass_every_bound_at_rank_4(exported):
-    _, report = exported
+    out, report = exported
     assert report["passed"], failed_rows(report)
     assert report["task"] == "image-encoder" and report["graphs"]["exported"]["max_rank"] == 4
-    assert set(report["artifacts"]) == {"fp32", "fp16", "int8"}
+    assert set(report["artifacts"]) == {"fp32", "fp16", "int8", "qdq", "openvino"}
     for precision, entry in report["artifacts"].items():
         assert set(entry["parity"]) == set(OUTPUTS), precision
+        assert max_rank(onnx.load(out / entry["file"], load_external_data=False)) == 4, precision
+    assert report["openvino"]["passed"] and {row["inference_precision"] for row in report["openvino"]["rows"]} >= {
+        "f32"}
 
 
 @torch.no_grad()
