@@ -12,6 +12,7 @@ from export import Options, read_artifact, run
 from export.parity import photographs
 from export.optimize import max_rank
 from runtime import FeatureExtractor
+from runtime import cli as runtime_cli
 from runtime.preprocess import Preprocessing
 
 from ..conftest import failed_rows
@@ -59,7 +60,7 @@ def test_fp32_artifact_equals_transformers_get_image_embeddings(exported, sam2_c
     assert max_rank(onnx.load(artifact, load_external_data=False)) == 4
 
 
-def test_metadata_carries_sam2_preprocessing(exported):
+def test_metadata_carries_sam2_preprocessing(exported, capsys):
     out, report = exported
     artifact = out / report["artifacts"]["fp32"]["file"]
     meta = read_artifact(artifact)
@@ -74,6 +75,8 @@ def test_metadata_carries_sam2_preprocessing(exported):
     assert pixels.shape == (SIZE, SIZE, 3) and pixels[:, :8].min() == 255 and pixels[:, -8:].max() == 0
     maps = FeatureExtractor.load(artifact).extract([image])
     assert maps["image_embeddings"].shape == (1, 32, SIZE // 16, SIZE // 16)
+    assert runtime_cli.main(["info", "--model", str(artifact)]) == 0
+    assert f"resized to {SIZE} x {SIZE} (bilinear), aspect ratio not kept" in capsys.readouterr().out
 
 
 def test_max_rank_sees_every_tensor():
