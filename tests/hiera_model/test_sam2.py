@@ -181,6 +181,16 @@ def test_a_published_sam2_folder_without_a_recorded_hash_needs_consent(sam2_chec
                if item["variant"] not in hiera_model.SAM2_VARIANTS)
 
 
+def test_inspect_describes_a_sam2_folder(sam2_checkpoint, capsys):  # noqa: F811
+    from hiera_model.__main__ import main
+
+    assert main(["inspect", str(sam2_checkpoint[0]), "--task", "image-encoder"]) == 0
+    out = capsys.readouterr().out
+    assert "SAM 2 image encoder, embed_dim 16, depths (1, 2, 3, 1)" in out and "global blocks (2, 4)" in out
+    assert main(["inspect", str(sam2_checkpoint[0])]) == 2  # as Hiera: one line saying what it is
+    assert "a SAM 2 checkpoint" in capsys.readouterr().err
+
+
 def test_info_shows_the_sam2_table_with_its_licence(capsys):
     from hiera_model.__main__ import main
 
