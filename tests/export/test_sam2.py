@@ -100,4 +100,7 @@ def test_bad_input_is_one_line(tmp_path):
     for args, expected in cases.items():
         line = one_error_line(run_cli(*args, "--weights", "random", "--out", tmp_path))
         assert expected in line, line
+    # no network here: the hub's folder for the variant is named, with how to get it
+    line = one_error_line(run_cli("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--out", tmp_path))
+    assert "cannot fetch facebook/sam2.1-hiera-tiny" in line and "hf download" in line, line
     assert not any(tmp_path.iterdir())
