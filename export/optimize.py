@@ -48,11 +48,40 @@ def _attention(op, x, weight, bias, head_shape, scale, row_shape):
 ATTENTION = pattern.RewriteRule(_attention_pattern, _attention, _is_constant)
 
 
+def _window_attention_pattern(op, x, weight, bias, q_shape, k_shape, v_shape, scale, out_shape):
+    """`hiera_model.sam2.WindowAttention` without query pooling, as torch exports it: windows [groups, tokens,
+    dim] through one qkv MatMul, split into q, k and v, each split into heads."""
+    q, k, v = op.Split(op.Add(op.MatMul(x, weight), bias), axis=2, _outputs=3)
+    q = op.Mul(op.Transpose(op.Reshape(q, q_shape), perm=[0, 2, 1, 3]), scale)
+    attn = op.Softmax(op.MatMul(q, op.Transpose(op.Reshape(k, k_shape), perm=[0, 2, 3, 1])), axis=-1)
+    out = op.MatMul(attn, op.Transpose(op.Reshape(v, v_shape), perm=[0, 2, 1, 3]))
+    return op.Reshape(op.Transpose(out, perm=[0, 2, 1, 3]), out_shape)
+
+
+def _is_window_attention(context, weight, bias, q_shape, k_shape, v_shape, scale, out_shape, **_) -> bool:
+    values = (weight, bias, q_shape, k_shape, v_shape, scale, out_shape)
+    if any(value.const_value is None for value in values):
+        return False
+    shapes = [shape.const_value.numpy().tolist() for shape in (q_shape, k_shape, v_shape)]
+    return shapes[0] == shapes[1] == shapes[2] and len(shapes[0]) == 4 and scale.const_value.numpy().size == 1
+
+
+def _window_attention(op, x, weight, bias, q_shape, scale, out_shape, **_):
+    heads = int(q_shape.const_value.numpy()[2])  # [groups, tokens, heads, head_dim]
+    out = op.Attention(x, weight, bias, num_heads=heads, scale=float(scale.const_value.numpy()),
+                       _domain="com.microsoft")
+    return op.Reshape(out, out_shape)
+
+
+WINDOW_ATTENTION = pattern.RewriteRule(_window_attention_pattern, _window_attention, _is_window_attention)
+
+
 def optimize(source: Path, destination: Path) -> dict[str, int]:
     """Optimize the graph saved as `source` into `destination` (weights in `<destination>.data`), and say how many
     of each fusion were made. The weights are read from disk as the rewrites need them, never all at once."""
     graph = ir.load(source)
-    fused = {"attention": ATTENTION.apply_to_model(graph), "gelu": fuse_erfgelu(graph)}
+    fused = {"attention": ATTENTION.apply_to_model(graph) + WINDOW_ATTENTION.apply_to_model(graph),
+             "gelu": fuse_erfgelu(graph)}
     onnxscript.optimizer.optimize(graph)
     ir.save(graph, destination, external_data=f"{destination.name}.data", size_threshold_bytes=1024)
     return fused

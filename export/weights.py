@@ -80,7 +80,7 @@ def _download(weights: str | None, variant: str | None) -> Path:
     if weights and weights.startswith("hub:"):
         repo_id = weights[4:]
     elif variant is not None:
-        repo_id = get_variant(variant).transformers_id
+        repo_id = (SAM2_VARIANTS[variant] if variant in SAM2_VARIANTS else get_variant(variant)).transformers_id
     else:
         raise ExportError("no weights given: name a variant (to fetch its checkpoint from the hub), a checkpoint "
                           "path, or random weights", "weights")

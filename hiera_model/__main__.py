@@ -14,7 +14,7 @@ from runtime.shell import FAILED, OK, Parser, Whole, error_line, run_command, sa
 from . import lock, require_torch
 from .errors import HieraModelError, VerificationError
 from .hub import published_sha256
-from .sam2_config import SAM2_VARIANTS
+from .sam2_config import SAM2_TASKS, SAM2_VARIANTS
 from .variants import TASKS, VARIANTS, get_variant
 
 
@@ -78,7 +78,7 @@ def _hiera_table(names, torch, Hiera) -> None:
 
 
 def _inspect(args) -> int:
-    if args.variant is not None:  # an unknown name is refused before torch is imported
+    if args.variant is not None and args.variant not in SAM2_VARIANTS:  # refused before torch is imported
         get_variant(args.variant)
     require_torch()
     from .checkpoints import load
@@ -94,6 +94,11 @@ def _inspect(args) -> int:
     else:
         how = "not verified: models.lock does not name it" if provenance["source"].startswith("local:") else \
             "not verified"
+    if model.task in SAM2_TASKS:
+        say(f"{args.path}: SAM 2 image encoder, embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
+            f"windows {c.window_sizes}, global blocks {c.global_blocks}, input {c.input_size}, "
+            f"weights {provenance['source']} ({how})")
+        return OK
     classes = c.num_classes if model.head is not None else "-"
     say(f"{args.path}: Hiera embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
         f"input {c.input_size}, task {model.task}, classes {classes}, "
@@ -137,7 +142,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     inspect.add_argument("path")
     inspect.add_argument("--variant", help="architecture to use instead of the one the file implies: "
                          + ", ".join(VARIANTS))
-    inspect.add_argument("--task", choices=TASKS, default="classify")
+    inspect.add_argument("--task", choices=[*TASKS, *SAM2_TASKS], default="classify")
     inspect.add_argument("--image-size", type=Whole(1, MAX_SIDE), nargs="+", metavar=("H", "W"),
                          help=f"build for this input size, each side 1 to {MAX_SIDE} (one number: a square); position "
                               "embeddings are resized")

@@ -20,7 +20,7 @@ from . import lock as model_lock
 from .errors import HieraModelError
 from .file_access import read_json
 from .sam2 import Sam2ImageEncoder, check_sam2_options
-from .sam2_config import Sam2Config, get_sam2_variant
+from .sam2_config import Sam2Config, check_sam2_field, get_sam2_variant
 
 SAM2_MODEL_TYPES = ("sam2", "sam2_video")  # transformers' Sam2Model and Sam2VideoModel folders
 # transformers' names for the encoder's weights -> ours (sam2.Sam2ImageEncoder)
@@ -82,12 +82,13 @@ def config_from_transformers(config, path) -> Sam2Config:
                 value = value[0]
             if ours == "input_size" and isinstance(value, int) and not isinstance(value, bool):
                 value = [value, value]
-            fields[ours] = value
+            fields[ours] = check_sam2_field(ours, value, f"vision_config.backbone_config.{theirs}")
         for key, expected in (("hidden_act", "gelu"),):
             if backbone.get(key, expected) != expected:
                 raise HieraModelError(f"vision_config.backbone_config.{key} {backbone[key]!r} must be {expected!r}")
         neck = {"fpn_dim": "fpn_hidden_size", "fpn_top_down_levels": "fpn_top_down_levels"}
-        fields.update({ours: vision[theirs] for ours, theirs in neck.items() if vision.get(theirs) is not None})
+        fields.update({ours: check_sam2_field(ours, vision[theirs], f"vision_config.{theirs}")
+                       for ours, theirs in neck.items() if vision.get(theirs) is not None})
         for key, expected in (("fpn_kernel_size", 1), ("fpn_stride", 1), ("fpn_padding", 0),
                               ("num_feature_levels", 3)):
             if vision.get(key, expected) != expected:

@@ -155,7 +155,7 @@ class Sam2ImageEncoder(nn.Module):
     """SAM 2's image encoder as its image predictor runs it: `pixel_values` [batch, 3, H, W] (normalized)
     -> `image_embeddings` [batch, fpn_dim, H/16, W/16] (no-memory embedding added), `high_res_feats_0`
     [batch, fpn_dim/8, H/4, W/4] (conv_s0), `high_res_feats_1` [batch, fpn_dim/4, H/8, W/8] (conv_s1).
-    Make it with `sam2_create` or `load` (through `hiera_model.create` / `hiera_model.load`)."""
+    Make it with `hiera_model.create` or `hiera_model.load` (a SAM 2 variant, config or checkpoint)."""
 
     task = "image-encoder"
 

@@ -51,7 +51,7 @@ class Sam2Config:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            object.__setattr__(self, field.name, _checked(field.name, value, field.default))
+            object.__setattr__(self, field.name, check_sam2_field(field.name, value))
         self._validate()
 
     def _validate(self):
@@ -154,8 +154,10 @@ _TUPLE_FIELDS = {"num_heads": (1, 1024), "depths": (1, 128), "window_sizes": (1,
 _FLOAT_FIELDS = {"mlp_ratio": 64.0, "layer_norm_eps": 1.0}
 
 
-def _checked(name: str, value, default):
-    """`value` as the field holds it (a list as a tuple), or one line naming the field and its rule."""
+def check_sam2_field(name: str, value, label: str | None = None):
+    """`value` as field `name` holds it (a list as a tuple), or one line naming the field, as `label` (a config
+    file's own name for it) where given, and its rule."""
+    label = label or name
     def whole(n, low, high):
         return isinstance(n, int) and not isinstance(n, bool) and low <= n <= high
 
@@ -164,20 +166,21 @@ def _checked(name: str, value, default):
         low, high = _INT_FIELDS[name]
         if not whole(value, low, high):
             rule = f"{low}, as in every SAM 2 model" if low == high else f"a whole number from {low} to {high}"
-            raise HieraModelError(f"invalid SAM 2 config: {name} {shown} must be {rule}")
+            raise HieraModelError(f"invalid SAM 2 config: {label} {shown} must be {rule}")
         return value
     if name in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not 0 < value <= _FLOAT_FIELDS[name]:
-            raise HieraModelError(f"invalid SAM 2 config: {name} {shown} must be a number above 0, at most "
+            raise HieraModelError(f"invalid SAM 2 config: {label} {shown} must be a number above 0, at most "
                                   f"{_FLOAT_FIELDS[name]}")
         return float(value)
     low, high = _TUPLE_FIELDS[name]
-    size = len(default) if name in ("window_pos_embed_size", "input_size") else None
-    entries = f"{size}" if size else f"0 to {MAX_STAGES}" if name == "global_blocks" else f"1 to {MAX_STAGES}"
-    if not isinstance(value, (list, tuple)) or not (len(value) == size if size else len(value) <= MAX_STAGES) \
-            or not all(whole(n, low, high) for n in value) or (not value and name != "global_blocks"):
-        raise HieraModelError(f"invalid SAM 2 config: {name} {shown} must be a list of {entries} whole numbers from "
+    fewest, most = {"window_pos_embed_size": (2, 2), "input_size": (2, 2),
+                    "global_blocks": (0, MAX_BLOCKS)}.get(name, (1, MAX_STAGES))
+    entries = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    if not isinstance(value, (list, tuple)) or not fewest <= len(value) <= most \
+            or not all(whole(n, low, high) for n in value):
+        raise HieraModelError(f"invalid SAM 2 config: {label} {shown} must be a list of {entries} whole numbers from "
                               f"{low} to {high}")
     if name == "global_blocks":
         return tuple(sorted(set(value)))

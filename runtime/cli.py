@@ -364,14 +364,16 @@ def info(args) -> int:
         return 0
     p = i.preprocessing
     clips = f"clips of {p.frames} frames (every {p.frame_stride}th), " if p.frames else ""
+    resize = (f"shortest edge to {p.resize_shortest_edge} ({p.resample}), center crop {p.crop_size[0]} x "
+              f"{p.crop_size[1]}" if p.keep_aspect_ratio else
+              f"resized to {p.crop_size[0]} x {p.crop_size[1]} ({p.resample}), aspect ratio not kept")
     rows = [("model", f"{i.variant or 'unnamed'}, {i.task} ({type(model).__name__})"
                       + (f", {i.precision}" if i.precision else "")),
             ("input", f"{session.input_name} {dims(session.input_shape)}, "
                       + (f"static batch {i.batch}" if i.batch else "dynamic batch")),
             ("outputs", ", ".join(f"{name} {dims(session.output_shapes.get(name))}"
                                   for name in session.output_names)),
-            ("preprocessing", f"{clips}shortest edge to {p.resize_shortest_edge} ({p.resample}), center crop "
-                              f"{p.crop_size[0]} x {p.crop_size[1]}, mean {' '.join(f'{v:g}' for v in p.mean)}, "
+            ("preprocessing", f"{clips}{resize}, mean {' '.join(f'{v:g}' for v in p.mean)}, "
                               f"std {' '.join(f'{v:g}' for v in p.std)}, RGB"),
             ("labels", f"{len(i.labels)}: {', '.join(i.labels[:5])}{', ...' if len(i.labels) > 5 else ''}"
              if i.labels else "none")]

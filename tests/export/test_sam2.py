@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 
 from export import Options, read_artifact, run
+from export.parity import photographs
 from export.optimize import max_rank
 from runtime import FeatureExtractor
+from runtime import cli as runtime_cli
 from runtime.preprocess import Preprocessing
 
 from ..conftest import failed_rows
@@ -22,19 +24,26 @@ from .test_parity import FP32_TOLERANCE, onnx_outputs
 @pytest.fixture(scope="module")
 def exported(sam2_checkpoint, tmp_path_factory):  # noqa: F811
     directory, _ = sam2_checkpoint
-    out = tmp_path_factory.mktemp("sam2-export")
+    out, calibration = tmp_path_factory.mktemp("sam2-export"), tmp_path_factory.mktemp("sam2-calibration")
+    for name, image in photographs().items():  # qdq's calibration, capped: the two photographs
+        image.save(calibration / name)
     report = run(Options(weights=str(directory), task="image-encoder", batch=None, out_dir=out,
-                         precisions=("fp32", "fp16", "int8")))
+                         precisions=("fp32", "fp16", "int8", "qdq", "openvino"), calibration=calibration))
     return out, report
 
 
 def test_artifacts_pass_every_bound_at_rank_4(exported):
-    _, report = exported
+    out, report = exported
     assert report["passed"], failed_rows(report)
     assert report["task"] == "image-encoder" and report["graphs"]["exported"]["max_rank"] == 4
-    assert set(report["artifacts"]) == {"fp32", "fp16", "int8"}
+    # onnxruntime's fused Attention in the fp32 graph for the 4 of 7 blocks that do not pool their queries
+    assert report["graphs"]["optimized"]["fusions"]["attention"] == 4
+    assert set(report["artifacts"]) == {"fp32", "fp16", "int8", "qdq", "openvino"}
     for precision, entry in report["artifacts"].items():
         assert set(entry["parity"]) == set(OUTPUTS), precision
+        assert max_rank(onnx.load(out / entry["file"], load_external_data=False)) == 4, precision
+    assert report["openvino"]["passed"] and {row["inference_precision"] for row in report["openvino"]["rows"]} >= {
+        "f32"}
 
 
 @torch.no_grad()
@@ -51,7 +60,7 @@ def test_fp32_artifact_equals_transformers_get_image_embeddings(exported, sam2_c
     assert max_rank(onnx.load(artifact, load_external_data=False)) == 4
 
 
-def test_metadata_carries_sam2_preprocessing(exported):
+def test_metadata_carries_sam2_preprocessing(exported, capsys):
     out, report = exported
     artifact = out / report["artifacts"]["fp32"]["file"]
     meta = read_artifact(artifact)
@@ -66,6 +75,8 @@ def test_metadata_carries_sam2_preprocessing(exported):
     assert pixels.shape == (SIZE, SIZE, 3) and pixels[:, :8].min() == 255 and pixels[:, -8:].max() == 0
     maps = FeatureExtractor.load(artifact).extract([image])
     assert maps["image_embeddings"].shape == (1, 32, SIZE // 16, SIZE // 16)
+    assert runtime_cli.main(["info", "--model", str(artifact)]) == 0
+    assert f"resized to {SIZE} x {SIZE} (bilinear), aspect ratio not kept" in capsys.readouterr().out
 
 
 def test_max_rank_sees_every_tensor():
@@ -89,4 +100,7 @@ def test_bad_input_is_one_line(tmp_path):
     for args, expected in cases.items():
         line = one_error_line(run_cli(*args, "--weights", "random", "--out", tmp_path))
         assert expected in line, line
+    # no network here: the hub's folder for the variant is named, with how to get it
+    line = one_error_line(run_cli("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--out", tmp_path))
+    assert "cannot fetch facebook/sam2.1-hiera-tiny" in line and "hf download" in line, line
     assert not any(tmp_path.iterdir())

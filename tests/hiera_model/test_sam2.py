@@ -113,17 +113,28 @@ def test_bad_configs_are_one_line_naming_the_rule(change, rule):
     assert rule in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_tampered_config_file_is_one_line_before_the_weights_are_read(sam2_checkpoint, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("section, key, value, rule", [
+    ("backbone_config", "global_attention_blocks", [2, 40], "global-attention block 40 is past the depth: the "
+                                                            "blocks are 0..6"),
+    ("backbone_config", "hidden_size", True, "vision_config.backbone_config.hidden_size True must be a whole number "
+                                             "from 1 to 4096"),
+    ("backbone_config", "window_size_per_stage", [4, 4, 6, "2"], "vision_config.backbone_config."
+                                                                 "window_size_per_stage [4, 4, 6, '2'] must be a list"),
+    (None, "fpn_hidden_size", 1e9, "vision_config.fpn_hidden_size 1000000000.0 must be a whole number"),
+])
+def test_a_tampered_config_file_is_one_line_before_the_weights_are_read(sam2_checkpoint, tmp_path,  # noqa: F811
+                                                                        section, key, value, rule):
     directory, _ = sam2_checkpoint
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(directory / name, tmp_path / name)
+    shutil.copy(directory / "config.json", tmp_path / "config.json")
     config = json.loads((tmp_path / "config.json").read_text())
-    config["vision_config"]["backbone_config"]["global_attention_blocks"] = [2, 40]
+    (config["vision_config"][section] if section else config["vision_config"])[key] = value
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)  # never read: the config is refused first
-    with pytest.raises(HieraModelError, match=r"config.json: invalid SAM 2 config: global-attention block 40 is "
-                                              r"past the depth: the blocks are 0..6$"):
+    with pytest.raises(HieraModelError) as error:
         hiera_model.load(tmp_path, task="image-encoder")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'config.json'}: invalid SAM 2 config: ") and rule in message, message
+    assert "\n" not in message
 
 
 def test_sam2_and_hiera_checkpoints_say_which_model_they_are(sam2_checkpoint, tmp_path):  # noqa: F811
@@ -168,6 +179,16 @@ def test_a_published_sam2_folder_without_a_recorded_hash_needs_consent(sam2_chec
     assert row.sha256 and row.license == "Apache-2.0"
     assert all("license" not in item for item in json.loads(private_lock.read_text())["checkpoints"]
                if item["variant"] not in hiera_model.SAM2_VARIANTS)
+
+
+def test_inspect_describes_a_sam2_folder(sam2_checkpoint, capsys):  # noqa: F811
+    from hiera_model.__main__ import main
+
+    assert main(["inspect", str(sam2_checkpoint[0]), "--task", "image-encoder"]) == 0
+    out = capsys.readouterr().out
+    assert "SAM 2 image encoder, embed_dim 16, depths (1, 2, 3, 1)" in out and "global blocks (2, 4)" in out
+    assert main(["inspect", str(sam2_checkpoint[0])]) == 2  # as Hiera: one line saying what it is
+    assert "a SAM 2 checkpoint" in capsys.readouterr().err
 
 
 def test_info_shows_the_sam2_table_with_its_licence(capsys):
