@@ -21,7 +21,7 @@ from pathlib import Path
 
 from runtime import load
 from runtime.errors import HieraRuntimeError
-from runtime.openvino import STANDARD_DOMAINS, check_precision, import_openvino, read_onnx_header
+from runtime.openvino import STANDARD_DOMAINS, check_precision, import_openvino, read_onnx_header, shared_core
 
 from . import parity as checks
 
@@ -42,7 +42,7 @@ def parity(files: dict[str, Path], reference: dict, inputs: dict, progress=lambd
         ov = import_openvino()
     except HieraRuntimeError as error:
         return {"skipped": str(error)}
-    core = ov.Core()
+    core = shared_core()
     cpu = core.get_property("CPU", "FULL_DEVICE_NAME")
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     rows = []

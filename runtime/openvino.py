@@ -22,6 +22,7 @@ for now, is refused, saying to delete it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -190,6 +191,15 @@ def model_files(path: Path) -> list[Path]:
     return [path, extra] if path.suffix == IR_SUFFIX or extra.exists() else [path]
 
 
+@functools.cache
+def shared_core():
+    """One OpenVINO Core for the process. Each Core loads the CPU plugin, which on loading points the thread's
+    alternate signal stack at memory of its own; a Core let go can unload it and leave that pointer dangling, and
+    the next signal Python handles on that stack (SIGTERM, Ctrl-C) then kills the process with SIGSEGV instead of
+    running its handler. Kept, the plugin and its memory stay."""
+    return import_openvino().Core()
+
+
 class OpenVinoSession:
     """A compiled OpenVINO model with the interface of `OnnxSession`: `run(pixel_values, **other_inputs)`
     returns the outputs by name.
@@ -202,7 +212,7 @@ class OpenVinoSession:
     def __init__(self, path, threads: int | None = None, inference_precision: str = "f32", cache_dir=None):
         ov = import_openvino()
         self.path = files.require_file(path)
-        core = ov.Core()
+        core = shared_core()
         check_precision(inference_precision, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
                         core.get_property("CPU", "FULL_DEVICE_NAME"))
         self.inference_precision = inference_precision

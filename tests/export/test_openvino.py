@@ -11,12 +11,12 @@ import torch
 import hiera_model
 from export import Options, openvino, run
 from runtime import load
-from runtime.openvino import OPENVINO_SUFFIX, STANDARD_DOMAINS, read_onnx_header
+from runtime.openvino import OPENVINO_SUFFIX, STANDARD_DOMAINS, read_onnx_header, shared_core
 
 from ..conftest import ROOT, failed_rows
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'hiera-deploy[openvino]')")
-HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+HAS_BF16 = "BF16" in shared_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 DIGITS = ROOT / "models" / "digits"
 
 
@@ -76,3 +76,29 @@ def test_int8_in_openvino_loses_at_most_half_a_point_on_digits(tmp_path):
     assert top1["OpenVINO fp32 f32"] == top1["PyTorch fp32"], top1
     for name, accuracy in top1.items():
         assert accuracy >= top1["PyTorch fp32"] - 0.005, (name, top1)
+
+
+SIGTERM_AFTER_OPENVINO = """
+import os, signal, sys
+from pathlib import Path
+from export import Options, run
+from runtime.shell import run_command
+
+run(Options(weights=sys.argv[1], out_dir=Path(sys.argv[2]), precisions=("fp32", "openvino")))
+
+def stopped(argv):
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pause()
+
+sys.exit(run_command(stopped, []))
+"""
+
+
+def test_a_signal_after_openvino_ran_is_still_handled(tmp_path):
+    """OpenVINO's CPU plugin points the thread's alternate signal stack at its own memory; with a Core per session,
+    a Core let go could leave that dangling, and SIGTERM then killed the process with SIGSEGV (status -11) instead of
+    the shell's one line (runtime.openvino.shared_core keeps one Core)."""
+    result = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_OPENVINO, str(DIGITS), str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 130 and result.stderr.splitlines()[-1] == "interrupted", \
+        (result.returncode, result.stderr[-500:])

@@ -12,6 +12,7 @@ import torch
 import hiera_model
 from export import convert
 from export.onnx_export import trace
+from runtime.openvino import shared_core
 
 LINEAR = {"Gemm", "MatMul"}
 
@@ -114,8 +115,8 @@ def test_openvino_fuses_every_quantization_step(graphs):
     """In OpenVINO's compiled model of our graph no quantization step runs as a layer of its own (each is
     fused into the normalization or eltwise step before it) and fewer transposes run than in the quantizer's
     own graph, whose 25 post-normalization steps run alone."""
-    ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'hiera-deploy[openvino]')")
-    core = ov.Core()
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'hiera-deploy[openvino]')")
+    core = shared_core()
 
     def layers(model: onnx.ModelProto) -> collections.Counter:
         compiled = core.compile_model(core.read_model(model.SerializeToString()), "CPU",

@@ -12,12 +12,12 @@ import torch
 
 from export import Options, run
 from runtime import Classifier, FeatureExtractor, HieraRuntimeError, Reconstructor, load
-from runtime.openvino import CACHE_SUFFIX, OpenVinoSession, check_precision, read_onnx_header
+from runtime.openvino import CACHE_SUFFIX, OpenVinoSession, check_precision, read_onnx_header, shared_core
 
 from ..conftest import ROOT
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'hiera-deploy[openvino]')")
-HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+HAS_BF16 = "BF16" in shared_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 TOLERANCE = 1e-4  # f32: max abs diff against transformers
 
 
@@ -63,7 +63,7 @@ def test_an_ir_converted_from_our_graph_keeps_the_metadata(standard, tmp_path):
     """OpenVINO keeps an ONNX file's metadata_props in the model's runtime info and writes them into its IR."""
     graph, _, _ = standard("small_q_pool")
     ir = tmp_path / "converted.xml"
-    ov.save_model(ov.Core().read_model(graph), ir, compress_to_fp16=False)
+    ov.save_model(shared_core().read_model(graph), ir, compress_to_fp16=False)
     model = load(ir)  # auto: an IR is OpenVINO's
     assert isinstance(model, Classifier) and isinstance(model.session, OpenVinoSession)
     assert model.info.labels[3] == "class 3" and model.session.output_names == ["logits"]
