@@ -214,18 +214,27 @@ def _check_against_weights(config: HieraConfig, state: dict, where: str, names: 
 def _keep_fitting(state: dict, stored: dict, wanted: dict, path, config: HieraConfig) -> dict:
     """The weights the model wants, as float32; the file's names and shapes must be those of the model it
     holds (`stored`), and must include all the model wants."""
+    misfit = misfits(state, stored, wanted)
+    if misfit:
+        raise HieraModelError(f"{path}: weights do not fit {_describe(config)}: {misfit}")
+    return {k: state[k].to(wanted[k].dtype).contiguous() for k in wanted}
+
+
+def misfits(state: dict, stored: dict, wanted: dict, shown: int = 6) -> str | None:
+    """What keeps a file's weights (`state`) from a model: names `wanted` that it lacks, names the model that
+    wrote it (`stored`) has not, and shapes that differ from `stored`'s, each list cut to `shown`; None if they
+    fit."""
     missing = sorted(set(wanted) - set(state))
     unexpected = sorted(set(state) - set(stored))
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(stored[k].shape)}"
              for k in stored if k in state and state[k].shape != stored[k].shape]
-    if missing or unexpected or wrong:
-        def listed(label, items):
-            shown = ", ".join(map(_short, items[:6])) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
-            return f"{label} {len(items)}: {shown}" if items else None
-        parts = filter(None, [listed("missing", missing), listed("unexpected", unexpected),
-                              listed("wrong shape (file vs model)", wrong)])
-        raise HieraModelError(f"{path}: weights do not fit {_describe(config)}: " + "; ".join(parts))
-    return {k: state[k].to(wanted[k].dtype).contiguous() for k in wanted}
+
+    def listed(label, items):
+        more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+        return f"{label} {len(items)}: {', '.join(map(_short, items[:shown]))}{more}" if items else None
+    parts = [part for part in (listed("missing", missing), listed("unexpected", unexpected),
+                               listed("wrong shape (file vs model)", wrong)) if part]
+    return "; ".join(parts) or None
 
 
 def detect_layout(state: dict[str, torch.Tensor], path) -> str:

@@ -125,7 +125,7 @@ def load(path, variant=None, task: str = "image-encoder", *, allow_unverified: b
     `Sam2ImageEncoder`; `variant` (a SAM 2 variant name or a `Sam2Config`) overrides the file's config, and
     `input_size` builds the encoder for another input (the position embedding is resized to it in forward,
     as the references do)."""
-    from .checkpoints import _locate, _read_weights, _short  # one owner of paths, shards and reading
+    from .checkpoints import _locate, _read_weights, misfits  # one owner of paths, shards, reading, fitting
 
     path = Path(path)
     try:
@@ -164,18 +164,10 @@ def load(path, variant=None, task: str = "image-encoder", *, allow_unverified: b
     with torch.device("meta"):  # names and shapes only
         model = Sam2ImageEncoder(target)
     wanted = model.state_dict()
-    missing = sorted(set(wanted) - set(state))
-    unexpected = sorted(set(state) - set(wanted))
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(wanted[k].shape)}"
-             for k in wanted if k in state and state[k].shape != wanted[k].shape]
-    if missing or unexpected or wrong:
-        def listed(label, items):
-            shown = ", ".join(map(_short, items[:4])) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-            return f"{label} {len(items)}: {shown}" if items else None
-        parts = filter(None, [listed("missing", missing), listed("unexpected", unexpected),
-                              listed("wrong shape (file vs model)", wrong)])
+    misfit = misfits(state, wanted, wanted, shown=4)
+    if misfit:
         raise HieraModelError(f"{where}: the weights do not fit SAM 2's encoder (embed_dim {config.embed_dim}, "
-                              f"depths {config.depths}): " + "; ".join(parts))
+                              f"depths {config.depths}): {misfit}")
     model.load_state_dict({k: state[k].to(torch.float32).contiguous() for k in wanted}, assign=True)
     model.provenance = provenance
     return model.eval()
