@@ -284,19 +284,26 @@ def report_verdict(artifact: Path) -> ReportVerdict | None:
     if path is None:
         return None
     report = read_report(path)
+    name = Path(artifact).name
+
+    def part(value, kind):  # a report is read, not trusted: a field of another type counts as absent
+        return value if isinstance(value, kind) else kind()
+
     rows = [(key, entry) for key, entry in report["artifacts"].items()
-            if isinstance(entry, dict) and entry.get("file") == Path(artifact).name]
-    if not rows and Path(artifact).name == report.get("tensorrt", {}).get("engine"):
-        rows = [("tensorrt", report["tensorrt"])]
+            if isinstance(entry, dict) and entry.get("file") == name]
+    tensorrt = part(report.get("tensorrt"), dict)
+    if not rows and name == tensorrt.get("engine"):
+        rows = [("tensorrt", tensorrt)]
     if not rows:
         return None
     key, entry = rows[0]
     passed = entry.get("passed")
-    failures = [f"{key}: {failure}" for failure in entry.get("failures") or [] if isinstance(failure, str)]
-    for row in (report.get("openvino") or {}).get("rows", []):  # OpenVINO's rows of this file
-        if isinstance(row, dict) and row.get("artifact") == Path(artifact).name and row.get("passed") is False:
+    failures = [f"{key}: {failure}" for failure in part(entry.get("failures"), list) if isinstance(failure, str)]
+    for row in part(part(report.get("openvino"), dict).get("rows"), list):  # OpenVINO's rows of this file
+        if isinstance(row, dict) and row.get("artifact") == name and row.get("passed") is False:
             passed = False
-            failures += [f"OpenVINO {row.get('inference_precision')}: {failure}" for failure in row.get("failures", [])]
+            failures += [f"OpenVINO {row.get('inference_precision')}: {failure}"
+                         for failure in part(row.get("failures"), list) if isinstance(failure, str)]
     return ReportVerdict(path, passed if isinstance(passed, bool) else None, tuple(failures))
 
 

@@ -223,3 +223,15 @@ def test_large_outputs_are_stored_as_projections_that_keep_their_cosine():
     assert np.abs((1 - projected) / (1 - full) - 1).max() < 0.25, (projected, full)
     logits = rng.standard_normal((2, 1000)).astype(np.float32)
     assert np.array_equal(probe.reduce(logits), logits)
+
+
+def test_a_report_of_the_wrong_shape_beside_an_artifact_is_no_traceback(exported, tmp_path):
+    """The report beside an artifact is read, not trusted: fields of another type count as absent."""
+    path = copy_of(exported, tmp_path, "hiera_digits_classify.int8.onnx", report=True)
+    report_file = path.with_name("hiera_digits_classify.report.json")
+    report = json.loads(report_file.read_text())
+    report.update(tensorrt="not an object", openvino={"rows": "not a list"})
+    report["artifacts"]["int8"].update(passed=False, failures="not a list")
+    report_file.write_text(json.dumps(report))
+    with pytest.raises(HieraRuntimeError, match=r"says it FAILED: see it; run an artifact"):
+        load(path, provider="cpu")
