@@ -13,6 +13,9 @@ is not done. The result uses contrib ops: it is for onnxruntime. The fp16 artifa
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +94,19 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(collections.Counter(node.op_type for node in model.graph.node).most_common())
 
 
+@contextlib.contextmanager
+def _scratch_directory():
+    """Run in a temporary working directory: onnxruntime's symbolic inference saves the graph it could not finish
+    to `sym_shape_infer_temp.onnx` (and its weights beside it) in the working directory, the user's folder."""
+    before = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="hiera-shape-inference-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(before)
+
+
 def max_rank(model: onnx.ModelProto) -> int | None:
     """The highest rank of any tensor of `model`: inputs, outputs, initializers and every value after shape
     inference; None if some value's rank cannot be inferred. onnx's own inference stops at onnxruntime's fused
@@ -108,7 +124,8 @@ def max_rank(model: onnx.ModelProto) -> int | None:
                                    opset_imports=list(model.opset_import),
                                    ir_version=model.ir_version, functions=list(model.functions))
     try:
-        inferred = SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=True)
+        with _scratch_directory():
+            inferred = SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=True)
     except Exception:  # it raises a bare Exception when it cannot infer every value
         return None
     values = {v.name: v for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}

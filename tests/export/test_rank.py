@@ -2,11 +2,13 @@
 embedding's output and its NCTHW stage maps), as LiteRT's GPU delegate and NNAPI require; the report says so
 as `max_rank`."""
 
+from pathlib import Path
+
 import onnx
 import pytest
 
 from export import Options, run
-from export.optimize import max_rank
+from export.optimize import _scratch_directory, max_rank
 
 from ..conftest import FIXTURES
 
@@ -44,3 +46,13 @@ def test_max_rank_sees_every_value_through_onnxruntimes_fused_operators():
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
                                                          onnx.helper.make_opsetid("com.microsoft", 1)])
     assert max_rank(model) == 6
+
+
+def test_shape_inference_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic inference saves a graph it cannot finish to `sym_shape_infer_temp.onnx` in the working
+    directory; `max_rank` runs it in a scratch directory, and comes back to the user's."""
+    monkeypatch.chdir(tmp_path)
+    with _scratch_directory():
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"what onnxruntime leaves")
+        assert Path.cwd() != tmp_path
+    assert Path.cwd() == tmp_path and list(tmp_path.iterdir()) == []
