@@ -30,7 +30,7 @@ from runtime import files, load, probe
 from runtime.artifact import to_metadata
 from runtime.formats import FORMATS
 from runtime.errors import HieraRuntimeError
-from runtime.preprocess import find_images, load_image
+from runtime.preprocess import find_images, load_clip, load_image
 
 from . import artifact, convert, hub, openvino, parity, tensorrt, trt_check
 from .errors import ExportError
@@ -310,8 +310,16 @@ def _mae_metadata(model) -> dict | None:
 
 def _calibration_inputs(directory: Path, preprocessing):
     """The images of `directory` (recursively, sorted, at most CALIBRATION_IMAGES), preprocessed as the runtime
-    will preprocess its input."""
+    will preprocess its input; for a video model, its clips: each entry of `directory` (a multi-frame file or a
+    folder of frames, sorted, hidden ones skipped), sampled and preprocessed as the runtime samples a clip."""
     try:
+        if preprocessing.frames:
+            clips = sorted(p for p in directory.iterdir() if not p.name.startswith("."))[:CALIBRATION_IMAGES]
+            if not clips:
+                raise HieraRuntimeError(f"{directory}: no clips in this directory (a video model calibrates on clips: "
+                                        "multi-frame files or folders of frames)")
+            return np.stack([preprocessing.clip(load_clip(path, preprocessing.frames, preprocessing.frame_stride))
+                             for path in clips])
         paths = find_images(directory)[:CALIBRATION_IMAGES]
         return np.stack([preprocessing(load_image(path)) for path in paths])
     except HieraRuntimeError as error:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import hiera_model
-from export import Options, read_artifact, run
+from export import ExportError, Options, read_artifact, run
 from export.onnx_export import to_onnx
 from runtime import Classifier, FeatureExtractor
 from runtime.preprocess import Preprocessing, sample_frames
@@ -122,3 +122,25 @@ def test_artifact_metadata_says_video(video_export):
     assert meta["input_size"] == [4, 64, 64] and meta["preprocessing"]["frames"] == 4
     assert [d.dim_param or d.dim_value for d in onnx.load(video_export["classify"]).graph.input[0].type
             .tensor_type.shape.dim] == ["batch", 3, 4, 64, 64]
+
+
+def test_qdq_calibrates_on_clips(tmp_path):
+    """A video model's qdq scales come from clips (a multi-frame file, a folder of frames), sampled as the runtime
+    samples them; a folder of single images is one line naming the first that is not a clip."""
+    frames = clip_frames()
+    clips = tmp_path / "clips"
+    (clips / "frames").mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        frame.save(clips / "frames" / f"{i:03d}.png")
+    frames[0].save(clips / "clip.png", save_all=True, append_images=frames[1:])
+    report = run(Options(weights=str(REFERENCE / "video_fair_hub"), batch=None, out_dir=tmp_path / "out",
+                         precisions=("qdq",), calibration=clips))
+    assert report["passed"], failed_rows(report)
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    frames[0].save(stills / "a.png")
+    with pytest.raises(ExportError, match=r"calibration: .*a\.png: a single image, not a clip"):
+        run(Options(weights=str(REFERENCE / "video_fair_hub"), batch=None, out_dir=tmp_path / "out2",
+                    precisions=("qdq",), calibration=stills))
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
