@@ -176,7 +176,7 @@ def test_sam2_fair_checkpoint_size_is_told_from_its_weights(tmp_path):
     against the published sizes by its shapes, else refused in one line."""
     from hiera_model.checkpoints_sam2 import infer_config
 
-    for name in ("sam2.1_hiera_tiny", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"):
+    for name in ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"):
         with torch.device("meta"):
             state = hiera_model.Sam2ImageEncoder(hiera_model.SAM2_VARIANTS[name].config).state_dict()
         assert infer_config(state, name)[0] == hiera_model.SAM2_VARIANTS[name].config
