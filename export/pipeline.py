@@ -103,7 +103,7 @@ def _weights(r: Run) -> dict:
                                                  out_features=o.out_features, with_loss=o.loss, input_size=o.image_size)
     r.config = model.config
     if o.layout == "hub":  # refused now rather than after the work
-        hub.check(o.task, model.config.is_video, o.precisions)
+        hub.check(o.task, model.config.is_video, o.precisions, sam2=is_sam2_model(model))
     size = "x".join(map(str, dict.fromkeys(o.image_size))) if o.image_size else None  # 448, or 224x448
     r.model, r.stem = model, artifact.family(f"{r.name}_{size}" if size else r.name, o.task)
     r.preprocessing = preprocessing_for(r.weights_path, model.config.input_size, o.task,

@@ -97,6 +97,11 @@ def test_bad_input_is_one_line(tmp_path):
         ("--variant", "tiny", "--task", "image-encoder"): "task 'image-encoder' is SAM 2's image encoder",
         ("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--image-size", "1000"):
             "each side must be a multiple of 32",
+        # transformers.js' Sam2Model needs the mask decoder's ONNX file beside the encoder's (issue 26)
+        ("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--layout", "hub"):
+            "no place for SAM 2's image encoder: transformers.js' Sam2Model loads two ONNX files together",
+        ("--variant", "sam2.1_hiera_tiny", "--task", "backbone", "--layout", "hub"):
+            "no place for SAM 2's HieraDet backbone",
     }
     for args, expected in cases.items():
         line = one_error_line(run_cli(*args, "--weights", "random", "--out", tmp_path))
