@@ -14,7 +14,7 @@ from runtime.shell import FAILED, OK, Parser, Whole, error_line, run_command, sa
 from . import lock, require_torch
 from .errors import HieraModelError, VerificationError
 from .hub import published_sha256
-from .sam2_config import SAM2_TASKS, SAM2_VARIANTS
+from .sam2_config import SAM2_TASKS, SAM2_VARIANTS, Sam2Config
 from .variants import TASKS, VARIANTS, get_variant
 
 
@@ -94,8 +94,9 @@ def _inspect(args) -> int:
     else:
         how = "not verified: models.lock does not name it" if provenance["source"].startswith("local:") else \
             "not verified"
-    if model.task in SAM2_TASKS:
-        say(f"{args.path}: SAM 2 image encoder, embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
+    if isinstance(c, Sam2Config):  # its image encoder, or its HieraDet alone (task backbone)
+        what = "SAM 2 image encoder" if model.task in SAM2_TASKS else f"SAM 2's HieraDet (task {model.task})"
+        say(f"{args.path}: {what}, embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
             f"windows {c.window_sizes}, global blocks {c.global_blocks}, input {c.input_size}, "
             f"weights {provenance['source']} ({how})")
         return OK

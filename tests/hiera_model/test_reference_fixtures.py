@@ -155,7 +155,7 @@ def test_sam2_fair_checkpoint_gives_set_image_features(expected_sam2):
 
 
 @torch.no_grad()
-def test_sam2_timm_backbone_gives_timm_stage_maps(expected_sam2):
+def test_sam2_timm_backbone_gives_timm_stage_maps(expected_sam2, capsys):
     """timm's folder: its config.json (architecture, model_args, pretrained_cfg's input size) makes the config;
     task 'backbone' with no variant routes it to SAM 2 from Hiera's loader."""
     backbone = hiera_model.load(REFERENCE / "sam2_timm_hub", task="backbone")
@@ -169,6 +169,10 @@ def test_sam2_timm_backbone_gives_timm_stage_maps(expected_sam2):
         hiera_model.load(file, variant=SAM2, task="image-encoder")
     with pytest.raises(hiera_model.HieraModelError, match="a SAM 2 checkpoint .*load it with task='backbone'"):
         hiera_model.load(file, task="features")
+    from hiera_model.__main__ import main
+
+    assert main(["inspect", str(REFERENCE / "sam2_timm_hub"), "--task", "backbone"]) == 0
+    assert "SAM 2's HieraDet (task backbone), embed_dim 6, depths (1, 2, 2, 1)" in capsys.readouterr().out
 
 
 def test_sam2_fair_checkpoint_size_is_told_from_its_weights(tmp_path):
