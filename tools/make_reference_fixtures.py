@@ -6,7 +6,8 @@ Those packages need torchvision, which here works only with the large torch 2.14
     python3 -m venv /tmp/refenv
     /tmp/refenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31 hiera-transformer==0.1.4 safetensors
     /tmp/refenv/bin/pip install hydra-core iopath
-    /tmp/refenv/bin/pip download --no-deps --no-binary :all: sam2==1.1.0 -d /tmp/sam2-src && tar xzf /tmp/sam2-src/sam2-1.1.0.tar.gz -C /tmp/sam2-src
+    /tmp/refenv/bin/pip download --no-deps sam2==1.1.0 -d /tmp/sam2-src     # its sdist: sam2-1.1.0.tar.gz
+    tar xzf /tmp/sam2-src/sam2-1.1.0.tar.gz -C /tmp/sam2-src
     PYTHONPATH=/tmp/sam2-src/sam2-1.1.0 /tmp/refenv/bin/python tools/make_reference_fixtures.py tests/fixtures/reference
 
 (FAIR's `sam2` is used from its source: `pip install sam2` builds its optional CUDA extension, with torch in an
