@@ -59,7 +59,8 @@ def _sam2_table(names, torch, blank_line: bool) -> None:
         print()
     _print_table(rows)
     print("SAM 2 image encoders (task image-encoder): 1024 x 1024, HieraDet with windows and global-attention blocks,\n"
-          "the FPN neck, conv_s0/conv_s1 and the no-memory embedding (docs/sam2.md).")
+          "the FPN neck, conv_s0/conv_s1 and the no-memory embedding; task backbone: HieraDet's four stage maps "
+          "(docs/sam2.md).")
 
 
 def _hiera_table(names, torch, Hiera) -> None:
