@@ -3,6 +3,7 @@ wrote with those libraries (each checkpoint saved by the library's own save func
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import safetensors.torch
@@ -155,7 +156,7 @@ def test_sam2_fair_checkpoint_gives_set_image_features(expected_sam2):
 
 
 @torch.no_grad()
-def test_sam2_timm_backbone_gives_timm_stage_maps(expected_sam2, capsys):
+def test_sam2_timm_backbone_gives_timm_stage_maps(expected_sam2, capsys, tmp_path):
     """timm's folder: its config.json (architecture, model_args, pretrained_cfg's input size) makes the config;
     task 'backbone' with no variant routes it to SAM 2 from Hiera's loader."""
     backbone = hiera_model.load(REFERENCE / "sam2_timm_hub", task="backbone")
@@ -169,6 +170,11 @@ def test_sam2_timm_backbone_gives_timm_stage_maps(expected_sam2, capsys):
         hiera_model.load(file, variant=SAM2, task="image-encoder")
     with pytest.raises(hiera_model.HieraModelError, match="a SAM 2 checkpoint .*load it with task='backbone'"):
         hiera_model.load(file, task="features")
+    # in a folder under the name of timm's published backbone: models.lock's row, no sha256 recorded yet
+    published = tmp_path / "sam2_hiera_tiny.fb_r896"
+    shutil.copytree(REFERENCE / "sam2_timm_hub", published)
+    with pytest.raises(hiera_model.VerificationError, match="timm/sam2_hiera_tiny.fb_r896"):
+        hiera_model.load(published, task="backbone")
     from hiera_model.__main__ import main
 
     assert main(["inspect", str(REFERENCE / "sam2_timm_hub"), "--task", "backbone"]) == 0
