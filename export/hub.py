@@ -31,7 +31,7 @@ from pathlib import Path
 
 import onnx
 
-from hiera_model import VARIANTS, HieraConfig, HieraModelError
+from hiera_model import SAM2_VARIANTS, VARIANTS, HieraConfig, HieraModelError
 from hiera_model.config_files import config_from_file
 from runtime import commit, files
 from runtime.artifact import PER_ARTIFACT, decoded, report_path
@@ -55,9 +55,21 @@ PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 NEEDS_FP32 = "the hub layout needs the fp32 artifact: optimum and transformers.js load model.onnx by default"
 
 
-def check(task: str, video: bool, precisions) -> None:
+# Why SAM 2 has no Hub folder here: transformers.js' Sam2Model (and transformers' Sam2Model) is one model of two
+# ONNX sessions, both loaded at from_pretrained: onnx/vision_encoder*.onnx (outputs image_embeddings.0, .1, .2) and
+# onnx/prompt_encoder_mask_decoder*.onnx, which this export does not make (issue 26). A folder with the encoder
+# alone would be one that no Hugging Face tool loads.
+SAM2_NO_HUB = ("the hub layout has no place for SAM 2's {what}: transformers.js' Sam2Model loads two ONNX files "
+               "together, onnx/vision_encoder.onnx (outputs image_embeddings.0, .1, .2) and "
+               "onnx/prompt_encoder_mask_decoder.onnx, and the mask decoder is not exported here (docs/sam2.md); "
+               "serve the encoder with python -m runtime or python -m runtime triton")
+
+
+def check(task: str, video: bool, precisions, sam2: bool = False) -> None:
     """Raise `ExportError` when an export of this kind cannot have the Hugging Face layout: call it before
-    exporting, so that a refusal costs nothing."""
+    exporting, so that a refusal costs nothing. `sam2`: a SAM 2 model (whose backbone task is Hiera's name)."""
+    if task == "image-encoder" or sam2:
+        raise ExportError(SAM2_NO_HUB.format(what="image encoder" if task == "image-encoder" else "HieraDet backbone"))
     if video:
         raise ExportError("the hub layout is for image models: transformers has no video Hiera (no config.json a "
                           "Hugging Face tool reads can describe one) and no processor that makes clips; run the video "
@@ -87,7 +99,7 @@ def layout(artifacts: Mapping[str, Path], report: Path, checkpoint: Path | None 
         raise ExportError(NEEDS_FP32)
     summary = artifact.read_report(report)
     meta = _metadata(artifacts, summary, report)
-    check(meta["task"], len(meta["input_size"]) == 3, artifacts)
+    check(meta["task"], len(meta["input_size"]) == 3, artifacts, sam2=meta["variant"] in SAM2_VARIANTS)
     out: dict[str, Path | bytes] = {}
     external = {}  # the transformers.js file names whose weights are in an external data file
     for precision, path in artifacts.items():

@@ -38,7 +38,7 @@ from .onnx_export import to_opset_16, trace
 from .optimize import max_rank, op_histogram, optimize
 from .options import DEFAULT_PRECISIONS, PRECISIONS, Options, check
 from .transaction import Transaction
-from .weights import load_weights, preprocessing_for
+from .weights import is_sam2_model, load_weights, preprocessing_for
 
 __all__ = ["DEFAULT_PRECISIONS", "PRECISIONS", "Options", "run"]
 
@@ -103,10 +103,11 @@ def _weights(r: Run) -> dict:
                                                  out_features=o.out_features, with_loss=o.loss, input_size=o.image_size)
     r.config = model.config
     if o.layout == "hub":  # refused now rather than after the work
-        hub.check(o.task, model.config.is_video, o.precisions)
+        hub.check(o.task, model.config.is_video, o.precisions, sam2=is_sam2_model(model))
     size = "x".join(map(str, dict.fromkeys(o.image_size))) if o.image_size else None  # 448, or 224x448
     r.model, r.stem = model, artifact.family(f"{r.name}_{size}" if size else r.name, o.task)
-    r.preprocessing = preprocessing_for(r.weights_path, model.config.input_size, o.task)
+    r.preprocessing = preprocessing_for(r.weights_path, model.config.input_size, o.task,
+                                        sam2=is_sam2_model(model))
     r.props = dict(variant=r.name, task=o.task, outputs=model.output_names, input_size=model.config.input_size,
                    preprocessing=r.preprocessing.to_dict(), labels=model.labels, weights=dict(model.provenance),
                    opset=o.opset, batch=o.batch or "dynamic", versions=_versions(), mae=_mae_metadata(model))

@@ -49,8 +49,13 @@ def load_weights(weights: str | None, variant: str | None, task: str, seed: int,
     return model, name, path
 
 
+def is_sam2_model(model) -> bool:
+    """SAM 2's image encoder, or its HieraDet alone (task "backbone", which Hiera has too)."""
+    return isinstance(model.config, hiera_model.Sam2Config)
+
+
 def _check_variant(model, variant: str | None, path: Path) -> str:
-    if model.task in SAM2_TASKS:
+    if is_sam2_model(model):
         return _check_sam2_variant(model, variant, path)
     # A fine-tuned checkpoint keeps its variant's name whatever its number of classes.
     config = model.config
@@ -97,11 +102,12 @@ def _download(weights: str | None, variant: str | None) -> Path:
         raise ExportError(f"cannot fetch {repo_id} ({reason[:120]}); {howto}", "weights") from None
 
 
-def preprocessing_for(path: Path | None, input_size, task: str | None = None) -> Preprocessing:
+def preprocessing_for(path: Path | None, input_size, task: str | None = None, sam2: bool = False) -> Preprocessing:
     """The checkpoint's own `preprocessor_config.json` (transformers' image processor), if it has one;
-    otherwise the ImageNet recipe at the model's input size; for video, the Kinetics clip recipe; for SAM 2,
-    its predictor's (the whole image resized to the input, which no BitImageProcessor setting describes)."""
-    if task in SAM2_TASKS:
+    otherwise the ImageNet recipe at the model's input size; for video, the Kinetics clip recipe; for SAM 2
+    (its tasks, or `sam2`: its HieraDet backbone), its predictor's (the whole image resized to the input, which
+    no BitImageProcessor setting describes)."""
+    if task in SAM2_TASKS or sam2:
         return Preprocessing.for_sam2(input_size)
     if len(input_size) == 3:  # video: no published processor config describes clips
         return Preprocessing.for_clips(input_size)

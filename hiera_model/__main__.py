@@ -14,7 +14,7 @@ from runtime.shell import FAILED, OK, Parser, Whole, error_line, run_command, sa
 from . import lock, require_torch
 from .errors import HieraModelError, VerificationError
 from .hub import published_sha256
-from .sam2_config import SAM2_TASKS, SAM2_VARIANTS
+from .sam2_config import SAM2_TASKS, SAM2_VARIANTS, Sam2Config
 from .variants import TASKS, VARIANTS, get_variant
 
 
@@ -59,7 +59,8 @@ def _sam2_table(names, torch, blank_line: bool) -> None:
         print()
     _print_table(rows)
     print("SAM 2 image encoders (task image-encoder): 1024 x 1024, HieraDet with windows and global-attention blocks,\n"
-          "the FPN neck, conv_s0/conv_s1 and the no-memory embedding (docs/sam2.md).")
+          "the FPN neck, conv_s0/conv_s1 and the no-memory embedding; task backbone: HieraDet's four stage maps "
+          "(docs/sam2.md).")
 
 
 def _hiera_table(names, torch, Hiera) -> None:
@@ -94,8 +95,9 @@ def _inspect(args) -> int:
     else:
         how = "not verified: models.lock does not name it" if provenance["source"].startswith("local:") else \
             "not verified"
-    if model.task in SAM2_TASKS:
-        say(f"{args.path}: SAM 2 image encoder, embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
+    if isinstance(c, Sam2Config):  # its image encoder, or its HieraDet alone (task backbone)
+        what = "SAM 2 image encoder" if model.task in SAM2_TASKS else f"SAM 2's HieraDet (task {model.task})"
+        say(f"{args.path}: {what}, embed_dim {c.embed_dim}, depths {c.depths}, heads {c.num_heads}, "
             f"windows {c.window_sizes}, global blocks {c.global_blocks}, input {c.input_size}, "
             f"weights {provenance['source']} ({how})")
         return OK

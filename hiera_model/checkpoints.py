@@ -27,7 +27,7 @@ import torch
 from runtime import files
 
 from . import lock as model_lock
-from .checkpoints_sam2 import is_sam2_config, is_sam2_state, load as load_sam2
+from .checkpoints_sam2 import is_sam2_config, is_sam2_state, load as load_sam2, sam2_layout
 from .factory import build, check_options
 from .config_files import config_from_file
 from .errors import HieraModelError
@@ -69,6 +69,9 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
     elif config_file is not None:
         file_config = read_json(config_file)
         if is_sam2_config(file_config):
+            if task == "backbone":  # HieraDet's stage maps, from a SAM 2 folder
+                return load_sam2(path, None, task, allow_unverified=allow_unverified, lock_path=lock_path,
+                                 out_features=out_features, with_loss=with_loss, input_size=input_size)
             raise HieraModelError(f"{config_file}: a SAM 2 checkpoint (Segment Anything 2's image encoder), not "
                                   "Hiera; load it with {option}", option="task", value="image-encoder")
         config, labels, names = config_from_file(file_config, config_file)
@@ -77,6 +80,9 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
         check_options(config, task, out_features=out_features, with_loss=with_loss, input_size=input_size)
     provenance = model_lock.verify_files(weight_files, allow_unverified=allow_unverified, lock_path=lock_path)
     state = _read_weights(weight_files)
+    if task == "backbone" and variant is None and is_sam2_state(state):  # HieraDet's stage maps, read once
+        return load_sam2(path, None, task, lock_path=lock_path, out_features=out_features, with_loss=with_loss,
+                         input_size=input_size, read=(state, provenance))
     state = {TRANSFORMERS: from_transformers, FAIR: from_fair, TIMM: from_timm}[detect_layout(state, path)](state)
 
     held = held_task(state)
@@ -239,8 +245,9 @@ def misfits(state: dict, stored: dict, wanted: dict, shown: int = 6) -> str | No
 
 def detect_layout(state: dict[str, torch.Tensor], path) -> str:
     if is_sam2_state(state):
+        task = "backbone" if sam2_layout(state) == "timm" else "image-encoder"  # timm's holds HieraDet alone
         raise HieraModelError(f"{path}: a SAM 2 checkpoint (Segment Anything 2's image encoder), not Hiera; load it "
-                              "with {option}", option="task", value="image-encoder")
+                              "with {option}", option="task", value=task)
     keys = set(state)
     if any(k.startswith(("hiera.", "embeddings.", "encoder.stages.")) for k in keys):
         return TRANSFORMERS

@@ -1,5 +1,8 @@
-"""SAM 2 checkpoints: transformers' `Sam2Model` folders (config.json + model.safetensors, as its
-`save_pretrained` writes them and `facebook/sam2*-hiera-*` publishes them), loaded into `Sam2ImageEncoder`.
+"""SAM 2 checkpoints loaded into `Sam2ImageEncoder`, in the three published layouts: transformers' `Sam2Model`
+folders (config.json + model.safetensors, as its `save_pretrained` writes them and `facebook/sam2*-hiera-*`
+publishes them), FAIR's `sam2*_hiera_*.pt` (torch.save'd {"model": state dict}, names `image_encoder.trunk.*`,
+no config: the published size is told from the weights, or given), and timm's `sam2_hiera_*` backbones
+(HieraDet alone, for the "backbone" task; config.json as timm's `save_for_hf` writes it).
 
 The same trust as Hiera's loader (`checkpoints`): every file through `runtime.files`, the config checked
 field by field (one line naming the file and the field) before the weights are read, the weight files
@@ -11,6 +14,7 @@ the mask decoder are read, checked, and dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from . import lock as model_lock
 from .errors import HieraModelError
 from .file_access import read_json
 from .sam2 import Sam2ImageEncoder, check_sam2_options
-from .sam2_config import Sam2Config, check_sam2_field, get_sam2_variant
+from .sam2_config import SAM2_VARIANTS, Sam2Config, check_sam2_field, get_sam2_variant
 
 SAM2_MODEL_TYPES = ("sam2", "sam2_video")  # transformers' Sam2Model and Sam2VideoModel folders
 # transformers' names for the encoder's weights -> ours (sam2.Sam2ImageEncoder)
@@ -43,13 +47,51 @@ _UNUSED = re.compile(r"^(prompt_encoder|mask_decoder|shared_image_embedding|memo
                      r"no_object_pointer|occlusion_spatial_embedding)")
 
 
+# FAIR's names (sam2.modeling.sam2_base.SAM2Base) -> ours
+_FAIR_NAMES = [
+    (r"^image_encoder\.trunk\.patch_embed\.proj\.", "patch_embed."),
+    (r"^image_encoder\.trunk\.(pos_embed|pos_embed_window)$", r"\1"),
+    (r"^image_encoder\.trunk\.blocks\.(\d+)\.mlp\.layers\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"^image_encoder\.trunk\.blocks\.(\d+)\.mlp\.layers\.1\.", r"blocks.\1.mlp.fc2."),
+    (r"^image_encoder\.trunk\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|proj)\.", r"blocks.\1.\2."),
+    (r"^image_encoder\.neck\.convs\.(\d+)\.conv\.", r"neck.\1."),
+    (r"^sam_mask_decoder\.(conv_s0|conv_s1)\.", r"\1."),
+    (r"^no_mem_embed$", "no_mem_embed"),
+]
+# What FAIR's image predictor does not use for the image's features: the prompt encoder, the rest of the mask
+# decoder, the memory modules and the video model's embeddings.
+_FAIR_UNUSED = re.compile(r"^(sam_prompt_encoder\.|sam_mask_decoder\.|memory_attention\.|memory_encoder\.|"
+                          r"mask_downsample\.|obj_ptr_proj\.|obj_ptr_tpos_proj\.|maskmem_tpos_enc$|no_mem_pos_enc$|"
+                          r"no_obj_ptr$|no_obj_embed_spatial$)")
+# timm's names (timm.models.hieradet_sam2.HieraDet) -> ours; its classifier head is not SAM 2's
+_TIMM_NAMES = [
+    (r"^patch_embed\.proj\.", "patch_embed."),
+    (r"^(pos_embed|pos_embed_window)$", r"\1"),
+    (r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|proj|mlp\.fc1|mlp\.fc2)\.", r"blocks.\1.\2."),
+]
+_TIMM_UNUSED = re.compile(r"^head\.")
+TRANSFORMERS, FAIR, TIMM = "transformers", "FAIR", "timm"
+# timm's SAM 2 backbones: the same architectures as our SAM 2 variants of the same names
+TIMM_ARCHITECTURES = ("sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus", "sam2_hiera_large")
+
+
 def is_sam2_config(config) -> bool:
-    return isinstance(config, dict) and config.get("model_type") in SAM2_MODEL_TYPES
+    """transformers' `Sam2Model` config.json, or timm's for a `sam2_hiera_*` backbone."""
+    return isinstance(config, dict) and (config.get("model_type") in SAM2_MODEL_TYPES
+                                         or config.get("architecture") in TIMM_ARCHITECTURES)
 
 
 def is_sam2_state(state: dict) -> bool:
-    """A SAM 2 checkpoint by its keys: transformers' (`vision_encoder.backbone.`) or FAIR's (`image_encoder.trunk.`)."""
-    return any(k.startswith(("vision_encoder.backbone.", "image_encoder.trunk.")) for k in state)
+    """A SAM 2 checkpoint by its keys: transformers' (`vision_encoder.backbone.`), FAIR's (`image_encoder.trunk.`)
+    or timm's (the window position table `pos_embed_window`, which Hiera has not)."""
+    return "pos_embed_window" in state or any(k.startswith(("vision_encoder.backbone.", "image_encoder.trunk."))
+                                              for k in state)
+
+
+def sam2_layout(state: dict) -> str:
+    if any(k.startswith("vision_encoder.backbone.") for k in state):
+        return TRANSFORMERS
+    return FAIR if any(k.startswith("image_encoder.trunk.") for k in state) else TIMM
 
 
 def config_from_transformers(config, path) -> Sam2Config:
@@ -104,27 +146,100 @@ def config_from_transformers(config, path) -> Sam2Config:
     return result
 
 
-def from_transformers(state: dict, path) -> dict:
-    """transformers' `Sam2Model` weights in our names, the parts the encoder does not use dropped."""
+def from_transformers(state: dict, path, layout: str = TRANSFORMERS) -> dict:
+    """A checkpoint's weights (transformers' `Sam2Model`, or in `layout` FAIR's `SAM2Base` or timm's `HieraDet`)
+    in our names, the parts the encoder does not use dropped."""
+    names, unused, model = {TRANSFORMERS: (_NAMES, _UNUSED, "a transformers Sam2Model"),
+                            FAIR: (_FAIR_NAMES, _FAIR_UNUSED, "FAIR's SAM 2 (SAM2Base)"),
+                            TIMM: (_TIMM_NAMES, _TIMM_UNUSED, "timm's sam2_hiera backbone (HieraDet)")}[layout]
     mapped = {}
     for key, value in state.items():
-        for pattern, replacement in _NAMES:
+        for pattern, replacement in names:
             if re.match(pattern, key):
                 mapped[re.sub(pattern, replacement, key)] = value
                 break
         else:
-            if not _UNUSED.match(key):
+            if not unused.match(key):
                 shown = key if len(key) <= 80 else key[:77] + "..."
-                raise HieraModelError(f"{path}: tensor {shown} is not part of a transformers Sam2Model")
+                raise HieraModelError(f"{path}: tensor {shown} is not part of {model}")
     return mapped
 
 
+def config_from_timm(config: dict, path) -> Sam2Config:
+    """timm's config.json of a `sam2_hiera_*` backbone (`save_for_hf`: the architecture, the arguments it was
+    made with, the input size in pretrained_cfg) as our config; every value checked under timm's name for it."""
+    architecture = config["architecture"]
+    args = config.get("model_args", {})
+    fields = {}
+    try:
+        if not isinstance(args, dict):
+            raise HieraModelError("model_args must be a JSON object")
+        base = SAM2_VARIANTS[architecture].config
+        # timm's HieraDet arguments -> ours; a stride, kernel or padding is [n, n] there
+        names = {"embed_dim": "embed_dim", "stages": "depths", "window_spec": "window_sizes",
+                 "global_att_blocks": "global_blocks", "global_pos_size": "window_pos_embed_size",
+                 "in_chans": "in_chans", "q_pool": "q_pool", "patch_kernel": "patch_kernel",
+                 "patch_stride": "patch_stride", "patch_padding": "patch_padding", "q_stride": "q_stride"}
+        fixed = {"dim_mul": 2.0, "head_mul": 2.0, "patch_size": None, "init_values": None, "norm_layer": "LayerNorm",
+                 "act_layer": "GELU"}  # what every SAM 2 trunk has (layer scale would add weights SAM 2 has not)
+        ignored = ("num_classes", "global_pool", "drop_rate", "drop_path_rate", "weight_init", "fix_init",
+                   "head_init_scale")  # the classifier head and training only
+        heads = None
+        for theirs, value in args.items():
+            if theirs in ignored:
+                continue
+            if theirs in fixed:
+                if value != fixed[theirs]:
+                    raise HieraModelError(f"model_args.{theirs} {value!r} must be {fixed[theirs]!r}, as in every SAM 2 "
+                                          "model")
+            elif theirs == "num_heads":
+                heads = check_sam2_field("num_heads", [value], f"model_args.{theirs}")[0]
+            elif theirs in names:
+                if names[theirs] in ("patch_kernel", "patch_stride", "patch_padding", "q_stride") \
+                        and isinstance(value, list):
+                    if len(value) != 2 or value[0] != value[1]:
+                        raise HieraModelError(f"model_args.{theirs} {value!r} must be square, as in every SAM 2 model")
+                    value = value[0]
+                fields[names[theirs]] = check_sam2_field(names[theirs], value, f"model_args.{theirs}")
+            else:
+                raise HieraModelError(f"model_args.{theirs} is not an argument of timm's HieraDet that SAM 2 uses")
+        stages = len(fields.get("depths", base.depths))
+        first_heads = base.num_heads[0] if heads is None else heads
+        fields["num_heads"] = tuple(first_heads * 2 ** s for s in range(stages))  # timm doubles them per stage
+        input_size = (config.get("pretrained_cfg") or {}).get("input_size")
+        if input_size is not None:
+            if not isinstance(input_size, list) or len(input_size) != 3:
+                raise HieraModelError(f"pretrained_cfg.input_size {input_size!r} must be [channels, height, width]")
+            fields["input_size"] = check_sam2_field("input_size", input_size[1:], "pretrained_cfg.input_size")
+        return dataclasses.replace(base, **fields)
+    except HieraModelError as error:
+        raise HieraModelError(f"{path}: {error}") from None
+
+
+def infer_config(state: dict, path) -> tuple[Sam2Config, str]:
+    """The published SAM 2 size whose shapes the weights (in our names) have: FAIR's files have no config, and
+    the heads, windows and global blocks cannot be read from weights, only matched."""
+    blocks = 1 + max((int(m[1]) for k in state if (m := re.match(r"blocks\.(\d{1,6})\.", k))), default=-1)
+    widths = [state[f"blocks.{i}.mlp.fc1.weight"].shape[-1] if f"blocks.{i}.mlp.fc1.weight" in state else None
+              for i in range(blocks)]
+    depths = tuple(widths.count(width) for width in dict.fromkeys(widths))
+    table = tuple(state["pos_embed"].shape[2:]) if "pos_embed" in state else None
+    for variant in SAM2_VARIANTS.values():
+        c = variant.config
+        if (widths[:1], depths, table) == ([c.embed_dim], c.depths, c.window_pos_embed_size):
+            return c, f"{path}: the published SAM 2 size its weights match ({variant.name.split('_hiera_')[1]})"
+    raise HieraModelError(f"{path}: no config, and its weights (embed_dim {widths[0] if widths else None}, depths "
+                          f"{depths}) match no published SAM 2 size; give its variant or a Sam2Config ({{option}})",
+                          option="variant")
+
+
 def load(path, variant=None, task: str = "image-encoder", *, allow_unverified: bool = False, lock_path=None,
-         input_size=None, **hiera_options) -> Sam2ImageEncoder:
-    """A transformers `Sam2Model` folder (or its model.safetensors beside its config.json) as an eval-mode
-    `Sam2ImageEncoder`; `variant` (a SAM 2 variant name or a `Sam2Config`) overrides the file's config, and
+         input_size=None, read=None, **hiera_options) -> Sam2ImageEncoder:
+    """A transformers `Sam2Model` folder (or its model.safetensors beside its config.json), FAIR's `sam2*.pt` or
+    timm's `sam2_hiera_*` folder as an eval-mode `Sam2ImageEncoder` for `task` ("image-encoder", or "backbone":
+    the four stage maps); `variant` (a SAM 2 variant name or a `Sam2Config`) overrides the file's config, and
     `input_size` builds the encoder for another input (the position embedding is resized to it in forward,
-    as the references do)."""
+    as the references do). `read`: (state, provenance) where Hiera's loader has already read the files."""
     from .checkpoints import _locate, _read_weights, misfits  # one owner of paths, shards, reading, fitting
 
     path = Path(path)
@@ -136,6 +251,7 @@ def load(path, variant=None, task: str = "image-encoder", *, allow_unverified: b
     weight_files, config_file = _locate(path)
     if config_file is None and path.is_file() and (path.parent / "config.json").exists():
         config_file = path.parent / "config.json"
+    config = None  # FAIR's files have none: then the weights tell the published size
     if isinstance(variant, Sam2Config):
         config, where = variant, f"{path}: the given config"
     elif variant is not None:
@@ -147,24 +263,32 @@ def load(path, variant=None, task: str = "image-encoder", *, allow_unverified: b
             raise HieraModelError(f"{config_file}: a {kind or 'non-SAM 2'} checkpoint, not SAM 2 (transformers' "
                                   "Sam2Model, model_type 'sam2')" + ("; load it as Hiera, with a Hiera task"
                                                                      if kind == "hiera" else ""))
-        config, where = config_from_transformers(file_config, config_file), str(config_file)
+        read_config = config_from_timm if "architecture" in file_config else config_from_transformers
+        config, where = read_config(file_config, config_file), str(config_file)
+    if config is not None and input_size is not None:  # a size the windows cannot tile: refused before reading
+        config.at_size(tuple(input_size))
+    if read is None:
+        provenance = model_lock.verify_files(weight_files, allow_unverified=allow_unverified, lock_path=lock_path)
+        state = _read_weights(weight_files)
     else:
-        raise HieraModelError(f"{path}: a SAM 2 checkpoint needs its config.json or a SAM 2 variant ({{option}})",
-                              option="variant")
-    target = config.at_size(tuple(input_size)) if input_size is not None else config
-    provenance = model_lock.verify_files(weight_files, allow_unverified=allow_unverified, lock_path=lock_path)
-    state = _read_weights(weight_files)
+        state, provenance = read
     if not is_sam2_state(state):
-        raise HieraModelError(f"{path}: not a SAM 2 checkpoint (no vision_encoder.backbone weights); a Hiera "
-                              "checkpoint loads as Hiera, with a Hiera task")
-    if any(k.startswith("image_encoder.trunk.") for k in state):
-        raise HieraModelError(f"{path}: FAIR's SAM 2 checkpoint layout is not read yet; convert it to a "
-                              "transformers Sam2Model folder")
-    state = from_transformers(state, path)
+        raise HieraModelError(f"{path}: not a SAM 2 checkpoint (no vision_encoder.backbone, image_encoder.trunk or "
+                              "pos_embed_window weights); a Hiera checkpoint loads as Hiera, with a Hiera task")
+    layout = sam2_layout(state)
+    if layout == TIMM and task != "backbone":
+        raise HieraModelError(f"{path}: timm's sam2_hiera backbone is HieraDet alone (no FPN neck, conv_s0, conv_s1 "
+                              "or no-memory embedding); load it with {option}", option="task", value="backbone")
+    state = from_transformers(state, path, layout)
+    if config is None:
+        config, where = infer_config(state, path)
+    target = config.at_size(tuple(input_size)) if input_size is not None else config
     with torch.device("meta"):  # names and shapes only
-        model = Sam2ImageEncoder(target)
+        model = Sam2ImageEncoder(target, task)
+        # the model that wrote the file: the whole encoder, but for timm's backbone
+        stored = model if layout == TIMM or task == "image-encoder" else Sam2ImageEncoder(target)
     wanted = model.state_dict()
-    misfit = misfits(state, wanted, wanted, shown=4)
+    misfit = misfits(state, stored.state_dict(), wanted, shown=4)
     if misfit:
         raise HieraModelError(f"{where}: the weights do not fit SAM 2's encoder (embed_dim {config.embed_dim}, "
                               f"depths {config.depths}): {misfit}")

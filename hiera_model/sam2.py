@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from .blocks import Mlp
 from .errors import HieraModelError
-from .sam2_config import SAM2_TASKS, Sam2Config, get_sam2_variant
+from .sam2_config import SAM2_MODEL_TASKS, Sam2Config, get_sam2_variant
 
 
 def window_layout(grid: tuple[int, int], window: tuple[int, int], q_stride: int):
@@ -155,13 +155,15 @@ class Sam2ImageEncoder(nn.Module):
     """SAM 2's image encoder as its image predictor runs it: `pixel_values` [batch, 3, H, W] (normalized)
     -> `image_embeddings` [batch, fpn_dim, H/16, W/16] (no-memory embedding added), `high_res_feats_0`
     [batch, fpn_dim/8, H/4, W/4] (conv_s0), `high_res_feats_1` [batch, fpn_dim/4, H/8, W/8] (conv_s1).
-    Make it with `hiera_model.create` or `hiera_model.load` (a SAM 2 variant, config or checkpoint)."""
+    Make it with `hiera_model.create` or `hiera_model.load` (a SAM 2 variant, config or checkpoint).
 
-    task = "image-encoder"
+    With task "backbone" it is HieraDet alone: `stage1` ... `stage4` [batch, stage width, height, width], each
+    stage's last block's output (timm's `sam2_hiera_*` features), without the neck and the predictor's parts."""
 
-    def __init__(self, config: Sam2Config):
+    def __init__(self, config: Sam2Config, task: str = "image-encoder"):
         super().__init__()
         self.config = config
+        self.task = task
         self.labels = None
         self.provenance = {"source": "untrained", "sha256": None, "verified": False}
         dims, grids = config.stage_dims, config.stage_grids
@@ -186,6 +188,8 @@ class Sam2ImageEncoder(nn.Module):
                                              q_stride))
                 dim, grid = dims[stage], grids[stage]
             self.stage_ends.append(len(self.blocks) - 1)
+        if task == "backbone":
+            return
         # The neck's lateral 1x1 convolutions, coarsest stage first (FAIR's and transformers' order).
         self.neck = nn.ModuleList(nn.Conv2d(d, config.fpn_dim, 1) for d in reversed(dims))
         self.conv_s0 = nn.Conv2d(config.fpn_dim, config.fpn_dim // 8, 1)
@@ -204,6 +208,8 @@ class Sam2ImageEncoder(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
+        if self.task == "backbone":
+            return [f"stage{stage}" for stage in range(1, len(self.config.depths) + 1)]
         return ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
 
     def position_embedding(self) -> torch.Tensor:
@@ -226,6 +232,8 @@ class Sam2ImageEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.forward_stages(pixel_values)
+        if self.task == "backbone":
+            return dict(zip(self.output_names, maps))
         last = len(maps) - 1
         levels = [None] * len(maps)
         for level in range(last, -1, -1):  # coarse to fine; only the top-down levels add the coarser one
@@ -242,10 +250,10 @@ class Sam2ImageEncoder(nn.Module):
 
 
 def check_sam2_options(task: str, out_features=None, with_loss: bool = False) -> None:
-    """SAM 2's encoder has one task and none of Hiera's task options."""
-    if task not in SAM2_TASKS:
-        raise HieraModelError(f"a SAM 2 image encoder has task {', '.join(map(repr, SAM2_TASKS))}, not {task!r}",
-                              option="task")
+    """SAM 2's encoder has its tasks and none of Hiera's task options."""
+    if task not in SAM2_MODEL_TASKS:
+        raise HieraModelError(f"a SAM 2 image encoder has task 'image-encoder', not {task!r} (or 'backbone': "
+                              "HieraDet's stage maps alone)", option="task")
     if out_features is not None or with_loss:
         option = "out_features" if out_features is not None else "with_loss"
         raise HieraModelError("{option} is an option of Hiera's tasks; SAM 2's image encoder has none",
@@ -263,7 +271,7 @@ def create(variant: str | Sam2Config, task: str = "image-encoder", seed: int = 0
     if input_size is not None:
         config = config.at_size(tuple(input_size) if isinstance(input_size, list) else input_size)
     with torch.random.fork_rng(devices=[]):  # the layers' default init draws from the global RNG
-        model = Sam2ImageEncoder(config)
+        model = Sam2ImageEncoder(config, task)
     model = init_weights(model, seed)
     model.provenance = {"source": f"random:{seed}", "sha256": None, "verified": False}
     return model.eval()

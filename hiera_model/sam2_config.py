@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 from .errors import HieraModelError
 
-SAM2_TASKS = ("image-encoder",)
+SAM2_TASKS = ("image-encoder",)  # the tasks only SAM 2 has
+# What a SAM 2 model can be built for: its image encoder, or HieraDet alone ("backbone": the four stage maps, as
+# timm's features_only model gives them); "backbone" is Hiera's task name too, so it routes to SAM 2 by the
+# variant or the checkpoint, not by the task.
+SAM2_MODEL_TASKS = ("image-encoder", "backbone")
 SAM2_LICENSE = "Apache-2.0"  # FAIR's SAM 2 and SAM 2.1 weights (their code and checkpoints)
 
 MAX_STAGES = 8

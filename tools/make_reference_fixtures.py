@@ -5,12 +5,20 @@ Those packages need torchvision, which here works only with the large torch 2.14
 
     python3 -m venv /tmp/refenv
     /tmp/refenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31 hiera-transformer==0.1.4 safetensors
-    /tmp/refenv/bin/python tools/make_reference_fixtures.py tests/fixtures/reference
+    /tmp/refenv/bin/pip install hydra-core iopath
+    /tmp/refenv/bin/pip download --no-deps sam2==1.1.0 -d /tmp/sam2-src     # its sdist: sam2-1.1.0.tar.gz
+    tar xzf /tmp/sam2-src/sam2-1.1.0.tar.gz -C /tmp/sam2-src
+    PYTHONPATH=/tmp/sam2-src/sam2-1.1.0 /tmp/refenv/bin/python tools/make_reference_fixtures.py tests/fixtures/reference
+
+(FAIR's `sam2` is used from its source: `pip install sam2` builds its optional CUDA extension, with torch in an
+isolated build environment; the modeling code and the image predictor are plain Python.)
 
 It builds one small seeded Hiera with FAIR's code, copies the same weights into timm's model through
 timm's own checkpoint filter, saves each with the library's own save function, and records both
 libraries' outputs on seeded inputs. It does the same for a small FAIR MAE model (`mae_*`: its outputs
-for a mask drawn from recorded noise, as transformers draws it) and a small FAIR video model (`video_*`).
+for a mask drawn from recorded noise, as transformers draws it) and a small FAIR video model (`video_*`),
+and for SAM 2 (`sam2_*`): a small SAM 2 built from FAIR's own classes, its features as FAIR's
+`SAM2ImagePredictor.set_image` keeps them, and timm's `sam2_hiera` backbone with the same trunk weights.
 The tests load the saved files with `hiera_model.load` and compare with these outputs.
 """
 
@@ -39,6 +47,14 @@ MAE_RATIO = 0.6
 VIDEO_ARGS = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), num_classes=10, input_size=(4, 64, 64),
                   q_stride=(1, 2, 2), mask_unit_size=(1, 8, 8), patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4),
                   patch_padding=(1, 3, 3), sep_pos_embed=True)
+# SAM 2 (FAIR's sam2.modeling.backbones.hieradet.Hiera arguments): windows in every stage, padded windows
+# (stage 3's window 4 on its 6 x 6 grid, the pooled window 2 on stage 4's 3 x 3 grid), two global-attention
+# blocks, the 4 x 4 window position table tiled 6 x 6 times over the 7 x 7 background table resized to the
+# 24 x 24 token grid, three query poolings; 6 wide so that the two checkpoints stay small.
+SAM2_TRUNK_ARGS = dict(embed_dim=6, num_heads=1, stages=(1, 2, 2, 1), window_spec=(4, 4, 4, 2),
+                       global_att_blocks=(2, 4), window_pos_embed_bkg_spatial_size=(7, 7))
+SAM2_NECK_ARGS = dict(d_model=32, fpn_top_down_levels=[2, 3], fpn_interp_model="nearest")  # as FAIR's yaml files
+SAM2_IMAGE_SIZE = 96
 SEED = 0
 
 
@@ -76,11 +92,17 @@ def main(out: Path) -> None:
     safetensors.torch.save_file({k: v.contiguous() for k, v in expected.items()}, out / "expected.safetensors")
     safetensors.torch.save_file(mae(out), out / "expected_mae.safetensors")
     safetensors.torch.save_file(video(out), out / "expected_video.safetensors")
+    safetensors.torch.save_file(sam2(out), out / "expected_sam2.safetensors")
     about = {
         "made_by": "tools/make_reference_fixtures.py",
         "fair_args": FAIR_ARGS, "timm_args": timm_args, "mae_args": MAE_ARGS, "mae_ratio": MAE_RATIO,
         "video_args": VIDEO_ARGS, "seed": SEED,
-        "versions": {"torch": torch.__version__, "timm": timm.__version__, "hiera-transformer": "0.1.4"},
+        "sam2_trunk_args": SAM2_TRUNK_ARGS, "sam2_neck_args": SAM2_NECK_ARGS, "sam2_image_size": SAM2_IMAGE_SIZE,
+        "sam2_dropped": "sam_mask_decoder.transformer.* and sam_mask_decoder.iou_prediction_head.* (not written, to "
+                        "keep the file small: FAIR's checkpoints hold them; the loader drops every sam_mask_decoder "
+                        "tensor but conv_s0 and conv_s1)",
+        "versions": {"torch": torch.__version__, "timm": timm.__version__, "hiera-transformer": "0.1.4",
+                     "sam2": "1.1.0"},
     }
     (out / "about.json").write_text(json.dumps(about, indent=1) + "\n")
 
@@ -122,6 +144,62 @@ def video(out: Path) -> dict[str, torch.Tensor]:
     expected = {"pixel_values": inputs, "logits": logits}
     expected.update({f"stage{i}": s.contiguous() for i, s in enumerate(stages)})
     return expected
+
+
+def sam2(out: Path) -> dict[str, torch.Tensor]:
+    """A small SAM 2 built from FAIR's classes as its yaml files build them (Hiera trunk, FpnNeck, ImageEncoder
+    with scalp 1, SAM2Base with the high-resolution features and the no-memory embedding added), saved as FAIR's
+    training saves it ({"model": state dict}); the features `SAM2ImagePredictor.set_image` keeps for a seeded
+    image; and timm's `sam2_hiera` backbone with the same trunk weights (timm's own filter from FAIR's layout),
+    saved with `save_for_hf`, and its four stage maps."""
+    import numpy as np
+    from sam2.modeling.backbones.hieradet import Hiera as FairHieraDet
+    from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
+    from sam2.modeling.position_encoding import PositionEmbeddingSine
+    from sam2.modeling.sam2_base import SAM2Base
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from timm.models.hieradet_sam2 import checkpoint_filter_fn as sam2_filter
+
+    torch.manual_seed(SEED)
+    trunk = FairHieraDet(**SAM2_TRUNK_ARGS)
+    neck = FpnNeck(PositionEmbeddingSine(num_pos_feats=SAM2_NECK_ARGS["d_model"]),
+                   backbone_channel_list=trunk.channel_list, **SAM2_NECK_ARGS)
+    # The memory modules are not used for an image's features; SAM2Base only stores them.
+    model = SAM2Base(ImageEncoder(trunk, neck, scalp=1), torch.nn.Identity(), torch.nn.Identity(),
+                     image_size=SAM2_IMAGE_SIZE, use_high_res_features_in_sam=True, directly_add_no_mem_embed=True)
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():  # FAIR draws the tables and the no-memory embedding small: redraw all so each part counts
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    model.eval()
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith(("sam_mask_decoder.transformer.", "sam_mask_decoder.iou_prediction_head."))}
+    torch.save({"model": state}, out / "sam2_fair_small.pt")
+
+    predictor = SAM2ImagePredictor(model)
+    grid = SAM2_IMAGE_SIZE // 4
+    predictor._bb_feat_sizes = [(grid, grid), (grid // 2, grid // 2), (grid // 4, grid // 4)]  # 1024's otherwise
+    image = np.random.default_rng(SEED).integers(0, 256, (80, 112, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    pixel_values = predictor._transforms(image)[None]  # the input set_image gave the model
+    with torch.no_grad():
+        trunk_maps = model.image_encoder.trunk(pixel_values)
+
+    tm = timm.create_model("sam2_hiera_tiny", pretrained=False, num_classes=0, embed_dim=6, num_heads=1,
+                           stages=(1, 2, 2, 1), window_spec=(4, 4, 4, 2), global_att_blocks=(2, 4),
+                           global_pos_size=(7, 7))
+    missing, unexpected = tm.load_state_dict(sam2_filter(state, tm, prefix="image_encoder.trunk."), strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    tm.eval()
+    save_for_hf(tm, out / "sam2_timm_hub", data_config={"input_size": (3, SAM2_IMAGE_SIZE, SAM2_IMAGE_SIZE)},
+                safe_serialization=True)
+    with torch.no_grad():
+        timm_maps = tm.forward_intermediates(pixel_values, intermediates_only=True)  # NCHW
+    expected = {"pixel_values": pixel_values, "image_embed": predictor._features["image_embed"]}
+    expected.update({f"high_res_feats_{i}": t for i, t in enumerate(predictor._features["high_res_feats"])})
+    expected.update({f"fair_stage{i + 1}": t for i, t in enumerate(trunk_maps)})
+    expected.update({f"timm_stage{i + 1}": t for i, t in enumerate(timm_maps)})
+    return {k: v.contiguous() for k, v in expected.items()}
 
 
 if __name__ == "__main__":

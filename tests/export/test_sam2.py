@@ -5,6 +5,7 @@ metadata, and bad input on the command line."""
 import numpy as np
 import onnx
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
@@ -15,7 +16,7 @@ from runtime import FeatureExtractor
 from runtime import cli as runtime_cli
 from runtime.preprocess import Preprocessing
 
-from ..conftest import failed_rows
+from ..conftest import FIXTURES, failed_rows
 from ..sam2_reference import OUTPUTS, SIZE, reference_embeddings, sam2_checkpoint  # noqa: F401
 from .test_cli import one_error_line, run_cli
 from .test_parity import FP32_TOLERANCE, onnx_outputs
@@ -96,6 +97,11 @@ def test_bad_input_is_one_line(tmp_path):
         ("--variant", "tiny", "--task", "image-encoder"): "task 'image-encoder' is SAM 2's image encoder",
         ("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--image-size", "1000"):
             "each side must be a multiple of 32",
+        # transformers.js' Sam2Model needs the mask decoder's ONNX file beside the encoder's (issue 26)
+        ("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--layout", "hub"):
+            "no place for SAM 2's image encoder: transformers.js' Sam2Model loads two ONNX files together",
+        ("--variant", "sam2.1_hiera_tiny", "--task", "backbone", "--layout", "hub"):
+            "no place for SAM 2's HieraDet backbone",
     }
     for args, expected in cases.items():
         line = one_error_line(run_cli(*args, "--weights", "random", "--out", tmp_path))
@@ -104,3 +110,23 @@ def test_bad_input_is_one_line(tmp_path):
     line = one_error_line(run_cli("--variant", "sam2.1_hiera_tiny", "--task", "image-encoder", "--out", tmp_path))
     assert "cannot fetch facebook/sam2.1-hiera-tiny" in line and "hf download" in line, line
     assert not any(tmp_path.iterdir())
+
+
+@torch.no_grad()
+def test_sam2_backbone_from_timm_exports_its_stage_maps(tmp_path):
+    """`--task backbone` on timm's sam2_hiera folder (the reference fixture): HieraDet's four stage maps at rank 4,
+    the export's parity row per map, timm's recorded maps reproduced by the artifact, SAM 2's preprocessing."""
+    reference = FIXTURES / "reference"
+    report = run(Options(weights=str(reference / "sam2_timm_hub"), task="backbone", batch=None, out_dir=tmp_path,
+                         precisions=("fp32",)))
+    assert report["passed"], failed_rows(report)
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    entry = report["artifacts"]["fp32"]
+    assert list(entry["parity"]) == stages and entry["max_rank"] == 4
+    meta = read_artifact(tmp_path / entry["file"])
+    assert meta["task"] == "backbone" and meta["outputs"] == stages
+    assert Preprocessing.from_dict(meta["preprocessing"]) == Preprocessing.for_sam2((96, 96))
+    expected = safetensors.torch.load_file(reference / "expected_sam2.safetensors")
+    got = onnx_outputs(tmp_path / entry["file"], expected["pixel_values"].numpy())
+    diffs = {name: float(np.abs(got[name] - expected[f"timm_{name}"].numpy()).max()) for name in stages}
+    assert max(diffs.values()) <= FP32_TOLERANCE, diffs

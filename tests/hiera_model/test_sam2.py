@@ -158,9 +158,22 @@ def test_sam2_and_hiera_checkpoints_say_which_model_they_are(sam2_checkpoint, tm
 
 def test_models_lock_lists_the_published_sam2_folders_with_their_licence():
     entries = [e for e in lock.read(ROOT / "models.lock") if e.variant in hiera_model.SAM2_VARIANTS]
-    assert sorted(e.source for e in entries) == sorted(v.transformers_id for v in hiera_model.SAM2_VARIANTS.values())
-    assert {(e.task, e.format, e.file, e.license) for e in entries} == {
-        ("image-encoder", "transformers", "model.safetensors", "Apache-2.0")}
+    folders = [e for e in entries if e.format == "transformers"]
+    assert sorted(e.source for e in folders) == sorted(v.transformers_id for v in hiera_model.SAM2_VARIANTS.values())
+    assert {(e.task, e.file, e.license) for e in folders} == {("image-encoder", "model.safetensors", "Apache-2.0")}
+    # FAIR's .pt files, by the names FAIR publishes them under (SAM 2: 072824/, SAM 2.1: 092824/)
+    fair = [e for e in entries if e.format == "fair"]
+    assert sorted(e.file for e in fair) == sorted(v.fair_file for v in hiera_model.SAM2_VARIANTS.values())
+    assert all(e.source == "https://dl.fbaipublicfiles.com/segment_anything_2/" + (
+        "092824/" if e.file.startswith("sam2.1") else "072824/") + e.file for e in fair)
+    assert {(e.task, e.license) for e in fair} == {("image-encoder", "Apache-2.0")}
+    # timm's HieraDet backbones: SAM 2's at 896 (large: 1024), SAM 2.1's tagged _2pt1
+    backbones = [e for e in entries if e.format == "timm"]
+    assert sorted((e.variant, e.source) for e in backbones) == sorted(
+        (f"{release}_hiera_{size}", f"timm/sam2_hiera_{size}.fb_r{896 if size != 'large' else 1024}{tag}")
+        for release, tag in (("sam2", ""), ("sam2.1", "_2pt1")) for size in ("tiny", "small", "base_plus", "large"))
+    assert {(e.task, e.file, e.license) for e in backbones} == {("backbone", "model.safetensors", "Apache-2.0")}
+    assert len(entries) == len(folders) + len(fair) + len(backbones) == 24
 
 
 def test_a_published_sam2_folder_without_a_recorded_hash_needs_consent(sam2_checkpoint, tmp_path,  # noqa: F811

@@ -9,6 +9,7 @@ from PIL import Image
 from export import Options, run
 
 from ..conftest import ROOT
+from ..sam2_reference import sam2_checkpoint  # noqa: F401
 
 # The environment whose nvidia-pytriton runs the server (runtime/triton/server.py says why it is a separate one).
 SERVER_VENV = Path(os.environ.get("HIERA_TRITONSERVER_VENV", ROOT / ".venv-tritonserver"))
@@ -25,6 +26,16 @@ def digits(tmp_path_factory) -> dict[str, Path]:
                              precisions=("fp32",), validate=False))
         found[key] = out / report["artifacts"]["fp32"]["file"]
     return found
+
+
+@pytest.fixture(scope="session")
+def sam2_encoder(sam2_checkpoint, tmp_path_factory) -> Path:  # noqa: F811
+    """SAM 2's image encoder (the small transformers checkpoint of tests/sam2_reference.py), exported in fp32."""
+    directory, _ = sam2_checkpoint
+    out = tmp_path_factory.mktemp("sam2-encoder")
+    report = run(Options(weights=str(directory), task="image-encoder", batch=None, out_dir=out, precisions=("fp32",),
+                         validate=False))
+    return out / report["artifacts"]["fp32"]["file"]
 
 
 def encoded(image: Image.Image, format: str = "PNG") -> bytes:

@@ -12,6 +12,7 @@ import pytest
 
 from runtime import FeatureExtractor, HieraRuntimeError
 from runtime.triton import Options, write_repository
+from runtime.triton.repository import sanitized
 from runtime.triton.server import LocalServer, python_path
 
 from ..conftest import ROOT
@@ -25,14 +26,15 @@ TOLERANCE = 1e-5  # softmax scores and features, against the runtime in this pro
 
 
 @pytest.fixture(scope="module")
-def server(digits, tmp_path_factory):
-    """The python-backend repository of the digits classifier, its features and its static-batch twin, served."""
+def server(digits, sam2_encoder, tmp_path_factory):
+    """The python-backend repository of the digits classifier, its features and its static-batch twin, and SAM 2's
+    image encoder, served."""
     static = tmp_path_factory.mktemp("static") / "hiera_digits_static.onnx"
     static.write_bytes(digits["static"].read_bytes())
     repo = tmp_path_factory.mktemp("triton") / "models"
     try:
         paths = python_path(SERVER_VENV, *checkout_paths())
-        write_repository([digits["classify"], digits["features"], static], repo,
+        write_repository([digits["classify"], digits["features"], static, sam2_encoder], repo,
                          Options(backend="python", python_path=tuple(paths)))
         server = LocalServer(repo, SERVER_VENV).start()
     except HieraRuntimeError as error:
@@ -99,6 +101,18 @@ def test_features_are_the_models_own_outputs(server, digits, photo_files):
                   list(reference))
     for name, want in reference.items():
         assert out[name].shape == want.shape and np.abs(out[name] - want).max() <= TOLERANCE, name
+
+
+def test_sam2_image_encoder_serves_its_three_outputs(server, sam2_encoder, photo_files):
+    """Image bytes in, SAM 2's image_embeddings and two high-resolution maps out, as the runtime extracts them
+    (SAM 2's preprocessing: the whole image resized, aspect ratio not kept)."""
+    reference = FeatureExtractor.load(sam2_encoder).extract(photo_files)
+    assert list(reference) == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    model = sanitized(sam2_encoder.name.removesuffix(".onnx"))
+    for protocol, url in ((http, server.http_url), (grpc, server.grpc_url)):
+        out = request(protocol, url, model, [p.read_bytes() for p in photo_files], list(reference))
+        for name, want in reference.items():
+            assert out[name].shape == want.shape and np.abs(out[name] - want).max() <= TOLERANCE, name
 
 
 def test_a_bad_image_fails_its_request_and_the_server_keeps_serving(server, photo_files, expected):
