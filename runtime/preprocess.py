@@ -36,6 +36,7 @@ MAX_PIXELS = 64_000_000
 MAX_MEGAPIXELS = 1000.0  # the largest guard an option may set: Pillow refuses images above 179 megapixels anyway
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 MAX_EDGE = 16384  # the largest resize edge, crop side or clip length a Preprocessing accepts
+_ABOVE_LIMIT = f"above the runtime's limit of {MAX_PIXELS / 1e6:.0f} (its megapixel guard)"
 # transformers' image processors store the resample filter as PIL's enum value.
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
@@ -246,6 +247,35 @@ class Preprocessing:
         set_field("frame_stride", _whole("frame_stride", self.frame_stride, 1, MAX_EDGE))
         if not isinstance(self.keep_aspect_ratio, bool):
             raise ValueError(f"keep_aspect_ratio {self.keep_aspect_ratio!r} is not true or false")
+        # The megapixel guard holds what the recipe makes too, not only the images it is given: one input, and
+        # the square image the shortest-edge resize makes at the least, are refused before anything is allocated.
+        if self.pixels > MAX_PIXELS:
+            frames = f" x {self.frames} frames" if self.frames else ""
+            raise ValueError(f"crop_size {self.crop_size[0]} x {self.crop_size[1]}{frames} is "
+                             f"{self.pixels / 1e6:.0f} megapixels an input, {_ABOVE_LIMIT}")
+        if self.keep_aspect_ratio and self.resize_shortest_edge ** 2 > MAX_PIXELS:
+            edge = self.resize_shortest_edge
+            raise ValueError(f"resize_shortest_edge {edge} resizes every image to {edge} x {edge} or more, "
+                             f"{edge * edge / 1e6:.0f} megapixels, {_ABOVE_LIMIT}")
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of one model input: height x width, times the frames of a clip."""
+        return self.crop_size[0] * self.crop_size[1] * max(self.frames, 1)
+
+    @property
+    def largest_batch(self) -> int:
+        """The most inputs one model call may hold under the megapixel guard (a batch of float32 inputs takes
+        12 bytes a pixel)."""
+        return MAX_PIXELS // self.pixels
+
+    def check_batch(self, batch: int) -> int:
+        """`batch`, if a call of that many inputs stays within the megapixel guard; else a `ValueError`."""
+        if batch > self.largest_batch:
+            raise ValueError(f"{batch} inputs of {self.pixels:,} pixels are "
+                             f"{batch * self.pixels / 1e6:.0f} megapixels a call, {_ABOVE_LIMIT}: at most "
+                             f"{self.largest_batch} a call")
+        return batch
 
     @classmethod
     def for_input_size(cls, input_size) -> Preprocessing:
