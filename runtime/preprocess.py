@@ -9,6 +9,7 @@ needs and the processor leaves to its caller: the EXIF orientation is applied, a
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -21,6 +22,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import HieraRuntimeError
 from .files import open_file
+
+# Pillow logs some damage it finds as errors (a TIFF's samples per pixel) before it raises; with no handler of
+# the application's, Python would print them raw to stderr beside the one line the error gives. An application
+# that configures logging still receives them.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -61,7 +67,9 @@ def _decode(path, read):
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
+            # Our own limit applies instead of Pillow's bomb warning, and what it warns of in damaged data (EXIF,
+            # TIFF tags) would be two raw lines on stderr: the file decodes anyway, or is refused in one line.
+            warnings.simplefilter("ignore")
             with open_file(path) as file:
                 if os.fstat(file.fileno()).st_size == 0:
                     raise HieraRuntimeError(f"{path}: empty file")
@@ -71,8 +79,13 @@ def _decode(path, read):
         raise HieraRuntimeError(f"{path}: not an image this runtime reads ({', '.join(DECODERS)})") from None
     except Image.DecompressionBombError as error:
         raise HieraRuntimeError(f"{path}: {error}") from None
+    except (HieraRuntimeError, MemoryError):
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # what Pillow's decoders raise on bad data
         raise HieraRuntimeError(f"{path}: cannot decode ({error})") from None
+    except Exception as error:  # damaged data raises other types too, in any frame (a TIFF page without
+        # its size: TypeError "Missing dimensions"): each is still this file's one line, and the next input runs
+        raise HieraRuntimeError(f"{path}: cannot decode ({type(error).__name__}: {error})") from None
 
 
 def open_image(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
