@@ -309,7 +309,7 @@ def test_damaged_images_among_good_ones_are_one_line_each(folder):
     assert str(good) in result.stdout.splitlines() and "blue" in result.stdout.splitlines()[-3], result.stdout
 
 
-@pytest.mark.parametrize("case", ["crop", "batch", "batch-size", "bench"])
+@pytest.mark.parametrize("case", ["crop", "batch", "batch-size", "bench", "triton"])
 def test_sizes_past_the_guard_are_refused_naming_the_artifact_and_the_limit(folder, case):
     photo = folder / "photo.png"
     Image.new("RGB", (30, 20), "red").save(photo)
@@ -327,15 +327,21 @@ def test_sizes_past_the_guard_are_refused_naming_the_artifact_and_the_limit(fold
                                               "of 64 (its megapixel guard): at most 976 a call")
     elif case == "batch-size":
         model = tiny_model(folder / "dynamic.onnx", input_size=(512, 512))
-        args, expected = ["predict", photo, "--batch-size", 245], (
-            "error: batch_size 245 inputs of 262,144 pixels are 64 megapixels a call, above the runtime's limit of 64 "
-            "(its megapixel guard): at most 244 a call")
+        args, expected = ["predict", photo, "--batch-size", 1000], (
+            "error: batch_size 1000 inputs of 262,144 pixels are 262 megapixels a call, above the runtime's limit of "
+            "64 (its megapixel guard): at most 244 a call")
+    elif case == "triton":  # the batch its preprocessing step would decode and stack
+        model = tiny_model(folder / "served.onnx", input_size=(512, 512))
+        args, expected = ["triton", model, "--repo", folder / "repo", "--max-batch", 1000], (
+            f"error: {model}: max_batch 1000 inputs of 262,144 pixels are 262 megapixels a call, above the runtime's "
+            "limit of 64 (its megapixel guard): at most 244 a call")
     else:
         model = tiny_model(folder / "dynamic.onnx", input_size=(512, 512))
         args, expected = ["bench", "--batch", 1000, "--runs", 1], (
             "error: --batch 1000 inputs of 262,144 pixels are 262 megapixels a call, above the runtime's limit of 64 "
             "(its megapixel guard): at most 244 a call")
-    result = cli(*args, "--model", model, "--no-check")
+    result = cli(*args, *(["--model", model, "--no-check"] if case != "triton" else []))
+    assert not (folder / "repo").exists()
     assert (result.returncode, result.stdout, result.stderr.splitlines()) == (2, "", [expected]), result
 
 
