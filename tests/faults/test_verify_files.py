@@ -84,6 +84,13 @@ def test_hub_files_the_report_does_not_describe_fail(folder):
     assert any("config.json, model.onnx, onnx/model.onnx" in detail for detail in failures.values()), failures
 
 
+def recording(open_function, opened: list):
+    def opening(path, *args, **kwargs):
+        opened.append(path)
+        return open_function(path, *args, **kwargs)
+    return opening
+
+
 @pytest.mark.parametrize("name", ["../outside.onnx", "/OUTSIDE/outside.onnx", "linked/outside.onnx", "escape.onnx"])
 def test_a_name_that_leaves_the_folder_fails_and_is_never_opened(folder, tmp_path, monkeypatch, name):
     outside = tmp_path / "outside.onnx"
@@ -94,10 +101,8 @@ def test_a_name_that_leaves_the_folder_fails_and_is_never_opened(folder, tmp_pat
     report = next(folder.glob("*.report.json"))
     rewrite_report(report, lambda r: r["files"].update({name: {"bytes": 16, "sha256": "0" * 64}}))
     opened = []
-    for module, function in ((builtins, "open"), (os, "open")):
-        real = getattr(module, function)
-        monkeypatch.setattr(module, function, lambda path, *a, _real=real, **k: (opened.append(path), _real(path, *a,
-                                                                                                           **k))[1])
+    for module in (builtins, os):  # every open, recorded
+        monkeypatch.setattr(module, "open", recording(module.open, opened))
     result = verify([report])
     monkeypatch.undo()
     assert "leaves the export folder" in failing(result).get(name, ""), failing(result)
