@@ -315,7 +315,7 @@ def test_damaged_images_among_good_ones_are_one_line_each(folder):
     assert str(good) in result.stdout.splitlines() and "blue" in result.stdout.splitlines()[-3], result.stdout
 
 
-@pytest.mark.parametrize("case", ["crop", "batch", "batch-size", "bench", "triton"])
+@pytest.mark.parametrize("case", ["crop", "batch", "foreign batch", "batch-size", "bench", "triton"])
 def test_sizes_past_the_guard_are_refused_naming_the_artifact_and_the_limit(folder, case):
     photo = folder / "photo.png"
     Image.new("RGB", (30, 20), "red").save(photo)
@@ -331,6 +331,14 @@ def test_sizes_past_the_guard_are_refused_naming_the_artifact_and_the_limit(fold
         args, expected = ["predict", photo], (f"error: {model}: damaged Hiera metadata: hiera.batch: 1024 inputs of "
                                               "65,536 pixels are 67 megapixels a call, above the runtime's limit "
                                               "of 64 (its megapixel guard): at most 976 a call")
+    elif case == "foreign batch":  # the same, from the graph's own input shape: no Hiera metadata to check
+        model = tiny_model(folder / "foreign.onnx", input_size=(256, 256), batch=1024)
+        graph = onnx.load(model)
+        del graph.metadata_props[:]
+        onnx.save(graph, model)
+        args, expected = ["predict", photo, "--crop-size", 256], (
+            f"error: {model}: its input [1024, 3, 256, 256]: 1024 inputs of 65,536 pixels are 67 megapixels a call, "
+            "above the runtime's limit of 64 (its megapixel guard): at most 976 a call")
     elif case == "batch-size":
         model = tiny_model(folder / "dynamic.onnx", input_size=(512, 512))
         args, expected = ["predict", photo, "--batch-size", 1000], (
