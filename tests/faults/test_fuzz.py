@@ -206,6 +206,8 @@ def check_metadata(name: str, props: dict[str, str]) -> list[str]:
         ("an input", pixels), ("a static batch", pixels * (info.batch or 1)),
         ("a resize", p.resize_shortest_edge ** 2 if p.keep_aspect_ratio else 0),
         ("a noise input", (info.mae or {}).get("mask_units", 0) * (info.batch or 1))) if value > GUARD]
+    if info.mae and info.mae["mask_units"] > pixels:  # a mask unit holds one pixel at the least
+        problems.append(f"{name}: accepted {info.mae['mask_units']} mask units for inputs of {pixels} pixels")
     if not problems and pixels <= 1 << 20:
         photo = Image.new("RGB", (30, 20), "red")  # an image, not a file: the model's caller names it
         problems += [problem for problem in [outcome(name, lambda: p.clip([photo] * p.frames) if p.frames
