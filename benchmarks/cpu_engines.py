@@ -49,8 +49,13 @@ from export import PRECISIONS, Options, run  # noqa: E402
 from export.parity import photographs  # noqa: E402
 from export_speed import Logits, onnx_session, summary, timed, transformers_reference  # noqa: E402
 from runtime import load  # noqa: E402
+from runtime.artifact import MAX_BATCH  # noqa: E402
+from runtime.bench import MAX_RUNS  # noqa: E402
 from runtime.device import cpu_isa  # noqa: E402
 from runtime.openvino import OPENVINO_SUFFIX  # noqa: E402
+from runtime.shell import Whole  # noqa: E402
+
+MAX_CALIBRATION = 10_000  # images written to a folder and preprocessed one by one
 
 THREADS = 2
 DIGITS = ROOT / "models" / "digits"
@@ -61,11 +66,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="base", choices=[v for v in hiera_model.VARIANTS if "16x" not in v])
     parser.add_argument("--digits", action="store_true", help="the trained digits model instead of a variant")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--runs", type=int, default=8, help="timed runs per candidate and round at batch 1 "
-                        "(default 8; divided by the batch size, at least 2)")
-    parser.add_argument("--calibration", type=int, default=64, help="int8 calibration images (default 64)")
+    parser.add_argument("--batches", type=Whole(1, MAX_BATCH), nargs="+", default=[1, 8],
+                        help=f"each 1 to {MAX_BATCH} (default 1 8)")
+    parser.add_argument("--rounds", type=Whole(1, MAX_RUNS), default=3,
+                        help=f"interleaved rounds, 1 to {MAX_RUNS} (default 3)")
+    parser.add_argument("--runs", type=Whole(1, MAX_RUNS), default=8,
+                        help="timed runs per candidate and round at batch 1 "
+                        f"(1 to {MAX_RUNS}, default 8; divided by the batch size, at least 2)")
+    parser.add_argument("--calibration", type=Whole(1, MAX_CALIBRATION), default=64,
+                        help=f"int8 calibration images, 1 to {MAX_CALIBRATION} (default 64)")
     parser.add_argument("--profile", action="store_true", help="OpenVINO's per-layer-type time of our graph")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/cpu_engines_<variant>.json")
     args = parser.parse_args()

@@ -53,7 +53,9 @@ sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
 from export import Options, run  # noqa: E402
-from runtime.bench import time_calls  # noqa: E402
+from runtime.artifact import MAX_BATCH, MAX_SIDE  # noqa: E402
+from runtime.bench import MAX_RUNS, time_calls  # noqa: E402
+from runtime.shell import Whole  # noqa: E402
 
 THREADS = 2
 
@@ -114,11 +116,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="base", choices=list(hiera_model.VARIANTS))
     parser.add_argument("--task", default="classify", choices=["classify", "backbone"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--runs", type=int, default=8, help="timed runs per candidate and round at batch 1, "
-                        "after 3 untimed (default 8; divided by the batch size, at least 2, after 1 untimed)")
-    parser.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H [W]: run at another input size")
+    parser.add_argument("--batches", type=Whole(1, MAX_BATCH), nargs="+", default=[1, 8],
+                        help=f"each 1 to {MAX_BATCH} (default 1 8)")
+    parser.add_argument("--rounds", type=Whole(1, MAX_RUNS), default=3,
+                        help=f"interleaved rounds, 1 to {MAX_RUNS} (default 3)")
+    parser.add_argument("--runs", type=Whole(1, MAX_RUNS), default=8,
+                        help=f"timed runs per candidate and round at batch 1, after 3 untimed (1 to {MAX_RUNS}, "
+                        "default 8; divided by the batch size, at least 2, after 1 untimed)")
+    parser.add_argument("--image-size", type=Whole(1, MAX_SIDE), nargs="+", metavar="N",
+                        help=f"H [W], each 1 to {MAX_SIDE}: run at another input size")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/export_speed_<variant>[_backbone]"
                         "[_<size>].json")
     args = parser.parse_args()

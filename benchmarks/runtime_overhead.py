@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime import Classifier  # noqa: E402
-from runtime.bench import summarize, time_calls  # noqa: E402
+from runtime.artifact import MAX_BATCH  # noqa: E402
+from runtime.bench import MAX_RUNS, summarize, time_calls  # noqa: E402
+from runtime.cli import MAX_THREADS  # noqa: E402
+from runtime.shell import Whole  # noqa: E402
 
 
 def export_random(variant: str, batch: int, out_dir: Path) -> Path:
@@ -42,10 +45,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="an exported .onnx (default: export --variant with random weights)")
     parser.add_argument("--variant", default="tiny")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=6, help="timed calls per candidate and round")
+    parser.add_argument("--batch", type=Whole(1, MAX_BATCH), default=8, help=f"1 to {MAX_BATCH} (default 8)")
+    parser.add_argument("--threads", type=Whole(1, MAX_THREADS), default=2, help=f"1 to {MAX_THREADS} (default 2)")
+    parser.add_argument("--rounds", type=Whole(1, MAX_RUNS), default=5, help=f"1 to {MAX_RUNS} (default 5)")
+    parser.add_argument("--runs", type=Whole(1, MAX_RUNS), default=6,
+                        help=f"timed calls per candidate and round, 1 to {MAX_RUNS} (default 6)")
     parser.add_argument("--json", type=Path, help="default benchmarks/results/runtime_overhead_<name>.json")
     args = parser.parse_args()
 

@@ -26,6 +26,9 @@ import transformers
 
 from export.onnx_export import _quiet
 from export.optimize import max_rank
+from runtime.bench import MAX_RUNS
+from runtime.cli import MAX_THREADS
+from runtime.shell import Whole
 
 STEM = "hiera_sam2_1_hiera_tiny_image-encoder"
 
@@ -59,8 +62,8 @@ def transformers_onnx(model: transformers.Sam2Model, folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="where the export wrote the sam2.1_hiera_tiny artifacts")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=Whole(1, MAX_RUNS), default=5, help=f"1 to {MAX_RUNS} (default 5)")
+    parser.add_argument("--threads", type=Whole(1, MAX_THREADS), default=2, help=f"1 to {MAX_THREADS} (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()

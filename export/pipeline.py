@@ -89,6 +89,9 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
         names = [*report["files"], artifact.report_name(r.stem)]
         artifact.write_report(r.staging / names[-1], report)
         extra = _hub_folder(r, r.staging / names[-1], report) if r.options.layout == "hub" else []
+        if extra:  # the report describes the files the Hub folder serves too, so that verify checks each of them
+            report["files"].update({name: _entry(r.staging / name) for name in extra})
+            artifact.write_report(r.staging / names[-1], report)
         progress("commit", f"moving {len(names) + len(extra)} files into {r.options.out_dir}")
         transaction.commit([*extra, *names])
     report = artifact.seal(report)
@@ -242,6 +245,11 @@ def _validate(r: Run) -> dict:
         out["tensorrt"] = {"parity": result, "passed": not failed, "failures": failed}
         out["passed"] = out["passed"] and not failed
     return out
+
+
+def _entry(file: Path) -> dict:
+    """What the report records of one file: its size and sha256."""
+    return {"bytes": file.stat().st_size, "sha256": files.sha256(file)}
 
 
 def _files(r: Run) -> dict:

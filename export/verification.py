@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runtime import files
+from runtime import commit, files
 from runtime.artifact import from_metadata, read_sidecar
 from runtime.errors import HieraRuntimeError
 from runtime.tensorrt import ENGINE_SUFFIXES
@@ -94,12 +94,15 @@ def _verify_export(result: VerifyResult, report_file: Path, names: list[str], we
         raise ExportError(f"{report_file}: a report of another version ({report.get('report_version')!r}); verify it "
                           "with the hiera-deploy that wrote it")
     _verdict(result, report_file, report)
+    names = [name for name in names if _inside(result, folder, name)]  # one that leaves is never read
     for name in names:
         entry = described.get(name)
         if not result.add(folder / name, "files", entry is not None,
                           "described by the report" if entry else "not described by the report"):
             continue
         _sha256(result, folder / name, entry)
+        if not artifact.in_family(name, stem):  # a file the Hub layout serves: its bytes are what it certifies
+            continue
         if name.endswith(".onnx") and artifact.data_file(folder / name).name in described:
             _sha256(result, artifact.data_file(folder / name), described[artifact.data_file(folder / name).name])
         if name.endswith(".onnx"):
@@ -108,12 +111,35 @@ def _verify_export(result: VerifyResult, report_file: Path, names: list[str], we
                     and p.name not in described and p != report_file)
     result.add(folder, "files", not strays, "no file of this export beside the report that it does not describe"
                if not strays else f"files of this export the report does not describe: {', '.join(strays)}")
+    # What the export wrote is in its kept manifest: a file there that the report has no sha256 for (the Hub files
+    # of an export made before reports described them) would be served unchecked.
+    unrecorded = sorted((commit.read_kept(folder / transaction.kept_manifest(stem)) or set())
+                        - set(described) - {report_file.name})
+    result.add(folder, "files", not unrecorded, "every file this export wrote has its sha256 in the report"
+               if not unrecorded else f"files this export wrote that its report records no sha256 of, so nothing "
+               f"can check them: {', '.join(unrecorded)} (export again to have them described)")
     waiting = transaction.pending(folder)
     if waiting:
         result.add(folder, "files", False, f"an interrupted commit is pending in {waiting[0].name}: the next export "
                                            "into this folder completes it")
-    if weights is not None:
-        _parity(result, folder, names, report, weights, allow_unverified, progress)
+    if weights is not None:  # the artifacts; the Hub's copies of them are held to their sha256 above
+        _parity(result, folder, [name for name in names if artifact.in_family(name, stem)], report, weights,
+                allow_unverified, progress)
+
+
+def _inside(result: VerifyResult, folder: Path, name) -> bool:
+    """Whether `name`, from a report's file list or a command line, is a file of the export folder: relative,
+    without `..`, and not leaving it through a symlink. One that leaves is a failed check; it is never opened."""
+    inside = commit.is_relative_name(name)
+    if inside:
+        try:
+            inside = (folder / name).resolve().is_relative_to(folder.resolve())
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+    if not inside:
+        result.add(name, "files", False, f"leaves the export folder {folder} (an absolute path, '..' or a "
+                   "symlink out): not read, and not a file of this export")
+    return inside
 
 
 def _verdict(result: VerifyResult, report_file: Path, report: dict) -> None:

@@ -158,11 +158,16 @@ def _decode_fields(meta: dict) -> ModelInfo:
                    f"{list(input_size[-2:])}")
     if preprocessing.frames != (input_size[0] if len(input_size) == 3 else 0):
         raise _Bad(f"hiera.preprocessing: {preprocessing.frames} frames per clip for input size {list(input_size)}")
+    if batch is not None:  # a static batch is what every call allocates: held to the megapixel guard
+        field("batch", preprocessing.check_batch)
     labels = field("labels", lambda v: None if v is None else _texts(v), required=False)
     weights = field("weights", _weights, required=False)
     precision = field("precision", _one_of, PRECISIONS, required=False)
     variant = field("variant", _text, required=False)
     mae = field("mae", _mae) if task == "mae" else None
+    if mae is not None and mae["mask_units"] > preprocessing.pixels:  # the noise input is [batch, mask units]
+        raise _Bad(f"hiera.mae: mask_units {mae['mask_units']} for inputs of {preprocessing.pixels} pixels: a mask "
+                   "unit holds one pixel at the least")
     probe = field("probe", _probe, required=False)
     return ModelInfo(task=task, input_size=input_size, batch=batch, preprocessing=preprocessing, labels=labels,
                      variant=variant, precision=precision, weights=weights, mae=mae, outputs=outputs, probe=probe,
@@ -243,6 +248,11 @@ def for_foreign_model(path, input_shape, output_names, preprocessing: Preprocess
         raise HieraRuntimeError(f"{path}: takes {size[0]} x {size[1]} images, the preprocessing given crops "
                                 f"{preprocessing.crop_size[0]} x {preprocessing.crop_size[1]}")
     batch = input_shape[0] if isinstance(input_shape[0], int) else None
+    if batch is not None:  # the graph's own static batch: every call allocates it
+        try:
+            preprocessing.check_batch(_int(batch, 1, MAX_BATCH))
+        except ValueError as error:
+            raise HieraRuntimeError(f"{path}: its input {list(input_shape)}: {error}") from None
     task = "classify" if len(output_names) == 1 else "features"
     return ModelInfo(task=task, input_size=preprocessing.crop_size, batch=batch, preprocessing=preprocessing,
                      labels=None, outputs=tuple(output_names))

@@ -32,7 +32,7 @@ from .embed import embed as write_embedding
 from .errors import HieraRuntimeError, MissingMetadata
 from .model import MAX_TOP_K, Classifier, FeatureExtractor, Reconstructor, load
 from .openvino import PRECISIONS
-from .preprocess import MAX_EDGE, MAX_MEGAPIXELS, MAX_PIXELS, Preprocessing, find_images
+from .preprocess import MAX_MEGAPIXELS, MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
 from .session import PROVIDERS
 from .shell import Number, Parser, Whole, run_command, say
@@ -43,7 +43,8 @@ from .triton import command as triton
 # Upper bounds of the numeric options, as --help documents them.
 MAX_WARMUP = 10_000
 MAX_THREADS = 1024
-MAX_CROP = int(MAX_EDGE * 0.875)  # ImageNet preprocessing resizes to crop / 0.875, at most MAX_EDGE
+# ImageNet preprocessing resizes to crop / 0.875, which the megapixel guard holds to sqrt(MAX_PIXELS) a side
+MAX_CROP = int(math.isqrt(MAX_PIXELS) * 0.875)
 
 
 def crop_size(text: str) -> Preprocessing:
@@ -79,7 +80,7 @@ def parse(argv) -> argparse.Namespace:
                              "(default: none)")
         command.add_argument("--crop-size", type=crop_size, metavar="N|HxW", help="run an ONNX file without Hiera "
                              "metadata, with ImageNet preprocessing to this size (shortest edge to the crop's / 0.875, "
-                             "bicubic, center crop)")
+                             f"bicubic, center crop), each side 1 to {MAX_CROP}")
         command.add_argument("--no-check", dest="check", action="store_false", help="do not run the artifact's "
                              "probe on this device first (it runs once per artifact, engine and device otherwise)")
         command.add_argument("--allow-failed", action="store_true", help="run an artifact whose export report "
@@ -315,6 +316,10 @@ def reconstruct(args) -> int:
 
 def bench(args) -> int:
     model = load_from_args(args)
+    try:  # refused before the batch is allocated
+        model.info.preprocessing.check_batch(args.batch)
+    except ValueError as error:
+        raise HieraRuntimeError(f"--batch {error}") from None
     shape = (args.batch, 3, *model.info.input_size)
     pixel_values = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     # A classifier is timed with its softmax and top-k, a feature extractor with its outputs' copy: the

@@ -143,6 +143,12 @@ class _Model:
         size = DEFAULT_BATCH_SIZE if requested is None else _whole("batch_size", requested, 1, MAX_BATCH)
         if self.info.batch:
             return self.info.batch
+        if requested is None:  # the default, within the megapixel guard of a call for large inputs
+            size = min(size, self.info.preprocessing.largest_batch)
+        try:
+            self.info.preprocessing.check_batch(size)
+        except ValueError as error:
+            raise HieraRuntimeError(f"batch_size {error}") from None
         return min(size, self.session.max_batch) if self.session.max_batch else size
 
     def items(self, inputs) -> tuple[list, bool]:

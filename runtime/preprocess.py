@@ -9,6 +9,7 @@ needs and the processor leaves to its caller: the EXIF orientation is applied, a
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -21,6 +22,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import HieraRuntimeError
 from .files import open_file
+
+# Pillow logs some damage it finds as errors (a TIFF's samples per pixel) before it raises; with no handler of
+# the application's, Python would print them raw to stderr beside the one line the error gives. An application
+# that configures logging still receives them.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -36,6 +42,7 @@ MAX_PIXELS = 64_000_000
 MAX_MEGAPIXELS = 1000.0  # the largest guard an option may set: Pillow refuses images above 179 megapixels anyway
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 MAX_EDGE = 16384  # the largest resize edge, crop side or clip length a Preprocessing accepts
+_ABOVE_LIMIT = f"above the runtime's limit of {MAX_PIXELS / 1e6:.0f} (its megapixel guard)"
 # transformers' image processors store the resample filter as PIL's enum value.
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
@@ -60,7 +67,9 @@ def _decode(path, read):
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
+            # Our own limit applies instead of Pillow's bomb warning, and what it warns of in damaged data (EXIF,
+            # TIFF tags) would be two raw lines on stderr: the file decodes anyway, or is refused in one line.
+            warnings.simplefilter("ignore")
             with open_file(path) as file:
                 if os.fstat(file.fileno()).st_size == 0:
                     raise HieraRuntimeError(f"{path}: empty file")
@@ -70,8 +79,13 @@ def _decode(path, read):
         raise HieraRuntimeError(f"{path}: not an image this runtime reads ({', '.join(DECODERS)})") from None
     except Image.DecompressionBombError as error:
         raise HieraRuntimeError(f"{path}: {error}") from None
+    except (HieraRuntimeError, MemoryError):
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # what Pillow's decoders raise on bad data
         raise HieraRuntimeError(f"{path}: cannot decode ({error})") from None
+    except Exception as error:  # damaged data raises other types too, in any frame (a TIFF page without
+        # its size: TypeError "Missing dimensions"): each is still this file's one line, and the next input runs
+        raise HieraRuntimeError(f"{path}: cannot decode ({type(error).__name__}: {error})") from None
 
 
 def open_image(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -246,6 +260,35 @@ class Preprocessing:
         set_field("frame_stride", _whole("frame_stride", self.frame_stride, 1, MAX_EDGE))
         if not isinstance(self.keep_aspect_ratio, bool):
             raise ValueError(f"keep_aspect_ratio {self.keep_aspect_ratio!r} is not true or false")
+        # The megapixel guard holds what the recipe makes too, not only the images it is given: one input, and
+        # the square image the shortest-edge resize makes at the least, are refused before anything is allocated.
+        if self.pixels > MAX_PIXELS:
+            frames = f" x {self.frames} frames" if self.frames else ""
+            raise ValueError(f"crop_size {self.crop_size[0]} x {self.crop_size[1]}{frames} is "
+                             f"{self.pixels / 1e6:.0f} megapixels an input, {_ABOVE_LIMIT}")
+        if self.keep_aspect_ratio and self.resize_shortest_edge ** 2 > MAX_PIXELS:
+            edge = self.resize_shortest_edge
+            raise ValueError(f"resize_shortest_edge {edge} resizes every image to {edge} x {edge} or more, "
+                             f"{edge * edge / 1e6:.0f} megapixels, {_ABOVE_LIMIT}")
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of one model input: height x width, times the frames of a clip."""
+        return self.crop_size[0] * self.crop_size[1] * max(self.frames, 1)
+
+    @property
+    def largest_batch(self) -> int:
+        """The most inputs one model call may hold under the megapixel guard (a batch of float32 inputs takes
+        12 bytes a pixel)."""
+        return MAX_PIXELS // self.pixels
+
+    def check_batch(self, batch: int) -> int:
+        """`batch`, if a call of that many inputs stays within the megapixel guard; else a `ValueError`."""
+        if batch > self.largest_batch:
+            raise ValueError(f"{batch} inputs of {self.pixels:,} pixels are "
+                             f"{batch * self.pixels / 1e6:.0f} megapixels a call, {_ABOVE_LIMIT}: at most "
+                             f"{self.largest_batch} a call")
+        return batch
 
     @classmethod
     def for_input_size(cls, input_size) -> Preprocessing:

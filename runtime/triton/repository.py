@@ -292,7 +292,11 @@ def serve(paths: list[Path], o: Options) -> Served:
         if limit and o.max_batch and o.max_batch > limit:
             raise HieraRuntimeError(f"{first}: its engine's profile runs batches up to {limit}; max_batch "
                                     f"{o.max_batch} is more")
-        max_batch = o.max_batch or limit or DEFAULT_MAX_BATCH
+        max_batch = o.max_batch or min(limit or DEFAULT_MAX_BATCH, info.preprocessing.largest_batch)
+        try:  # what a batch of the preprocessing step allocates: the runtime's megapixel guard of a call
+            info.preprocessing.check_batch(max_batch)
+        except ValueError as error:
+            raise HieraRuntimeError(f"{first}: max_batch {error}") from None
     else:
         if o.backend == "native":
             raise HieraRuntimeError(f"{first}: a static batch of {info.batch}; Triton's {platform} backend batches "

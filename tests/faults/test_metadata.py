@@ -36,6 +36,11 @@ CASES = {
     "std 0": ("preprocessing.std", [0.0, 0.2, 0.2], "hiera.preprocessing: "),
     "unknown resample": ("preprocessing.resample", "magic", "hiera.preprocessing: "),
     "clip frames on an image model": ("preprocessing.frames", 16, "hiera.preprocessing: "),
+    # sizes the runtime would allocate, held to the megapixel guard before anything is
+    "crop 12000 x 12000": ("preprocessing.crop_size", [12000, 12000], "hiera.preprocessing: crop_size 12000 x 12000 "
+                           "is 144 megapixels an input, above the runtime's limit of 64 (its megapixel guard)"),
+    "resize 9000": ("preprocessing.resize_shortest_edge", 9000, "hiera.preprocessing: resize_shortest_edge 9000 "
+                    "resizes every image to 9000 x 9000 or more, 81 megapixels, above the runtime's limit of 64"),
 }
 
 

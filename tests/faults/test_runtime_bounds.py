@@ -28,7 +28,10 @@ BAD_OPTIONS = {
     "megapixels inf": (["predict", "x.jpg", "--max-megapixels", "inf"], "--max-megapixels: must be a number"),
     "megapixels zero": (["predict", "x.jpg", "--max-megapixels", "0"], "--max-megapixels: must be a number"),
     "megapixels negative": (["predict", "x.jpg", "--max-megapixels", "-5"], "--max-megapixels: must be a number"),
-    "crop size zero": (["predict", "x.jpg", "--crop-size", "0"], "--crop-size: must be N or HxW, each from 1 to 14336"),
+    "crop size zero": (["predict", "x.jpg", "--crop-size", "0"], "--crop-size: must be N or HxW, each from 1 to 7000"),
+    # 7001 / 0.875 resizes to 8001 x 8001 at the least: above the 64-megapixel guard
+    "crop size past the guard": (["predict", "x.jpg", "--crop-size", "7001"], "--crop-size: must be N or HxW, each "
+                                 "from 1 to 7000"),
     "crop size whose resize is too large": (["predict", "x.jpg", "--crop-size", "16384"], "--crop-size: must be N"),
     "crop size huge": (["predict", "x.jpg", "--crop-size", "99999x2"], "--crop-size: must be N or HxW"),
     "seed negative": (["reconstruct", "x.jpg", "--seed", "-1"], "--seed: must be a whole number from 0"),
