@@ -231,7 +231,6 @@ def _name(image) -> str:
 def command(args) -> int:
     """python -m runtime segment IMAGE... --model ENCODER --decoder DECODER --point X,Y[,LABEL]... --box
     X0,Y0,X1,Y1...: every image is segmented before anything is written, then the folder --out is replaced whole."""
-    from . import files
     from .commit import replacing
     from .shell import say
 
@@ -243,8 +242,6 @@ def command(args) -> int:
     twice = next((stem for stem in stems if stems.count(stem) > 1), None)
     if twice is not None:
         raise HieraRuntimeError(f"two images named {twice}: their masks would have one name; segment them apart")
-    for image in args.images:
-        files.require_file(image)
     segmenter = load_segmenter(args.model, args.decoder, max_pixels=int(args.max_megapixels * 1e6),
                                check=args.check, allow_failed=args.allow_failed, provider=args.provider,
                                threads=args.threads, cache_dir=args.cache_dir,

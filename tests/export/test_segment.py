@@ -159,3 +159,21 @@ def test_bad_input_is_one_line_and_writes_nothing(exported, tmp_path, capsys):
     code = exit_code([photo, "--model", encoder, "--decoder", other, "--point", "1,1", "--out", target])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "belongs to another encoder: its weights" in err and not target.exists(), err
+
+
+def test_tampered_encoder_entry_is_one_line(exported, tmp_path):
+    _, _, decoder, _, _ = exported
+    model = onnx.load(decoder)
+    for value, expected in ((None, "hiera.encoder: missing"),
+                            ({"variant": "v", "weights": {"source": "s", "verified": "yes"}, "input_size": [128, 128]},
+                             "hiera.encoder: verified 'yes' is not true or false (variant, weights, input_size)")):
+        kept = [p for p in model.metadata_props if p.key != "hiera.encoder"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        if value is not None:
+            model.metadata_props.add(key="hiera.encoder", value=json.dumps(value))
+        path = tmp_path / "tampered.onnx"
+        onnx.save(model, path)
+        with pytest.raises(runtime.HieraRuntimeError) as error:
+            runtime.load(path)
+        assert str(error.value).startswith(f"{path}: ") and expected in str(error.value), str(error.value)
