@@ -177,3 +177,19 @@ def test_tampered_encoder_entry_is_one_line(exported, tmp_path):
         with pytest.raises(runtime.HieraRuntimeError) as error:
             runtime.load(path)
         assert str(error.value).startswith(f"{path}: ") and expected in str(error.value), str(error.value)
+
+
+def test_fp16_keeps_softmax_norms_and_stability_areas_in_fp32(exported):
+    """The fp16 graph's keep-list (export.convert.FP32_OPS) as the decoder needs it: attention's softmax, the layer
+    norms and the stability areas' means (65536 ones would overflow fp16) compute in float32."""
+    from export.convert import FP32_OPS
+
+    out, _, _, report, _ = exported
+    graph = onnx.shape_inference.infer_shapes(onnx.load(out / report["artifacts"]["fp16"]["file"]))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.graph.value_info, *graph.graph.input)}
+    kept = [node for node in graph.graph.node if node.op_type in FP32_OPS]
+    assert {node.op_type for node in kept} >= {"Softmax", "LayerNormalization", "ReduceMean"}
+    wrong = [f"{node.op_type} {node.name}" for node in kept if types.get(node.input[0]) != onnx.TensorProto.FLOAT]
+    assert not wrong, wrong
+    assert any(types.get(v) == onnx.TensorProto.FLOAT16 for node in graph.graph.node if node.op_type == "MatMul"
+               for v in node.input)
