@@ -181,17 +181,26 @@ class Segmenter:
         scale = np.array([frame_width / width, frame_height / height])  # Sam2Processor's _normalize_coordinates
         return (prompt_coords * scale).astype(np.float32), prompt_labels
 
-    def predict(self, points=None, boxes=None, multimask: bool = False) -> Segmentation:
+    def predict(self, points=None, boxes=None, multimask: bool = False, mask_input=None) -> Segmentation:
         """Masks for one prompt (`points`) or one per box (see `prompts`), on the image `set_image` embedded: the
         single-mask answer (SAM 2's, with its fallback to the best of three when unstable), or with `multimask`
-        three masks per prompt."""
+        three masks per prompt. `mask_input`: low-resolution logits of an earlier answer ([h, w], the same for every
+        prompt, or [prompts, h, w]), which SAM 2 refines."""
         coords, labels = self.prompts(points, boxes)
         side = 4 * self._embedding["image_embeddings"].shape[-1]  # the low-resolution masks' side
+        has_mask = np.zeros(len(coords), np.float32)
+        masks_in = np.zeros((len(coords), 1, side, side), np.float32)
+        if mask_input is not None:
+            given = np.asarray(mask_input, np.float32)
+            if given.shape not in ((side, side), (len(coords), side, side)) or not np.isfinite(given).all():
+                raise HieraRuntimeError(f"mask_input of shape {list(given.shape)}: give finite low-resolution logits "
+                                        f"[{side}, {side}] or [{len(coords)}, {side}, {side}] (an answer's logits)")
+            masks_in[:, 0] = given
+            has_mask[:] = 1
         outputs = self.decoder.session.run(
             self._embedding["image_embeddings"], high_res_feats_0=self._embedding["high_res_feats_0"],
             high_res_feats_1=self._embedding["high_res_feats_1"], point_coords=coords, point_labels=labels,
-            mask_input=np.zeros((len(coords), 1, side, side), np.float32),
-            has_mask_input=np.zeros(len(coords), np.float32))
+            mask_input=masks_in, has_mask_input=has_mask)
         chosen = slice(1, None) if multimask else slice(0, 1)
         logits, scores = outputs["masks"][:, chosen], outputs["iou_scores"][:, chosen]
         if not (np.isfinite(logits).all() and np.isfinite(scores).all()):

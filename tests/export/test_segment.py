@@ -121,6 +121,15 @@ def test_api_many_prompts_one_encoder_run(exported, sam2_checkpoint, provider): 
                          multimask_output=True)
     assert np.abs(answers[2].logits - expected.pred_masks[0].numpy()).max() <= LOGIT_TOLERANCE
     assert np.abs(answers[2].scores - expected.iou_scores[0].numpy()).max() <= 1e-4
+    # a previous answer's logits as the mask prompt, as SAM 2 refines a mask
+    refined = segmenter.predict(points=[(200, 150)], mask_input=answers[0].logits[0, 0])
+    expected = reference(pixel_values=pixel_values, input_points=scale([[[200.0, 150.0]]])[None],
+                         input_labels=torch.ones(1, 1, 1, dtype=torch.int), multimask_output=False,
+                         input_masks=torch.from_numpy(answers[0].logits[:, :1]))
+    assert np.abs(refined.logits - expected.pred_masks[0].numpy()).max() <= LOGIT_TOLERANCE
+    assert np.abs(refined.scores - expected.iou_scores[0].numpy()).max() <= 1e-4
+    assert np.abs(refined.logits - answers[0].logits).max() > 10 * LOGIT_TOLERANCE  # the mask prompt is used
+    assert len(calls) == 1
 
 
 def exit_code(args) -> int:
