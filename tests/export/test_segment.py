@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from transformers import Sam2Processor
 
 import runtime
-from export import Options, read_artifact, run
+from export import ExportError, Options, read_artifact, run
 from export import mask_decoder
 from export.optimize import max_rank
 from export.verification import verify
@@ -60,7 +60,10 @@ def test_decoder_artifacts_pass_with_mask_iou_rows(exported):
     meta, encoder_meta = read_artifact(decoder), read_artifact(encoder)
     assert meta["task"] == "mask-decoder" and meta["encoder"] == {
         "variant": encoder_meta["variant"], "weights": encoder_meta["weights"], "input_size": encoder_meta["input_size"]}
-    assert verify([out / f"{decoder.name.split('.')[0]}.report.json"]).ok
+    report_file = out / f"{decoder.name.split('.')[0]}.report.json"
+    assert verify([report_file]).ok
+    with pytest.raises(ExportError, match="does not run a mask decoder's parity again yet"):
+        verify([report_file], weights=str(out))  # refused before any weights are read
 
 
 @torch.no_grad()
