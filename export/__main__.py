@@ -45,7 +45,8 @@ def parse(argv):
     from runtime.artifact import MAX_SIDE
 
     from .onnx_export import MIN_OPSET, max_opset
-    from .options import DEFAULT_PRECISIONS, MAX_BATCH, MAX_SEED, MAX_WORKSPACE_GB, PRECISIONS, Options, check
+    from .options import (DECODER_TASKS, DEFAULT_PRECISIONS, MAX_BATCH, MAX_SEED, MAX_WORKSPACE_GB, PRECISIONS, Options,
+                          check)
     from .tensorrt import ENGINE_PRECISIONS, EngineOptions
     from .trt_check import DEFAULT_TARGET
 
@@ -59,10 +60,11 @@ def parse(argv):
     p.add_argument("--variant", choices=[*VARIANTS, *SAM2_VARIANTS], metavar="NAME", help="published variant: "
                    + ", ".join([*VARIANTS, *SAM2_VARIANTS]) + " (optional with --weights PATH: taken from the "
                    "checkpoint)")
-    p.add_argument("--task", default="classify", choices=[*TASKS, *SAM2_TASKS], help="classify (logits), features "
-                   "(last_hidden_state, pooler_output), backbone (stage1..stage4 maps, NCHW), mae (inputs "
-                   "pixel_values and noise; outputs logits, bool_masked_pos, ids_restore) or, for SAM 2 variants, "
-                   "image-encoder (image_embeddings, high_res_feats_0, high_res_feats_1); default classify")
+    p.add_argument("--task", default="classify", choices=[*TASKS, *SAM2_TASKS, *DECODER_TASKS], help="classify "
+                   "(logits), features (last_hidden_state, pooler_output), backbone (stage1..stage4 maps, NCHW), mae "
+                   "(inputs pixel_values and noise; outputs logits, bool_masked_pos, ids_restore) or, for SAM 2 "
+                   "variants, image-encoder (image_embeddings, high_res_feats_0, high_res_feats_1) and mask-decoder "
+                   "(prompts in, masks and iou_scores out; docs/segment.md); default classify")
     p.add_argument("--loss", action="store_true", help="mae: also output each image's reconstruction loss")
     p.add_argument("--out-features", nargs="+", metavar="STAGE", help="backbone: the stage maps to output, e.g. "
                    "stage2 stage3 stage4 (default: all)")
@@ -217,7 +219,11 @@ def _progress():
 
 def export(argv) -> int:
     options = parse(argv)
-    from .pipeline import run  # torch: after the arguments are read and checked
+    if options.task == "mask-decoder":  # SAM 2's decoder: its own export (torch: after the arguments are checked)
+        from .mask_decoder import check as check_decoder, run
+        check_decoder(options)
+    else:
+        from .pipeline import run  # torch: after the arguments are read and checked
 
     report = run(options, _progress())
     if report["weights"]["source"].startswith("random:"):

@@ -19,6 +19,7 @@ from .onnx_export import MIN_OPSET, max_opset
 LAYOUTS = ("files", "hub")
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1
 MAX_WORKSPACE_GB = 1024
+DECODER_TASKS = ("mask-decoder",)  # SAM 2's prompt encoder and mask decoder (export/mask_decoder.py)
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ def check(options: Options) -> Options:
                 image_size=tuple(size) if size is not None else None,
                 calibration=Path(options.calibration) if options.calibration is not None else None,
                 out_features=tuple(options.out_features) if options.out_features is not None else None)
-    if o.task not in (*TASKS, *SAM2_TASKS):
-        raise ExportError(f"task {o.task!r}: choose from {', '.join((*TASKS, *SAM2_TASKS))}", "task")
+    if o.task not in (*TASKS, *SAM2_TASKS, *DECODER_TASKS):
+        raise ExportError(f"task {o.task!r}: choose from {', '.join((*TASKS, *SAM2_TASKS, *DECODER_TASKS))}", "task")
     unknown = [p for p in o.precisions if p not in PRECISIONS]
     if unknown or not o.precisions or len(set(o.precisions)) != len(o.precisions):
         raise ExportError(f"precisions {' '.join(o.precisions) or '(none)'}: choose each once from "

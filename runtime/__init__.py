@@ -10,6 +10,7 @@ Everything a model needs (preprocessing, labels, task) comes from the artifact's
 from .errors import HieraRuntimeError
 from .model import Classifier, FeatureExtractor, Prediction, Reconstructor, load
 from .preprocess import Preprocessing, load_image
+from .segment import Segmenter, load_segmenter
 
 __all__ = ["Classifier", "FeatureExtractor", "HieraRuntimeError", "Prediction", "Preprocessing", "Reconstructor",
-           "load", "load_image"]
+           "Segmenter", "load", "load_image", "load_segmenter"]

@@ -27,7 +27,7 @@ from .preprocess import Preprocessing
 from .probe import PROBE_VERSION
 
 FORMAT_VERSION = 2  # the newest metadata format this runtime reads (and export writes); 2 adds hiera.probe
-TASKS = ("classify", "features", "backbone", "mae", "image-encoder")  # image-encoder: SAM 2's
+TASKS = ("classify", "features", "backbone", "mae", "image-encoder", "mask-decoder")  # the last two: SAM 2's
 PRECISIONS = COMPUTED  # what hiera.precision may say (runtime/formats.py)
 PER_ARTIFACT = ("precision", "probe")  # the hiera.* entries that differ between the artifacts of one export
 MAX_BATCH = 1024  # the largest batch an artifact may declare (and export traces for a dynamic batch)
@@ -35,7 +35,8 @@ MAX_SIDE = 16384  # pixels (or frames) along one input axis
 SIDECAR_BYTES = 64 << 20  # a sidecar is a few KB; a larger file is not one
 TASK_OUTPUTS = {"classify": {"logits"}, "features": {"last_hidden_state", "pooler_output"},
                 "mae": {"logits", "bool_masked_pos", "ids_restore"},
-                "image-encoder": {"image_embeddings", "high_res_feats_0", "high_res_feats_1"}}
+                "image-encoder": {"image_embeddings", "high_res_feats_0", "high_res_feats_1"},
+                "mask-decoder": {"masks", "iou_scores"}}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ModelInfo:
     outputs: tuple[str, ...] = ()
     probe: dict | None = None  # hiera.probe (runtime.probe), None where the artifact carries none
     format_version: int = FORMAT_VERSION
+    encoder: dict | None = None  # a mask decoder's: the encoder it belongs to {"variant", "weights", "input_size"}
 
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels and index < len(self.labels) else None
@@ -59,7 +61,7 @@ class ModelInfo:
 
 def to_metadata(*, variant: str, task: str, outputs: list[str], input_size, preprocessing: dict, labels,
                 weights: dict, opset: int, precision: str, batch, versions: dict,
-                mae: dict | None = None) -> dict[str, str]:
+                mae: dict | None = None, encoder: dict | None = None) -> dict[str, str]:
     """The `hiera.*` metadata_props of an artifact: every value a JSON document (`mae` only for MAE models).
     NaN and Inf are refused: they are not JSON."""
     values = {
@@ -78,6 +80,8 @@ def to_metadata(*, variant: str, task: str, outputs: list[str], input_size, prep
     }
     if mae is not None:
         values["mae"] = mae  # {"mask_units", "mask_ratio", "pred_stride", "norm_pix_loss"}
+    if encoder is not None:
+        values["encoder"] = encoder  # a mask decoder's: {"variant", "weights", "input_size"} of its encoder
     return {f"hiera.{key}": json.dumps(value, allow_nan=False) for key, value in values.items()}
 
 
@@ -169,9 +173,10 @@ def _decode_fields(meta: dict) -> ModelInfo:
         raise _Bad(f"hiera.mae: mask_units {mae['mask_units']} for inputs of {preprocessing.pixels} pixels: a mask "
                    "unit holds one pixel at the least")
     probe = field("probe", _probe, required=False)
+    encoder = field("encoder", _encoder) if task == "mask-decoder" else None
     return ModelInfo(task=task, input_size=input_size, batch=batch, preprocessing=preprocessing, labels=labels,
                      variant=variant, precision=precision, weights=weights, mae=mae, outputs=outputs, probe=probe,
-                     format_version=version)
+                     format_version=version, encoder=encoder)
 
 
 def _probe(value) -> dict:
@@ -191,6 +196,16 @@ def _weights(value) -> dict:
     if not isinstance(value.get("verified"), bool):
         raise _Bad(f"verified {value.get('verified')!r} is not true or false")
     return value
+
+
+def _encoder(value) -> dict:
+    """A mask decoder's encoder: what an encoder artifact's own metadata must say for the two to run together."""
+    _object(value)
+    try:
+        return {"variant": _text(value.get("variant")), "weights": _weights(value.get("weights")),
+                "input_size": list(_input_size(value.get("input_size")))}
+    except _Bad as error:
+        raise _Bad(f"{error} (variant, weights, input_size)") from None
 
 
 def _mae(value) -> dict:

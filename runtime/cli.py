@@ -1,6 +1,6 @@
 """python -m runtime (the console script hiera-runtime): predict IMAGE... --model FILE | embed IMAGE... --model FILE
---out FILE | reconstruct IMAGE --model FILE | bench --model FILE | info --model FILE | check ARTIFACT... |
-sidecar ENGINE --onnx FILE | triton MODEL... --repo DIR.
+--out FILE | reconstruct IMAGE --model FILE | segment IMAGE... --model FILE --decoder FILE | bench --model FILE |
+info --model FILE | check ARTIFACT... | sidecar ENGINE --onnx FILE | triton MODEL... --repo DIR.
 
 A thin layer over the Python API: it parses arguments, expands directories, keeps going past bad
 images, shows progress on a terminal, and prints. Exit status: 0 when every image was done, 1 when some
@@ -35,7 +35,9 @@ from .openvino import PRECISIONS
 from .preprocess import MAX_MEGAPIXELS, MAX_PIXELS, Preprocessing, find_images
 from .reconstruct import side_by_side
 from .session import PROVIDERS
-from .shell import Number, Parser, Whole, run_command, say
+from .segment import MAX_POINTS, MAX_PROMPTS
+from .segment import command as segment
+from .shell import Number, Numbers, Parser, Whole, run_command, say
 from .tensorrt import sidecar_for_trtexec
 from .triton import add_parser as add_triton_parser
 from .triton import command as triton
@@ -132,6 +134,26 @@ def parse(argv) -> argparse.Namespace:
     rebuild.add_argument("--seed", type=Whole(0, 2**63 - 1), default=0, help="which mask units to hide (default 0, "
                          f"at most {2**63 - 1})")
     image_options(rebuild)
+
+    cut = commands.add_parser("segment", help="SAM 2: masks for points and boxes on images (the encoder once per "
+                              "image, the decoder once per prompt group); PNG masks, COCO RLE with --json")
+    cut.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    model_options(cut)
+    cut.add_argument("--decoder", type=Path, required=True, help="the mask decoder exported from the same "
+                     "checkpoint as --model (python -m export --task mask-decoder)")
+    cut.add_argument("--point", type=Numbers((2, 3), "X,Y or X,Y,LABEL"), action="append", default=[],
+                     metavar="X,Y[,LABEL]", help="a point in pixels of the image; LABEL 1 (default) inside the object, "
+                     f"0 outside; all points make one prompt (at most {MAX_POINTS} points, a box counts as 2)")
+    cut.add_argument("--box", type=Numbers((4,), "X0,Y0,X1,Y1"), action="append", default=[],
+                     metavar="X0,Y0,X1,Y1", help=f"a box, top-left corner first; one prompt per box, each with the "
+                     f"points (at most {MAX_PROMPTS})")
+    cut.add_argument("--multimask", action="store_true", help="three masks per prompt instead of SAM 2's one")
+    cut.add_argument("--out", type=Path, default=Path("segments"), help="the folder to write the masks into, "
+                     "replaced whole (default segments/): IMAGE.promptP.maskM.png, and IMAGE.overlay.png")
+    cut.add_argument("--overlay", action="store_true", help="also write each image with its masks drawn over it")
+    cut.add_argument("--json", action="store_true", help="one JSON object per image and line: each mask's score "
+                     "(predicted IoU), area, file and COCO run-length encoding")
+    image_options(cut)
 
     bench = commands.add_parser("bench", help="latency and throughput on random input")
     model_options(bench)
@@ -445,7 +467,7 @@ def sidecar(args) -> int:
 
 
 COMMANDS = {"predict": predict, "embed": embed, "reconstruct": reconstruct, "bench": bench, "info": info,
-            "check": check, "sidecar": sidecar, "triton": triton}
+            "check": check, "sidecar": sidecar, "triton": triton, "segment": segment}
 
 
 def run(argv) -> int:

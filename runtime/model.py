@@ -324,8 +324,14 @@ class Reconstructor(_Model):
                 for pixels, logits, visible in zip(pixel_values, outputs["logits"], outputs["bool_masked_pos"])]
 
 
+class MaskDecoder(_Model):
+    """SAM 2's mask decoder: prompts in, masks out; `runtime.segment.Segmenter` runs it with its image encoder."""
+
+    tasks = ("mask-decoder",)
+
+
 def model_class(task: str) -> type[_Model]:
-    return {"classify": Classifier, "mae": Reconstructor}.get(task, FeatureExtractor)
+    return {"classify": Classifier, "mae": Reconstructor, "mask-decoder": MaskDecoder}.get(task, FeatureExtractor)
 
 
 def load(path, *, max_pixels: int = MAX_PIXELS, check: bool = True, allow_failed: bool = False,

@@ -109,6 +109,23 @@ class Number:
         return value
 
 
+class Numbers:
+    """An argparse type: `counts` comma-separated finite numbers (e.g. a point X,Y or X,Y,LABEL); `spelled` is how
+    the option's help writes them."""
+
+    def __init__(self, counts: tuple[int, ...], spelled: str):
+        self.counts, self.spelled = counts, spelled
+
+    def __call__(self, text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) not in self.counts or not all(math.isfinite(value) for value in values):
+            raise argparse.ArgumentTypeError(f"must be {self.spelled} (finite numbers, comma-separated), not {text!r}")
+        return values
+
+
 def flag(option: str) -> str:
     return FLAGS.get(option, "--" + option.replace("_", "-"))
 

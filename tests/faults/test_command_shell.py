@@ -50,6 +50,8 @@ COMMANDS = {
     "hiera-runtime": (runtime_cli.main, ["predict", "x.jpg", "--model", "m.onnx"], ("runtime.cli", "load_from_args")),
     "hiera-runtime triton": (runtime_cli.main, ["triton", "m.onnx", "--repo", "r"],
                              ("runtime.triton", "write_repository")),
+    "hiera-runtime segment": (runtime_cli.main, ["segment", "x.jpg", "--model", "m.onnx", "--decoder", "d.onnx",
+                                                 "--point", "1,1"], ("runtime.segment", "load_segmenter")),
     "hiera-model": (model_cli.main, ["lock", "verify", "x.pth"], ("hiera_model.lock", "read")),
 }
 STATE = {"hiera-export": "the output folder is as it was", "hiera-export verify": "the output folder is as it was",

@@ -20,6 +20,7 @@ CASES = {
     "batch true": ("batch", True, "hiera.batch: True is not a whole number"),
     "batch huge": ("batch", 10**9, "hiera.batch: 1000000000 is not a whole number"),
     "task mae without its entry": ("task", "mae", "hiera.outputs: ['logits'] lacks bool_masked_pos, ids_restore"),
+    "task mask-decoder on a classifier": ("task", "mask-decoder", "hiera.outputs: ['logits'] lacks iou_scores, masks"),
     "unknown task": ("task", "segment", "hiera.task: 'segment' is not one of classify"),
     "format from the future": ("format_version", 99, "metadata format 99 is newer than this runtime reads (2)"),
     "input size of strings": ("input_size", ["64", "64"], "hiera.input_size: '64' is not a whole number"),

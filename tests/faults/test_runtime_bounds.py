@@ -36,6 +36,11 @@ BAD_OPTIONS = {
     "crop size huge": (["predict", "x.jpg", "--crop-size", "99999x2"], "--crop-size: must be N or HxW"),
     "seed negative": (["reconstruct", "x.jpg", "--seed", "-1"], "--seed: must be a whole number from 0"),
     "embed batch size": (["embed", "x.jpg", "--out", "f.npy", "--batch-size", "0"], "--batch-size: must be a whole"),
+    "segment point not numbers": (["segment", "x.jpg", "--decoder", "d.onnx", "--point", "1,x"],
+                                  "--point: must be X,Y or X,Y,LABEL"),
+    "segment point infinite": (["segment", "x.jpg", "--decoder", "d.onnx", "--point", "inf,1"],
+                               "--point: must be X,Y or X,Y,LABEL"),
+    "segment box of 3": (["segment", "x.jpg", "--decoder", "d.onnx", "--box", "1,2,3"], "--box: must be X0,Y0,X1,Y1"),
 }
 
 

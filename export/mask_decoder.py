@@ -1,0 +1,216 @@
+"""`--task mask-decoder`: SAM 2's prompt encoder and mask decoder (`hiera_model.sam2_decoder`) exported from a
+transformers `Sam2Model` folder, validated against PyTorch on real encoder outputs, as one transaction.
+
+The decoder takes the image encoder artifact's three outputs for one image and a dynamic number of prompts
+(axis 0) of a dynamic number of points (axis 1). Its validation inputs are what it meets in use: the folder's
+encoder (PyTorch) run on the two photographs and one noise image, each with point, box and point-and-box prompts
+(each group of one token count in its own call, as the runtime calls it). Beside the project's bounds on the
+logits and IoU scores, each artifact gets a mask-IoU row: the masks thresholded at 0 against PyTorch's, pixels
+whose PyTorch logit lies within `MASK_LOGIT_TOLERANCE` of 0 left out and counted.
+
+Precisions: fp32 (the traced graph, standard operators: onnxruntime, OpenVINO, TensorRT all take it) and fp16.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from runtime import files
+from runtime.artifact import to_metadata
+from runtime.preprocess import Preprocessing
+from runtime.segment import MAX_POINTS, MAX_PROMPTS
+from runtime.session import OnnxSession
+
+from . import artifact, convert, parity, trt_check
+from .errors import ExportError
+from .onnx_export import TRACE_OPSET, _quiet, to_opset_17
+from .optimize import max_rank, op_histogram
+from .options import Options
+from .transaction import Transaction
+from .weights import load_weights
+
+TASK = "mask-decoder"
+PRECISIONS = ("fp32", "fp16")
+MASK_IOU_BOUNDS = {"fp32": 0.99, "fp16": 0.98}  # the smallest IoU of a mask with PyTorch's (issue 26)
+MASK_LOGIT_TOLERANCE = 1e-3  # pixels whose PyTorch logit is within this of the threshold are left out, and counted
+NOISE_IMAGES = 1
+# Validation prompts in fractions of the input frame: (x, y, label) per token; each group is one call.
+PROMPT_GROUPS = {
+    "one point": [[(0.3, 0.4, 1)], [(0.7, 0.6, 1)], [(0.5, 0.2, 1)]],
+    "two points": [[(0.3, 0.4, 1), (0.8, 0.8, 0)], [(0.6, 0.3, 1), (0.2, 0.7, 1)]],
+    "box": [[(0.1, 0.2, 2), (0.6, 0.9, 3)]],
+    "point and box": [[(0.4, 0.5, 1), (0.2, 0.3, 2), (0.7, 0.8, 3)]],
+}
+
+
+def check(o: Options) -> None:
+    """What a decoder export refuses, before anything is loaded."""
+    if o.weights in (None, "random") or str(o.weights).startswith("hub"):
+        raise ExportError("task mask-decoder: give the transformers Sam2Model folder the encoder was exported from "
+                          "(--weights PATH); random weights and the hub are not read for the decoder yet", "weights")
+    extra = [p for p in o.precisions if p not in PRECISIONS]
+    if extra:
+        raise ExportError(f"precisions {' '.join(extra)}: the mask decoder is exported in {', '.join(PRECISIONS)}",
+                          "precisions")
+    if o.opset < 17:
+        raise ExportError(f"opset {o.opset}: the mask decoder is written at opset 17 or later", "opset")
+    for name, value, default in (("image_size", o.image_size, None), ("layout", o.layout, "files"),
+                                 ("build_engine", o.build_engine, False), ("out_features", o.out_features, None)):
+        if value != default:
+            raise ExportError(f"{name}: not an option of task mask-decoder (it takes the encoder's input size)", name)
+
+
+def prompt_feeds(size: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(group name, point_coords [P, N, 2], point_labels [P, N]) for each group of `PROMPT_GROUPS`, in pixels of a
+    square input frame of side `size`."""
+    feeds = []
+    for name, prompts in PROMPT_GROUPS.items():
+        coords = np.array([[(x * size, y * size) for x, y, _ in prompt] for prompt in prompts], np.float32)
+        labels = np.array([[label for _, _, label in prompt] for prompt in prompts], np.float32)
+        feeds.append((name, coords, labels))
+    return feeds
+
+
+def mask_iou(reference: np.ndarray, got: np.ndarray, tolerance: float = MASK_LOGIT_TOLERANCE) -> tuple[float, int]:
+    """The smallest IoU over masks (the last two axes) of `got > 0` with `reference > 0`, pixels whose reference
+    logit lies within `tolerance` of 0 left out; and how many were left out. A mask empty in both counts as 1."""
+    ref, out = reference.reshape(-1, *reference.shape[-2:]), got.reshape(-1, *got.shape[-2:])
+    counted = np.abs(ref) > tolerance
+    a, b = (ref > 0) & counted, (out > 0) & counted
+    union = (a | b).sum(axis=(1, 2))
+    iou = np.where(union > 0, (a & b).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
+    return float(iou.min()), int((~counted).sum())
+
+
+def run(options: Options, progress=lambda step, message: None) -> dict:
+    """Export, validate and write the decoder's artifacts and report as one transaction; the report."""
+    from hiera_model import sam2_decoder
+
+    o = options
+    check(o)
+    started = time.perf_counter()
+    progress("weights", f"loading {o.weights}")
+    encoder, name, path = load_weights(o.weights, o.variant, "image-encoder", o.seed, o.allow_unverified)
+    decoder = sam2_decoder.load(path, allow_unverified=o.allow_unverified)
+    size = encoder.config.input_size
+    preprocessing = Preprocessing.for_sam2(size)
+    encoder_entry = {"variant": name, "weights": dict(encoder.provenance), "input_size": list(size)}
+    props = dict(variant=name, task=TASK, outputs=decoder.output_names, input_size=size,
+                 preprocessing=preprocessing.to_dict(), labels=None, weights=dict(decoder.provenance), opset=o.opset,
+                 batch="dynamic", versions=_versions(), encoder=encoder_entry)
+    report = {"report_version": artifact.REPORT_VERSION, "variant": name, "task": TASK, "opset": o.opset,
+              "batch": "dynamic", "weights": props["weights"], "input_size": list(size), "producer": props["versions"],
+              "encoder": encoder_entry, "stages": {}}
+
+    progress("reference", "the encoder (PyTorch) on the photographs, then the decoder on each prompt group")
+    rng = np.random.default_rng(o.seed)
+    images = {f"random:{o.seed}:{i}": rng.standard_normal((3, *size), dtype=np.float32) for i in range(NOISE_IMAGES)}
+    images.update({photo: preprocessing(image) for photo, image in parity.photographs().items()})
+    feeds = []
+    with torch.no_grad():
+        embeddings = encoder(torch.from_numpy(np.stack(list(images.values()))))
+        del encoder
+        side = decoder.config.low_res_size
+        for index in range(len(images)):
+            image = {key: value[index:index + 1].numpy() for key, value in embeddings.items()}
+            for _, coords, labels in prompt_feeds(size[0]):
+                feeds.append({**image, "point_coords": coords, "point_labels": labels,
+                              "mask_input": np.zeros((len(coords), 1, side, side), np.float32),
+                              "has_mask_input": np.zeros(len(coords), np.float32)})
+        reference = _concatenate([dict(zip(decoder.output_names, (t.numpy() for t in decoder(
+            *(torch.from_numpy(feed[k]) for k in decoder.input_names))))) for feed in feeds])
+    report["validation"] = {"inputs": list(images), "prompt_groups": {k: v for k, v in PROMPT_GROUPS.items()},
+                            "prompts": int(len(reference["masks"])), "reference": "PyTorch fp32 (this package's "
+                            "decoder on this package's encoder outputs, same weights)",
+                            "runtime": "onnxruntime CPUExecutionProvider",
+                            "thresholds": {p: {**parity.THRESHOLDS[p], "mask_iou": MASK_IOU_BOUNDS[p]}
+                                           for p in PRECISIONS}, "mask_logit_tolerance": MASK_LOGIT_TOLERANCE}
+    report["stages"]["reference"] = {"seconds": round(time.perf_counter() - started, 2)}
+
+    stem = artifact.family(name, TASK)
+    with Transaction(o.out_dir, stem) as transaction:
+        staging = transaction.staging
+        traced = staging / ".traced.onnx"
+        progress("export", f"tracing SAM 2's mask decoder to ONNX opset {o.opset}")
+        _trace(decoder, o.opset, traced)
+        del decoder
+        graph = onnx.load(traced)
+        report["graphs"] = {"exported": {"nodes": len(graph.graph.node), "ops": op_histogram(graph),
+                                         "max_rank": max_rank(graph)}}
+        report["artifacts"], report["files"], passed = {}, {}, True
+        for precision in o.precisions:
+            progress("convert", precision)
+            model = convert.to_fp16(traced) if precision == "fp16" else onnx.load(traced)
+            artifact.set_metadata(model, to_metadata(precision=artifact.computes(precision), **props))
+            target = staging / artifact.artifact_name(stem, precision)
+            findings = trt_check.check(model, o.trt_version)
+            entry = {"file": target.name, "nodes": len(model.graph.node), "max_rank": max_rank(model),
+                     "tensorrt_check": {"version": o.trt_version, "findings": findings}}
+            onnx.save_model(model, target)
+            onnx.checker.check_model(str(target), full_check=True)
+            progress("validate", f"{precision} against PyTorch fp32 on {len(reference['masks'])} prompts")
+            session = OnnxSession(target, provider="cpu", threads=2)
+            got = _concatenate([session.run(feed["image_embeddings"], **{k: v for k, v in feed.items()
+                                                                           if k != "image_embeddings"})
+                                for feed in feeds])
+            result = parity.compare(reference, got)
+            failed = parity.failures(precision, result)
+            iou, left_out = mask_iou(reference["masks"], got["masks"]) if "masks" in got else (None, 0)
+            result["masks"].update(min_mask_iou=iou, pixels_left_out=left_out,
+                                   pixels=int(reference["masks"].size))
+            if iou is None or not iou >= MASK_IOU_BOUNDS[precision]:
+                failed.append(f"masks min IoU {iou if iou is None else f'{iou:.4f}'} < {MASK_IOU_BOUNDS[precision]}")
+            sha = files.sha256(target)
+            entry.update(parity=result, passed=not failed, failures=failed, bytes=target.stat().st_size, sha256=sha)
+            report["artifacts"][precision] = entry
+            report["files"][target.name] = {"bytes": entry["bytes"], "sha256": sha}
+            passed &= not failed
+        traced.unlink()
+        report["passed"] = passed
+        report["tensorrt"] = {"version": o.trt_version, "plan_error": "the mask decoder's TensorRT plan is not "
+                              "written yet (its graph is checked against the parser: tensorrt_check)"}
+        report["stages"]["total"] = {"seconds": round(time.perf_counter() - started, 2)}
+        names = [*report["files"], artifact.report_name(stem)]
+        artifact.write_report(staging / names[-1], report)
+        progress("commit", f"moving {len(names)} files into {o.out_dir}")
+        transaction.commit(names)
+    report = artifact.seal(report)
+    report["report_file"] = str(Path(o.out_dir) / names[-1])
+    return report
+
+
+def _trace(decoder, opset: int, path: Path) -> None:
+    """The decoder as ONNX with the prompt and point axes dynamic; small enough to hold in one file."""
+    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
+    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
+    dynamic = {"image_embeddings": None, "high_res_feats_0": None, "high_res_feats_1": None,
+               "point_coords": {0: prompts, 1: points}, "point_labels": {0: prompts, 1: points},
+               "mask_input": {0: prompts}, "has_mask_input": {0: prompts}}
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(decoder, decoder.example_inputs(), dynamo=True,
+                                    opset_version=max(opset, TRACE_OPSET), input_names=decoder.input_names,
+                                    output_names=decoder.output_names, dynamic_shapes=dynamic, optimize=True,
+                                    verbose=False)
+    graph = program.model_proto
+    for node in graph.graph.node:  # the exporter's notes: stack traces with this machine's paths in them
+        del node.metadata_props[:]
+    if opset < TRACE_OPSET:
+        to_opset_17(graph)
+    if opset == 16:
+        raise ExportError("opset 16: the mask decoder is written at opset 17 or later", "opset")
+    onnx.save_model(graph, path)
+
+
+def _concatenate(outputs: list[dict]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+
+
+def _versions() -> dict:
+    from .pipeline import _versions as versions  # one owner of the producer's versions
+
+    return versions()
