@@ -34,9 +34,10 @@ def convert(model, example: dict, path: Path, metadata: dict[str, str]) -> dict:
     """Write `model` (a torch module in eval mode) as a `.tflite` at `path`, for the inputs of `example` (name ->
     batch-1 tensor), computing in what `metadata`'s `hiera.precision` says (fp32; fp16: fp16 weights; int8: int8
     weights); return the report's entry: file, max_rank, operators and what LiteRT's GPU delegate would take."""
-    import litert_torch
     import torch
 
+    with _quiet():  # its import prints notes of TensorFlow's and torchao's from C++
+        import litert_torch
     precision = json.loads(metadata["hiera.precision"])
     shapes = {name: tuple(tensor.shape) for name, tensor in example.items()}
     converted = _CONVERTED.get(model)

@@ -81,3 +81,16 @@ def test_features_task(tmp_path):
     assert report["passed"], failed_rows(report)
     assert set(report["artifacts"]["litert"]["parity"]) == {"last_hidden_state", "pooler_output"}
     assert report["artifacts"]["litert"]["max_rank"] <= 4
+
+
+def test_a_missing_converter_is_one_line_naming_the_extra_before_anything_is_written(monkeypatch, tmp_path):
+    import importlib.util
+
+    from export import ExportError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else
+                        find_spec(name, *a))
+    with pytest.raises(ExportError, match=r"precision litert-fp16: .*pip install 'hiera-deploy\[litert-export\]'"):
+        run(Options(weights=str(DIGITS), out_dir=tmp_path / "out", precisions=("fp32", "litert-fp16")))
+    assert not (tmp_path / "out").exists()
