@@ -8,6 +8,7 @@ metadata_props, readable without torch and without running the model (`read_meta
 
 from __future__ import annotations
 
+import importlib
 import mmap
 import threading
 from pathlib import Path
@@ -23,19 +24,18 @@ IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of a TFLite model, bytes 
 MAX_ENTRY_BYTES = 64 << 20  # one metadata value; the probe is the largest, tens of KB
 
 
-def import_litert():
+def import_litert(module: str = "interpreter"):
+    """A module of ai-edge-litert (its interpreter; `schema_py_generated`, the TFLite schema's reader)."""
     try:
-        from ai_edge_litert import interpreter
+        return importlib.import_module(f"ai_edge_litert.{module}")
     except ImportError:
         raise HieraRuntimeError("ai-edge-litert is not installed: pip install 'hiera-deploy[litert]'") from None
-    return interpreter
 
 
 def read_metadata(path) -> dict[str, str]:
     """The entries of a `.tflite`'s metadata table whose name starts with `hiera.`, by name, each value as text.
     Read from the mapped file (a model's weights are never copied); one line if it is not a TFLite model."""
-    from ai_edge_litert import schema_py_generated as schema  # the TFLite schema's reader (needs only flatbuffers)
-
+    schema = import_litert("schema_py_generated")  # the TFLite schema's reader (needs only flatbuffers)
     path = files.require_file(path)
     with files.open_file(path) as file:
         try:

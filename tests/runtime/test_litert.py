@@ -114,3 +114,10 @@ def test_concurrent_calls_give_the_serial_results(tflite):
     for thread in threads:
         thread.join()
     assert all(np.array_equal(a, b) for a, b in zip(got, serial))
+
+
+def test_without_ai_edge_litert_it_is_one_line_naming_the_extra(tflite, photo_files):
+    code = ("import sys; sys.modules['ai_edge_litert'] = None; from runtime.cli import main; "
+            f"sys.exit(main(['predict', {str(photo_files[0])!r}, '--model', {str(tflite)!r}]))")
+    line = one_line(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT))
+    assert "pip install 'hiera-deploy[litert]'" in line
