@@ -163,6 +163,10 @@ def _edge(r: Run) -> dict:
 
 def _trace(r: Run) -> dict:
     o = r.options
+    if not any(precision in CONVERSIONS for precision in o.precisions):  # edge artifacts only: no ONNX graph
+        r.model = None
+        _release_memory()
+        return {}
     r.progress("export", f"tracing Hiera-{r.name} ({o.task}) to ONNX opset {o.opset}")
     r.graphs["traced"] = r.staging / TRACED
     trace(r.model, o.opset, o.batch, r.graphs["traced"])
@@ -174,6 +178,8 @@ def _trace(r: Run) -> dict:
 
 
 def _optimize(r: Run) -> dict:
+    if "traced" not in r.graphs:  # nothing traced (edge artifacts only)
+        return {}
     if not r.options.optimize:
         r.graphs["optimized"] = r.graphs["traced"]
         return {}
