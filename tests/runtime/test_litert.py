@@ -13,6 +13,7 @@ import pytest
 from export import Options, run
 from runtime import load
 from runtime.errors import HieraRuntimeError
+from runtime.interface import Session
 
 from ..conftest import ROOT, failed_rows
 
@@ -101,6 +102,7 @@ def test_another_provider_is_refused(tflite):
 
 def test_concurrent_calls_give_the_serial_results(tflite):
     model = load(tflite, threads=1)
+    assert isinstance(model.session, Session)  # runtime/interface.py's Protocol
     inputs = np.random.default_rng(0).standard_normal((8, 1, 3, 64, 64)).astype(np.float32)
     serial = [model.run(x)["logits"] for x in inputs]
     got = [None] * len(inputs)
