@@ -138,15 +138,17 @@ def _figure(value, spec: str) -> str:
 
 
 def summary(report: dict) -> str:
-    trt = f"TensorRT {next(iter(report['artifacts'].values()))['tensorrt_check']['version']}"
+    checked_by_trt = [e["tensorrt_check"] for e in report["artifacts"].values() if "tensorrt_check" in e]
+    trt = f"TensorRT {checked_by_trt[0]['version']}" if checked_by_trt else "TensorRT"
     rows = [("artifact", "MB", "nodes", "max abs diff", "min cosine", "top-1 agree", trt, "parity")]
     for entry in report["artifacts"].values():
         checked = entry.get("parity")
         first = next((e for e in checked.values() if "max_abs" in e), {}) if checked else {}
-        rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(entry["nodes"]),
+        nodes = entry.get("nodes", entry.get("operators"))  # an edge artifact's operators (export/litert.py)
+        rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(nodes if nodes is not None else "-"),
                      _figure(first.get("max_abs"), ".2e"), _figure(first.get("cosine"), ".6f"),
                      _figure(first.get("top1_agreement"), ".0%"),
-                     trt_verdict(entry["tensorrt_check"]["findings"]),
+                     trt_verdict(entry["tensorrt_check"]["findings"]) if "tensorrt_check" in entry else "-",
                      ("ok" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])) if checked else
                      "not checked"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

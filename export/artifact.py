@@ -28,8 +28,9 @@ REPORT_VERSION = 1
 # Beyond this, protobuf cannot hold the weights in one file (Hiera-H in fp32 is 2.7 GB).
 EXTERNAL_DATA_BYTES = 1_900_000_000
 # The files an export writes, after its family name: `hiera_base_classify.onnx`, `.fp16.onnx`, `.onnx.data`,
-# `.report.json`, `.fp16.engine` and its `.fp16.engine.json`. Only such names are ever replaced or removed.
-FAMILY_SUFFIX = re.compile(r"(\.[a-z0-9_]+)*\.(onnx|onnx\.data|report\.json|engine|engine\.json)")
+# `.report.json`, `.fp16.engine` and its `.fp16.engine.json`, LiteRT's `.tflite`, `.fp16.tflite`. Only such names
+# are ever replaced or removed.
+FAMILY_SUFFIX = re.compile(r"(\.[a-z0-9_]+)*\.(onnx|onnx\.data|report\.json|engine|engine\.json|tflite)")
 
 
 def family(name: str, task: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,7 +12,7 @@ from hiera_model import SAM2_TASKS, TASKS
 from runtime import files
 from runtime.artifact import MAX_BATCH, MAX_SIDE
 from runtime.errors import FileError
-from runtime.formats import DEFAULT_PRECISIONS, PRECISIONS  # the registry of artifact kinds
+from runtime.formats import DEFAULT_PRECISIONS, FORMATS, PRECISIONS  # the registry of artifact kinds
 
 from . import tensorrt, trt_check
 from .errors import ExportError
@@ -62,6 +64,7 @@ def check(options: Options) -> Options:
     if unknown or not o.precisions or len(set(o.precisions)) != len(o.precisions):
         raise ExportError(f"precisions {' '.join(o.precisions) or '(none)'}: choose each once from "
                           f"{', '.join(PRECISIONS)}", "precisions")
+    _check_edge_converters(o.precisions)
     if o.batch is not None and not _whole(o.batch, 1, MAX_BATCH):
         raise ExportError(f"batch {o.batch!r}: a whole number from 1 to {MAX_BATCH}", "batch")
     if not _whole(o.opset, MIN_OPSET, max_opset()):
@@ -104,6 +107,19 @@ def check(options: Options) -> Options:
                           "index); export without building and build on the GPU machine with the trtexec command "
                           "in the report", "build_engine")
     return o
+
+
+def _check_edge_converters(precisions) -> None:
+    """An edge kind (source "pytorch") is converted by `export/<converter>.py`, whose package (`PACKAGE`) is an
+    optional extra (`EXTRA`): one line naming the extra where it is not installed."""
+    for precision in precisions:
+        kind = FORMATS[precision]
+        if kind.source != "pytorch":
+            continue
+        module = importlib.import_module(f"export.{kind.converter}")  # imports its package only when converting
+        if importlib.util.find_spec(module.PACKAGE) is None:
+            raise ExportError(f"precision {precision}: its converter ({module.PACKAGE}) is not installed: pip install "
+                              f"'hiera-deploy[{module.EXTRA}]'", "precisions")
 
 
 def _check_engine(engine: tensorrt.EngineOptions) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import importlib
 import importlib.metadata
 import json
 import os
@@ -49,8 +50,9 @@ PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime
 # GPU providers and TensorRT parse and fuse on their own); the optimized one has onnxruntime's fused
 # operators (for its CPU provider). Without optimization both are the traced graph.
 # OpenVINO fuses the standard-op graph itself (see export/openvino.py). From the registry, runtime/formats.py.
+# The edge kinds (source "pytorch") are converted from the torch model by `_edge`, not from a graph.
 CONVERSIONS = {name: (kind.source, getattr(convert, kind.converter) if kind.converter else None)
-               for name, kind in FORMATS.items()}
+               for name, kind in FORMATS.items() if kind.source != "pytorch"}
 
 
 @dataclass
@@ -135,8 +137,40 @@ def _reference(r: Run) -> dict:
                                       "engine)", "thresholds": parity.THRESHOLDS}}
 
 
+def _edge(r: Run) -> dict:
+    """The edge artifacts (source "pytorch": LiteRT, ...), each converted from the torch model itself while it is
+    still here, by `export/<converter>.py: convert`, imported only now (its package is an optional extra, which
+    `options.check` found before anything was written). They join `r.files`, so validation, the files' sha256
+    and verify treat them as every other artifact; the probe goes in where the module can add metadata."""
+    precisions = [p for p in r.options.precisions if FORMATS[p].source == "pytorch"]
+    if not precisions:
+        return {}
+    import torch
+
+    config = r.config
+    example = {"pixel_values": torch.zeros(1, config.in_chans, *config.input_size)}  # edge artifacts: batch 1
+    if "noise" in r.model.input_names:
+        example["noise"] = torch.rand(1, config.mask_units)
+    entries = {}
+    for precision in precisions:
+        module = importlib.import_module(f"export.{FORMATS[precision].converter}")
+        path = r.staging / artifact.artifact_name(r.stem, precision)
+        r.progress("convert", f"{precision}: converting the PyTorch model ({module.__name__})")
+        metadata = to_metadata(precision=artifact.computes(precision), **{**r.props, "batch": 1})
+        entries[precision] = module.convert(r.model, example, path, metadata)
+        _release_memory()
+        if r.probe_reference is not None and hasattr(module, "append_metadata"):
+            _attach_probe(r, path, precision, module.append_metadata)
+        r.files[precision] = path
+    return {"artifacts": entries}
+
+
 def _trace(r: Run) -> dict:
     o = r.options
+    if not any(precision in CONVERSIONS for precision in o.precisions):  # edge artifacts only: no ONNX graph
+        r.model = None
+        _release_memory()
+        return {}
     r.progress("export", f"tracing Hiera-{r.name} ({o.task}) to ONNX opset {o.opset}")
     r.graphs["traced"] = r.staging / TRACED
     trace(r.model, o.opset, o.batch, r.graphs["traced"])
@@ -148,6 +182,8 @@ def _trace(r: Run) -> dict:
 
 
 def _optimize(r: Run) -> dict:
+    if "traced" not in r.graphs:  # nothing traced (edge artifacts only)
+        return {}
     if not r.options.optimize:
         r.graphs["optimized"] = r.graphs["traced"]
         return {}
@@ -161,7 +197,7 @@ def _optimize(r: Run) -> dict:
 def _convert(r: Run) -> dict:
     """Each precision from its source graph (a file in staging), with metadata, checked by onnx, written at once."""
     entries = {}
-    for precision in r.options.precisions:
+    for precision in (p for p in r.options.precisions if p in CONVERSIONS):
         source, converter = CONVERSIONS[precision]
         r.progress("convert", precision)
         if FORMATS[precision].needs_calibration:
@@ -189,15 +225,16 @@ def _convert(r: Run) -> dict:
     return {"artifacts": entries}
 
 
-def _attach_probe(r: Run, path: Path, precision: str) -> None:
+def _attach_probe(r: Run, path: Path, precision: str, append=artifact.append_metadata) -> None:
     """Add the probe (`runtime.probe`) to the artifact just written: its photographs, PyTorch's outputs with the
-    precision's bound, and this engine's own outputs (onnxruntime's CPU provider, as validation runs it)."""
+    precision's bound, and this engine's own outputs (onnxruntime's CPU provider, as validation runs it; LiteRT
+    for a .tflite). `append` writes metadata into the artifact's kind of file."""
     model = load(path, provider="cpu", threads=2, check=False)
     outputs = model.run(**probe.inputs(r.probe_pixels, r.preprocessing, r.config.input_size, r.props["mae"]))
     document = probe.make(r.probe_pixels, list(parity.photographs()), r.probe_reference,
                           parity.THRESHOLDS[precision], probe.engine_name(model.session), outputs)
     del model
-    artifact.append_metadata(path, {"hiera.probe": json.dumps(document, allow_nan=False)})
+    append(path, {"hiera.probe": json.dumps(document, allow_nan=False)})
 
 
 def _engine(r: Run) -> dict:
@@ -205,9 +242,10 @@ def _engine(r: Run) -> dict:
     o = r.options
     version = tensorrt.tensorrt_version() if o.build_engine else o.trt_version
     engine = r.staging / artifact.engine_name(r.stem, o.engine.precision)
-    models = {precision: artifact.load_graph(path, weights=False) for precision, path in r.files.items()}
+    onnx_files = {precision: path for precision, path in r.files.items() if FORMATS[precision].source != "pytorch"}
+    models = {precision: artifact.load_graph(path, weights=False) for precision, path in onnx_files.items()}
     try:
-        plan = tensorrt.plan(r.files, models, o.engine, version)
+        plan = tensorrt.plan(onnx_files, models, o.engine, version)
     except ExportError as error:
         if o.build_engine:
             raise
@@ -268,8 +306,8 @@ def _files(r: Run) -> dict:
 
 
 # The stages that run inside the transaction, in order (weights come first, to name the export's files).
-STAGES = [("reference", _reference), ("export", _trace), ("optimize", _optimize), ("convert", _convert),
-          ("tensorrt", _engine), ("validate", _validate), ("files", _files)]
+STAGES = [("reference", _reference), ("edge", _edge), ("export", _trace), ("optimize", _optimize),
+          ("convert", _convert), ("tensorrt", _engine), ("validate", _validate), ("files", _files)]
 
 
 def _stage(r: Run, report: dict, name: str, stage) -> None:

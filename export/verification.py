@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime import commit, files
-from runtime.artifact import from_metadata, read_sidecar
+from runtime.artifact import EDGE_METADATA, from_metadata, read_metadata, read_sidecar
 from runtime.errors import HieraRuntimeError
 from runtime.tensorrt import ENGINE_SUFFIXES
 
@@ -105,7 +105,7 @@ def _verify_export(result: VerifyResult, report_file: Path, names: list[str], we
             continue
         if name.endswith(".onnx") and artifact.data_file(folder / name).name in described:
             _sha256(result, artifact.data_file(folder / name), described[artifact.data_file(folder / name).name])
-        if name.endswith(".onnx"):
+        if name.endswith(".onnx") or Path(name).suffix in EDGE_METADATA:
             _metadata(result, folder / name, report)
     strays = sorted(p.name for p in folder.iterdir() if artifact.in_family(p.name, stem)
                     and p.name not in described and p != report_file)
@@ -168,8 +168,7 @@ def _sha256(result: VerifyResult, path: Path, entry: dict) -> None:
 
 def _metadata(result: VerifyResult, path: Path, report: dict) -> None:
     try:
-        model = artifact.load_graph(path, weights=False)
-        info = from_metadata({p.key: p.value for p in model.metadata_props}, path)
+        info = from_metadata(_props(path), path)
     except (ExportError, HieraRuntimeError) as error:
         result.add(path, "metadata", False, str(error))
         return
@@ -201,7 +200,8 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
     if (weights == "random") != (random_seed is not None):
         result.add(weights, "weights", False, f"not the weights of this export: it was made from {source}")
         return
-    onnx_files = [folder / n for n in names if n.endswith(".onnx") or Path(n).suffix in ENGINE_SUFFIXES]
+    onnx_files = [folder / n for n in names if n.endswith(".onnx") or Path(n).suffix in ENGINE_SUFFIXES
+                  or Path(n).suffix in EDGE_METADATA]  # and the edge artifacts (.tflite)
     if not onnx_files:
         return
     info = _info(onnx_files[0])
@@ -234,7 +234,15 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
 
 
 def _info(path: Path):
-    if path.suffix == ".onnx":
-        model = artifact.load_graph(path, weights=False)
-        return from_metadata({p.key: p.value for p in model.metadata_props}, path)
+    if path.suffix == ".onnx" or path.suffix in EDGE_METADATA:
+        return from_metadata(_props(path), path)
     return from_metadata(read_sidecar(path)["metadata"], path)
+
+
+def _props(path: Path) -> dict[str, str]:
+    """An artifact's metadata: an edge artifact's read through runtime.artifact, an ONNX file's metadata_props."""
+    edge = read_metadata(path)
+    if edge is not None:
+        return edge
+    model = artifact.load_graph(path, weights=False)
+    return {p.key: p.value for p in model.metadata_props}

@@ -218,7 +218,10 @@ class Sam2ImageEncoder(nn.Module):
         height, width = self.config.tokens_spatial_shape
         window = self.pos_embed_window.shape[-1]
         background = self.pos_resize0 @ self.pos_embed @ self.pos_resize1.T  # bicubic, to the token grid
-        return background + self.pos_embed_window.repeat(1, 1, height // window, width // window)
+        # Tiled by concatenation: `repeat` lowers to a rank-8 broadcast in LiteRT (torch decomposes it through
+        # an interleaved view), which its GPU delegate refuses; copies joined along each axis stay at rank 4.
+        tiles = torch.cat([self.pos_embed_window] * (height // window), dim=2)
+        return background + torch.cat([tiles] * (width // window), dim=3)
 
     def forward_stages(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Each stage's output map [batch, dim, height, width]."""

@@ -14,6 +14,7 @@ naming the file and the field. Files are read and written through `runtime.files
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -252,6 +253,19 @@ def from_metadata(props: dict[str, str], path) -> ModelInfo:
         raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {error}") from None
     except HieraRuntimeError as error:
         raise HieraRuntimeError(f"{path}: {error}") from None
+
+
+# Edge artifacts keep their metadata in their own containers (docs/edge.md): by file suffix, the runtime module
+# whose `read_metadata(path) -> dict[str, str]` reads it. An ONNX file's metadata_props are read by its session.
+EDGE_METADATA = {".tflite": "litert"}
+
+
+def read_metadata(path) -> dict[str, str] | None:
+    """The `hiera.*` metadata of an edge artifact (by its suffix), as text by key; None for any other file."""
+    module = EDGE_METADATA.get(Path(path).suffix)
+    if module is None:
+        return None
+    return importlib.import_module(f".{module}", __package__).read_metadata(path)
 
 
 def for_foreign_model(path, input_shape, output_names, preprocessing: Preprocessing) -> ModelInfo:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 class Format:
     name: str  # the export's --precision value and the report's key for the artifact
     suffix: str  # the file name after the export's stem
-    source: str  # the graph it is made from: "optimized" (onnxruntime's fused operators) or "traced" (standard ops)
-    converter: str | None  # the function of export/convert.py that makes it; None: the source graph as it is
+    source: str  # the graph it is made from: "optimized" (onnxruntime's fused operators) or "traced" (standard ops);
+    # "pytorch": converted from the torch model itself (edge formats, docs/edge.md)
+    converter: str | None  # the function of export/convert.py that makes it; None: the source graph as it is; for
+    # source "pytorch" the module of export/ whose convert(model, example, path, metadata) writes it
     computes: str  # what its metadata records as `hiera.precision` (the runtime's PRECISIONS)
     bound: dict  # parity against PyTorch fp32: {"max_abs": x} (at most) or {"cosine": x} (at least), per sample
     hub_file: str | None  # its name in a Hugging Face folder (transformers.js and optimum); None: not published
@@ -37,6 +39,13 @@ FORMATS = {f.name: f for f in (
            "TensorRT and OpenVINO int8; no Hugging Face tool picks it by name", needs_calibration=True),
     Format("openvino", ".openvino.onnx", "traced", None, "fp32", {"max_abs": 1e-4}, None,
            "OpenVINO (its fp32 and bf16), onnxruntime; the standard-op graph OpenVINO fuses itself"),
+    # Edge kinds, source "pytorch": converted from the torch model itself by `export/<converter>.py: convert`
+    Format("litert", ".tflite", "pytorch", "litert", "fp32", {"max_abs": 1e-4}, None,
+           "LiteRT (TFLite): Android, its GPU delegate, XNNPACK on CPUs; batch 1"),
+    Format("litert-fp16", ".fp16.tflite", "pytorch", "litert", "fp16", {"cosine": 0.999}, None,
+           "LiteRT (TFLite) with fp16 weights: half the size; the GPU delegate computes in fp16"),
+    Format("litert-int8", ".int8.tflite", "pytorch", "litert", "int8", {"cosine": 0.99}, None,
+           "LiteRT (TFLite) with int8 weights, activations quantized as it runs (XNNPACK's dynamic range)"),
 )}
 
 PRECISIONS = tuple(FORMATS)  # what the export writes

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import openvino, probe, reconstruct
+from . import litert, openvino, probe, reconstruct
 from .artifact import MAX_BATCH, ModelInfo, for_foreign_model, from_metadata, report_verdict
 from .errors import HieraRuntimeError, MissingMetadata
 from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
@@ -34,11 +34,19 @@ MAX_TOP_K = 1000  # the most classes per image a command line lists (ImageNet's 
 
 def open_session(path, provider: str = "auto", threads: int | None = None, cache_dir=None,
                  io_binding: bool | None = None, inference_precision: str | None = None):
-    """An `OnnxSession` for a `.onnx` file, an `EngineSession` for a TensorRT engine, an `OpenVinoSession` with
+    """A `LiteRtSession` for a `.tflite` file (provider auto, cpu or litert), an `OnnxSession` for a `.onnx` file, an
+    `EngineSession` for a TensorRT engine, an `OpenVinoSession` with
     provider "openvino" or an OpenVINO IR (`.xml`). `auto` takes OpenVINO on an x86 CPU where it is installed
     and the file holds only standard operators (`openvino.runs_best_here`), and whenever `inference_precision`
     is "bf16", which only OpenVINO offers."""
     path = Path(path)
+    if path.suffix == litert.SUFFIX or provider == "litert":  # LiteRT runs .tflite files, and only it does
+        if path.suffix != litert.SUFFIX:
+            raise HieraRuntimeError(f"{path}: provider litert runs .tflite artifacts only")
+        if provider not in ("auto", "cpu", "litert"):
+            raise HieraRuntimeError(f"{path}: a .tflite artifact runs with LiteRT on the CPU (provider auto, cpu or "
+                                    f"litert), not provider {provider!r}")
+        return litert.LiteRtSession(path, threads=threads)
     if path.suffix in ENGINE_SUFFIXES:
         if provider not in ("auto", "tensorrt"):
             raise HieraRuntimeError(f"{path}: a TensorRT engine runs only with TensorRT, not provider {provider!r}")

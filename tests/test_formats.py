@@ -2,6 +2,8 @@
 registry record that a table leaves out, fails here, naming the table."""
 
 # ruff: noqa: SIM300 (the table under test on the left, the registry it must equal on the right)
+import importlib
+
 import pytest
 
 import runtime.artifact
@@ -17,9 +19,13 @@ def test_the_registry_is_consistent():
     hub_files = [kind.hub_file for kind in FORMATS.values() if kind.hub_file]
     assert len(set(hub_files)) == len(hub_files), f"two kinds share a Hub file: {hub_files}"
     for name, kind in FORMATS.items():
-        assert kind.source in ("optimized", "traced"), name
-        assert kind.converter is None or callable(getattr(convert, kind.converter, None)), \
-            f"{name}: export/convert.py has no {kind.converter}"
+        assert kind.source in ("optimized", "traced", "pytorch"), name
+        if kind.source == "pytorch":  # an edge kind: a module of export/ converts it from the torch model
+            module = importlib.import_module(f"export.{kind.converter}")
+            assert callable(module.convert) and module.PACKAGE and module.EXTRA, f"{name}: export/{kind.converter}.py"
+        else:
+            assert kind.converter is None or callable(getattr(convert, kind.converter, None)), \
+                f"{name}: export/convert.py has no {kind.converter}"
         assert kind.computes in ("fp32", "fp16", "int8", "qdq"), name
         (figure, bound), = kind.bound.items()
         assert figure in ("max_abs", "cosine") and 0 < bound <= 1, name
@@ -31,7 +37,7 @@ def test_the_registry_is_consistent():
     ("export.options.DEFAULT_PRECISIONS", lambda: options.DEFAULT_PRECISIONS == DEFAULT_PRECISIONS),
     ("export.pipeline.CONVERSIONS", lambda: pipeline.CONVERSIONS == {
         name: (kind.source, getattr(convert, kind.converter) if kind.converter else None)
-        for name, kind in FORMATS.items()}),
+        for name, kind in FORMATS.items() if kind.source != "pytorch"}),
     ("export.parity.THRESHOLDS", lambda: parity.THRESHOLDS == {name: kind.bound for name, kind in FORMATS.items()}),
     ("export.artifact.artifact_name", lambda: all(artifact.artifact_name("hiera_x_classify", name) ==
                                                   "hiera_x_classify" + kind.suffix for name, kind in FORMATS.items())),
@@ -51,4 +57,5 @@ def test_the_bounds_are_the_documented_ones():
     """docs/architecture.md "What a verdict means": pinned, so that no bound loosens unnoticed."""
     assert {name: kind.bound for name, kind in FORMATS.items()} == {
         "fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99},
-        "openvino": {"max_abs": 1e-4}}
+        "openvino": {"max_abs": 1e-4}, "litert": {"max_abs": 1e-4}, "litert-fp16": {"cosine": 0.999},
+        "litert-int8": {"cosine": 0.99}}

@@ -22,7 +22,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_runtime_does_not_import_torch():
-    code = ("import sys, runtime, runtime.cli, runtime.bench, runtime.tensorrt; "
+    code = ("import sys, runtime, runtime.cli, runtime.bench, runtime.tensorrt, runtime.litert; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -33,6 +33,6 @@ def test_installing_the_runtime_pulls_no_torch():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    for requirements in (project["dependencies"], extras["cpu"], extras["gpu"], extras["tensorrt"]):
+    for requirements in (project["dependencies"], extras["cpu"], extras["gpu"], extras["tensorrt"], extras["litert"]):
         names = {re.split(r"[<>=\[ ;]", requirement)[0].lower() for requirement in requirements}
         assert not names & {"torch", "torchvision", "transformers", "timm", "onnxscript"}, names

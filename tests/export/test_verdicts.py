@@ -9,7 +9,8 @@ import pytest
 from export.parity import THRESHOLDS, compare, failures
 
 PINNED = {"fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99},
-          "openvino": {"max_abs": 1e-4}}
+          "openvino": {"max_abs": 1e-4}, "litert": {"max_abs": 1e-4}, "litert-fp16": {"cosine": 0.999},
+          "litert-int8": {"cosine": 0.99}}
 # One reference per output kind: a classifier, a feature extractor, a backbone, an MAE model.
 KINDS = {
     "logits": {"logits": (4, 10)},
