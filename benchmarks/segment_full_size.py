@@ -69,7 +69,8 @@ def timing(a, checkpoint: Path, artifact: Path) -> None:
             model(image_embeddings=reference, input_points=torch.tensor([[[[500.0, 375.0]]]]),
                   input_labels=torch.ones(1, 1, 1, dtype=torch.int), multimask_output=False)
 
-    candidates = {name: (lambda s=s: s.run(embeddings["image_embeddings"], high_res_feats_0=embeddings["high_res_feats_0"],
+    candidates = {name: (lambda s=s: s.run(embeddings["image_embeddings"],
+                                           high_res_feats_0=embeddings["high_res_feats_0"],
                                            high_res_feats_1=embeddings["high_res_feats_1"], **feeds))
                   for name, s in sessions.items()}
     candidates["transformers eager (prompt encoder + mask decoder)"] = eager

@@ -59,7 +59,8 @@ def test_decoder_artifacts_pass_with_mask_iou_rows(exported):
     assert [i.name for i in graph.graph.input] == INPUT_NAMES and [o.name for o in graph.graph.output] == OUTPUT_NAMES
     meta, encoder_meta = read_artifact(decoder), read_artifact(encoder)
     assert meta["task"] == "mask-decoder" and meta["encoder"] == {
-        "variant": encoder_meta["variant"], "weights": encoder_meta["weights"], "input_size": encoder_meta["input_size"]}
+        "variant": encoder_meta["variant"], "weights": encoder_meta["weights"],
+        "input_size": encoder_meta["input_size"]}
     report_file = out / f"{decoder.name.split('.')[0]}.report.json"
     assert verify([report_file]).ok
     with pytest.raises(ExportError, match="does not run a mask decoder's parity again yet"):
@@ -83,7 +84,8 @@ def test_segment_command_matches_transformers(exported, sam2_checkpoint, tmp_pat
     image = load_image(photo)
     pixel_values = torch.from_numpy(Preprocessing.for_sam2((SIZE, SIZE))(image))[None]
     points = Sam2Processor._normalize_coordinates(None, SIZE, torch.tensor([[[[200.0, 150.0]]]]), (427, 640))
-    expected = reference(pixel_values=pixel_values, input_points=points, input_labels=torch.ones(1, 1, 1, dtype=torch.int),
+    expected = reference(pixel_values=pixel_values, input_points=points,
+                         input_labels=torch.ones(1, 1, 1, dtype=torch.int),
                          multimask_output=False)
     logits = F.interpolate(expected.pred_masks[0], (427, 640), mode="bilinear", align_corners=False)[0, 0].numpy()
     counted = np.abs(logits) > LOGIT_TOLERANCE

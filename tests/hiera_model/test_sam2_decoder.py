@@ -20,7 +20,8 @@ BOXES = torch.tensor([[10.0, 20.0, 80.0, 100.0], [50.0, 5.0, 120.0, 60.0]])
 def models(sam2_checkpoint):  # noqa: F811
     directory, reference = sam2_checkpoint
     decoder = sam2_decoder.load(directory, allow_unverified=True)
-    embeddings = reference_embeddings(reference, torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
+    pixel_values = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    embeddings = reference_embeddings(reference, pixel_values)
     return reference, decoder, embeddings
 
 
