@@ -33,6 +33,8 @@ BAD_OPTIONS = {
     "crop size huge": (["predict", "x.jpg", "--crop-size", "99999x2"], "--crop-size: must be N or HxW"),
     "seed negative": (["reconstruct", "x.jpg", "--seed", "-1"], "--seed: must be a whole number from 0"),
     "embed batch size": (["embed", "x.jpg", "--out", "f.npy", "--batch-size", "0"], "--batch-size: must be a whole"),
+    "embed actors zero": (["embed", "x.jpg", "--out", "d", "--ray", "--actors", "0"],
+                          "--actors: must be a whole number from 1 to 1024"),
 }
 
 

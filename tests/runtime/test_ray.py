@@ -24,7 +24,7 @@ pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (it
 psutil = pytest.importorskip("psutil", reason="psutil is not installed (it comes with Ray)")
 
 from export import Options, run  # noqa: E402
-from runtime import FeatureExtractor  # noqa: E402
+from runtime import FeatureExtractor, HieraRuntimeError  # noqa: E402
 from runtime.embed import read  # noqa: E402
 from runtime.ray import Embedder, plan  # noqa: E402
 
@@ -117,8 +117,9 @@ def digits(cluster, tmp_path_factory):
 
 
 def runtime_cli(env: dict, *args) -> subprocess.CompletedProcess:
+    """The command, which must not hang (as actors holding every CPU make it do)."""
     return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env=env)
+                          env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,11 @@ def test_the_rows_of_runtime_embed_with_the_bad_images_listed(digits, cluster, a
     assert sorted(failed.column("path").to_pylist()) == [str(images / "broken.png"), str(images / "large.png")]
     assert failed.column("pooler_output").null_count == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]  # no partial, staging or lock left
+    tampered = tmp_path / "tampered"  # a row taken out of a Parquet file: read refuses the folder
+    shutil.copytree(out, tampered)
+    pq.write_table(table.slice(1), tampered / "part-00000.parquet")
+    with pytest.raises(HieraRuntimeError, match=r"part-00000.parquet: not the file its index records \(sha256\)"):
+        read(tampered)
 
 
 def test_a_killed_run_run_again_ends_with_every_image_once(digits, cluster, address, on_one_machine, tmp_path):
@@ -207,7 +213,8 @@ def test_a_cluster_that_does_not_answer_is_one_line(digits, tmp_path):
     model, images = digits
     port = free_port()  # nothing listens there
     result = subprocess.run([sys.executable, "-m", "runtime", "embed", images, "--model", model, "--ray",
-                             f"127.0.0.1:{port}", "--out", tmp_path / "out"], capture_output=True, text=True, cwd=ROOT)
+                             f"127.0.0.1:{port}", "--out", tmp_path / "out"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"error: Ray cluster 127.0.0.1:{port}: does not answer (Connection refused)\n"
     assert list(tmp_path.iterdir()) == []
@@ -219,7 +226,7 @@ def test_a_folder_of_something_else_is_left_alone(digits, tmp_path):
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"a user's file")
     result = subprocess.run([sys.executable, "-m", "runtime", "embed", images, "--model", model, "--ray", "--out",
-                             out], capture_output=True, text=True, cwd=ROOT)
+                             out], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"error: {out}: exists and is not a folder that python -m runtime embed --ray wrote (it " \
         "has no .hiera-manifest.json); choose another folder, or empty this one\n"
