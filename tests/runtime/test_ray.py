@@ -79,13 +79,21 @@ class Cluster:
         return self.address
 
     def stop(self):
-        """Every process of this cluster, found by its own folder in its command line, ended by its pid: `ray stop`
-        would end every Ray process of this user on the machine, other engineers' and CI's too."""
+        """Every process of this cluster, ended by its pid: those whose command line names the cluster's folder or
+        whose environment holds its token, and all their children (Ray's agents retitle themselves, which hides
+        both), found before any is ended. `ray stop` would end every Ray process of this user on the machine,
+        other engineers' and CI's too."""
         self._thread.join()
-        ours = []
-        for process in psutil.process_iter(["cmdline"]):
-            if str(self.temp) in " ".join(process.info["cmdline"] or []):
-                ours.append(process)
+        token = f"RAY_AUTH_TOKEN={self.env['RAY_AUTH_TOKEN']}".encode()
+        ours = {}
+        for process in psutil.process_iter():
+            try:
+                environment = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+                if token in environment or str(self.temp) in " ".join(process.cmdline()):
+                    ours.update({each.pid: each for each in [process, *process.children(recursive=True)]})
+            except (OSError, psutil.Error):
+                continue  # not ours to read, or gone
+        ours = list(ours.values())
         for process in ours:
             process.terminate()
         _, alive = psutil.wait_procs(ours, timeout=3)
