@@ -52,6 +52,7 @@ from .preprocess import MAX_PIXELS, open_image, to_rgb
 READ_CPUS = 1.0  # what one Ray Data read task asks for: kept free of actors so that reading never waits on them
 ROWS_PER_FILE = 100_000  # rows per Parquet file of the output
 BATCHES_PER_BLOCK = 4  # model batches per Ray block: what the driver journals at a time
+ATTEMPTS = 3  # Ray jobs a run tries when Ray loses an actor or a node, each continuing from the rows journalled
 INDEX = "index.json"
 WRITTEN_BY = "python -m runtime embed --ray"
 CONNECT_SECONDS = 5.0  # how long a cluster address may take to answer
@@ -197,8 +198,9 @@ def connected(address: str | None):
         except (OSError, ValueError) as error:
             reason = "give it as HOST:PORT" if isinstance(error, ValueError) else (error.strerror or str(error))
             raise HieraRuntimeError(f"Ray cluster {address}: does not answer ({reason})") from None
-    for name in ("ray", "ray.data"):  # Ray's own lines would drown the command's; its errors still come through
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray's own lines would drown the command's: its failures reach the command as exceptions, said in one line
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # it logs the stack of a failure it then raises
     try:
         ray.init(address=address or "local", include_dashboard=False if address is None else None,
                  log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
@@ -242,8 +244,13 @@ def _stream(ray, todo: list[str], embedder: dict, step: int, resources: Plan):
         yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     except ray.exceptions.RayError as error:  # an actor that could not start (the artifact on its node), a lost node
         cause = getattr(error, "cause", None)
-        raise HieraRuntimeError(str(cause) if isinstance(cause, HieraRuntimeError) else
-                                f"the Ray job failed: {_line(error)}") from None
+        if isinstance(cause, HieraRuntimeError):  # the artifact, refused where it runs: no second try helps
+            raise HieraRuntimeError(str(cause)) from None
+        raise _JobFailed(f"the Ray job failed: {_line(error)}") from None
+
+
+class _JobFailed(HieraRuntimeError):
+    """Ray lost an actor or a node: another try may go through (a worker that started too slowly on a busy node)."""
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -287,19 +294,15 @@ def embed(model: FeatureExtractor, images, out, *, address: str | None = None, a
                 embedder = {"model": str(model.session.path), "sha256": identity["model_sha256"],
                             "outputs": list(shapes), "batch_size": batch_size, "root": os.getcwd(), **options}
                 wanted = set(todo)
-                for table in _stream(ray, todo, embedder, model.batch_size(batch_size), resources):
-                    paths, errors = table.column("path").to_pylist(), table.column("error").to_pylist()
-                    fresh = [path in wanted for path in paths]  # a row handed over twice (a retried task) counts once
-                    good = table.filter([new and error is None for new, error in zip(fresh, errors)])
-                    if good.num_rows:
-                        done.update(journal.append(good.column("path").to_pylist(), _rows(good, shapes).tobytes()))
-                    for path, error, new in zip(paths, errors, fresh):
-                        if new:
-                            wanted.discard(path)
-                            if error is not None:
-                                failed[path] = error
-                            if on_image:
-                                on_image(path, error)
+                for attempt in range(1, ATTEMPTS + 1):  # each try runs what the ones before did not return
+                    try:
+                        _collect(_stream(ray, [path for path in todo if path in wanted], embedder,
+                                         model.batch_size(batch_size), resources), wanted, shapes, journal, done,
+                                 failed, on_image)
+                        break
+                    except _JobFailed:
+                        if attempt == ATTEMPTS:
+                            raise
                 for path in [path for path in todo if path in wanted]:  # never silently missing from the output
                     failed[path] = f"{path}: the Ray job returned no row for it"
                     if on_image:
@@ -321,6 +324,24 @@ def embed(model: FeatureExtractor, images, out, *, address: str | None = None, a
             journal.close()
     shutil.rmtree(partial, ignore_errors=True)  # committed: a kill before this only makes the next run commit again
     return dataclasses.replace(read(out), reused=earlier)
+
+
+def _collect(tables, wanted: set[str], shapes: dict, journal, done: dict[str, int], failed: dict[str, str],
+             on_image) -> None:
+    """Journal the rows of `tables` (as Ray hands them over) for the images still `wanted`, record the failed."""
+    for table in tables:
+        paths, errors = table.column("path").to_pylist(), table.column("error").to_pylist()
+        fresh = [path in wanted for path in paths]  # a row handed over twice (a retried task) counts once
+        good = table.filter([new and error is None for new, error in zip(fresh, errors)])
+        if good.num_rows:
+            done.update(journal.append(good.column("path").to_pylist(), _rows(good, shapes).tobytes()))
+        for path, error, new in zip(paths, errors, fresh):
+            if new:
+                wanted.discard(path)
+                if error is not None:
+                    failed[path] = error
+                if on_image:
+                    on_image(path, error)
 
 
 def _open_partial(partial: Path, journal, identity: dict, row_floats: int) -> dict[str, int]:
