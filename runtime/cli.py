@@ -45,6 +45,7 @@ from .triton import command as triton
 # Upper bounds of the numeric options, as --help documents them.
 MAX_WARMUP = 10_000
 MAX_THREADS = 1024
+MAX_ACTORS = 1024
 # ImageNet preprocessing resizes to crop / 0.875, which the megapixel guard holds to sqrt(MAX_PIXELS) a side
 MAX_CROP = int(math.isqrt(MAX_PIXELS) * 0.875)
 
@@ -124,6 +125,11 @@ def parse(argv) -> argparse.Namespace:
                           "pooler_output of a features model, the deepest stage map of a backbone)")
     features.add_argument("--batch-size", type=Whole(1, MAX_BATCH), default=None,
                           help=f"images per call for a dynamic-batch model (default 8, at most {MAX_BATCH})")
+    features.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on a Ray cluster (the one at "
+                          "ADDRESS, HOST:PORT or auto; a local one started for the run without): --out is then a "
+                          "folder of Parquet files and their index (docs/ray.md); put it after the images")
+    features.add_argument("--actors", type=Whole(1, MAX_ACTORS), help="with --ray: model sessions in the cluster "
+                          f"(default one per two CPUs, at most {MAX_ACTORS})")
     image_options(features)
     progress_option(features)
 
@@ -291,7 +297,7 @@ def predict(args) -> int:
 
 
 def embed(args) -> int:
-    if args.out.suffix not in EMBED_SUFFIXES:
+    if args.ray is None and args.out.suffix not in EMBED_SUFFIXES:
         raise HieraRuntimeError(f"--out {args.out}: name it .npy or .safetensors")
     model = load_from_args(args)
     if not isinstance(model, FeatureExtractor):
@@ -310,8 +316,19 @@ def embed(args) -> int:
         progress.step(failed=error is not None)
 
     try:
-        result = write_embedding(model, images, args.out, outputs=args.outputs, batch_size=args.batch_size,
-                                 on_image=on_image)
+        if args.ray is None:
+            result = write_embedding(model, images, args.out, outputs=args.outputs, batch_size=args.batch_size,
+                                     on_image=on_image)
+        else:  # imported here: Ray only when asked for
+            from .ray import embed as embed_on_ray
+
+            load_options = {"provider": args.provider, "cache_dir": args.cache_dir, "preprocessing": args.crop_size,
+                            "max_pixels": model.max_pixels, "inference_precision": args.inference_precision,
+                            "check": args.check, "allow_failed": args.allow_failed,
+                            **({"threads": args.threads} if args.threads else {})}
+            result = embed_on_ray(model, images, args.out, address=args.ray or None, actors=args.actors,
+                                  outputs=args.outputs, batch_size=args.batch_size, load_options=load_options,
+                                  on_image=on_image)
     finally:
         progress.close()
     where = f"; their errors in {result.index}" if result.index else ""

@@ -221,11 +221,17 @@ def _writing(out: Path, staged: Path):
 
 
 def read(path) -> Embedding:
-    """A finished embedding (from `embed` or `python -m runtime embed`), checked: arrays memory-mapped."""
+    """A finished embedding (from `embed` or `python -m runtime embed`), checked: arrays memory-mapped (a folder of
+    Parquet files, from `embed --ray`: read into memory)."""
     path = Path(path)
-    files.require_file(path)
+    if not path.is_dir():  # a folder is the Parquet output of `embed --ray` (runtime/ray.py)
+        files.require_file(path)
     try:
-        if path.suffix == ".npy":
+        if path.is_dir():
+            from .ray import read_folder
+
+            index, arrays = read_folder(path)
+        elif path.suffix == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             index = _read_json(index_path(path))
             if not isinstance(index, dict) or not isinstance(index.get("outputs"), dict) or len(index["outputs"]) != 1:
@@ -254,7 +260,8 @@ def read(path) -> Embedding:
                                  f"[{len(images)}, {', '.join(map(str, shape or ['?']))}]")
     except (ValueError, TypeError, KeyError, AttributeError, OSError) as error:
         raise HieraRuntimeError(f"{path}: not an embedding this runtime reads ({error})") from None
-    return Embedding(path, index_path(path) if path.suffix == ".npy" else None, images, failed,
+    index_file = path / "index.json" if path.is_dir() else index_path(path) if path.suffix == ".npy" else None
+    return Embedding(path, index_file, images, failed,
                      str(index.get("model")), index["model_sha256"], arrays)
 
 

@@ -9,6 +9,8 @@ needs and the processor leaves to its caller: the EXIF orientation is applied, a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import numbers
@@ -61,17 +63,18 @@ def _check_pixels(image: Image.Image, path, max_pixels: int, frame: int = 0) -> 
                                 f"above the limit of {max_pixels / 1e6:.0f} (a decompression-bomb guard)")
 
 
-def _decode(path, read):
+def _decode(path, read, data: bytes | None = None):
     """`read(image)` on the image file at `path`, opened only if it is a regular file (a FIFO or a device
-    fails at once), with Pillow's errors turned into one line naming the file."""
+    fails at once), or on its bytes `data` already read (a Ray Data pipeline's), with Pillow's errors turned
+    into one line naming the file."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             # Our own limit applies instead of Pillow's bomb warning, and what it warns of in damaged data (EXIF,
             # TIFF tags) would be two raw lines on stderr: the file decodes anyway, or is refused in one line.
             warnings.simplefilter("ignore")
-            with open_file(path) as file:
-                if os.fstat(file.fileno()).st_size == 0:
+            with open_file(path) if data is None else contextlib.nullcontext(io.BytesIO(data)) as file:
+                if (os.fstat(file.fileno()).st_size if data is None else len(data)) == 0:
                     raise HieraRuntimeError(f"{path}: empty file")
                 with Image.open(file, formats=_decoders()) as image:
                     return read(image)
@@ -88,16 +91,17 @@ def _decode(path, read):
         raise HieraRuntimeError(f"{path}: cannot decode ({type(error).__name__}: {error})") from None
 
 
-def open_image(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(path, max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> Image.Image:
     """Decode an image file completely, upright (EXIF orientation applied), in its own mode. Only the first
-    frame of a multi-frame file is decoded, and only once its size passed the guard."""
+    frame of a multi-frame file is decoded, and only once its size passed the guard. `data`: the file's bytes,
+    already read (then `path` only names it in errors)."""
 
     def read(image):
         _check_pixels(image, path, max_pixels)
         image.load()
         return ImageOps.exif_transpose(image)  # a new image, also when there is nothing to rotate
 
-    return _decode(path, read)
+    return _decode(path, read, data)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -41,6 +41,8 @@ BAD_OPTIONS = {
     "segment point infinite": (["segment", "x.jpg", "--decoder", "d.onnx", "--point", "inf,1"],
                                "--point: must be X,Y or X,Y,LABEL"),
     "segment box of 3": (["segment", "x.jpg", "--decoder", "d.onnx", "--box", "1,2,3"], "--box: must be X0,Y0,X1,Y1"),
+    "embed actors zero": (["embed", "x.jpg", "--out", "d", "--ray", "--actors", "0"],
+                          "--actors: must be a whole number from 1 to 1024"),
 }
 
 

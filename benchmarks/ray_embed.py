@@ -1,0 +1,105 @@
+"""Images per second of `embed` on Ray (runtime/ray.py) against `embed` on one machine, same images, same artifact.
+
+For each model (the digits model, and a Hiera-T-size features model with random weights), in one process:
+  runtime embed      runtime.embed.embed, what `python -m runtime embed` runs (8 images per call)
+  ray, N actors      runtime.ray.embed on a local Ray cluster of this machine's CPUs, already started (its start,
+                     paid once per run of the command, is timed on its own line)
+each writing a fresh output, so nothing is resumed. The table and the JSON (benchmarks/results/ray_embed.json)
+name the CPU.
+
+    python benchmarks/ray_embed.py                        # about 3 minutes on 2 cores
+    python benchmarks/ray_embed.py --tiny-images 64 --actors 1 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime import FeatureExtractor  # noqa: E402
+from runtime.device import cpu_isa, cpu_name  # noqa: E402
+from runtime.embed import embed as embed_here  # noqa: E402
+from runtime.ray import embed as embed_on_ray  # noqa: E402
+
+
+def export(out: Path, **options) -> Path:
+    from export import Options, run  # torch is needed only to make the files
+
+    report = run(Options(out_dir=out, task="features", batch=None, precisions=("fp32",), validate=False, **options))
+    return out / report["artifacts"]["fp32"]["file"]
+
+
+def photographs(folder: Path, count: int) -> list[Path]:
+    """`count` 256 x 320 noise pictures, saved as PNG (decoded and resized like any photograph)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(count):
+        Image.fromarray(rng.integers(0, 256, (256, 320, 3), dtype=np.uint8)).save(folder / f"{number:04d}.png")
+    return sorted(folder.iterdir())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--tiny-images", type=int, default=96, help="images for the Hiera-T model (default 96)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "ray_embed.json")
+    args = parser.parse_args()
+
+    import ray
+
+    results = {"cpu": cpu_name(), "isa": cpu_isa(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "ray": ray.__version__, "rows": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        digits_images = scratch / "digits"
+        subprocess.run([sys.executable, ROOT / "tools" / "digits.py", "images", digits_images], check=True,
+                       capture_output=True)
+        cases = {"digits": (export(scratch / "d", weights=str(ROOT / "models" / "digits")),
+                            sorted(digits_images.rglob("*.png"))),
+                 "hiera-tiny (random weights)": (export(scratch / "t", variant="tiny", weights="random"),
+                                                 photographs(scratch / "photos", args.tiny_images))}
+        start = time.perf_counter()
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level="error")
+        results["ray_start_s"] = round(time.perf_counter() - start, 2)
+        try:
+            for name, (artifact, images) in cases.items():
+                model = FeatureExtractor.load(artifact)
+                runs = [("runtime embed", embed_here, scratch / f"{name}.npy", {})]
+                runs += [(f"ray, {actors} actor{'s' if actors > 1 else ''}", embed_on_ray, scratch / f"{name}-{actors}",
+                          {"actors": actors}) for actors in args.actors]
+                for how, embed, out, options in runs:
+                    start = time.perf_counter()
+                    embed(model, images, out, **options)
+                    seconds = time.perf_counter() - start
+                    results["rows"].append({"model": name, "run": how, "images": len(images),
+                                            "seconds": round(seconds, 2),
+                                            "images_per_s": round(len(images) / seconds, 1)})
+        finally:
+            ray.shutdown()
+
+    print(f"{results['cpu']} ({' '.join(results['isa'])}), {results['cpus']} CPUs, Ray {results['ray']}")
+    print(f"{'model':28s} {'run':16s} {'images':>6s} {'seconds':>8s} {'images/s':>9s}")
+    for row in results["rows"]:
+        print(f"{row['model']:28s} {row['run']:16s} {row['images']:6d} {row['seconds']:8.2f} "
+              f"{row['images_per_s']:9.1f}")
+    print(f"(starting the local Ray cluster, once per run of the command: {results['ray_start_s']:.1f} s)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
