@@ -1,7 +1,9 @@
+import json
 import os
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 import transformers
@@ -33,6 +35,26 @@ def failed_rows(report: dict) -> str:
     if (report.get("tensorrt") or {}).get("passed") is False:
         rows.append(f"tensorrt engine: {'; '.join(report['tensorrt']['failures'])}")
     return f"failed on {cpu_flags()}: " + (" | ".join(rows) or f"no failing row (passed = {report.get('passed')})")
+
+
+def tampered(artifact, tmp_path, field: str, value, raw: str | None = None) -> Path:
+    """A copy of `artifact` (`tmp_path/tampered.onnx`) whose `hiera.<field>` metadata (`key.inner` for an entry of
+    an object) holds `value`, or the text `raw`."""
+    model = onnx.load(artifact)
+    props = {p.key: p.value for p in model.metadata_props}
+    key, _, inner = field.partition(".")
+    decoded = json.loads(props[f"hiera.{key}"])
+    if inner:
+        decoded[inner] = value
+    else:
+        decoded = value
+    props[f"hiera.{key}"] = raw if raw is not None else json.dumps(decoded)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    path = tmp_path / "tampered.onnx"
+    onnx.save(model, path)
+    return path
 
 
 @pytest.fixture
