@@ -5,7 +5,7 @@ Those packages need torchvision, which here works only with the large torch 2.14
 
     python3 -m venv /tmp/refenv
     /tmp/refenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31 hiera-transformer==0.1.4 safetensors
-    /tmp/refenv/bin/python tools/make_reference_fixtures.py tests/fixtures/reference
+    /tmp/refenv/bin/python -m tools.make_reference_fixtures tests/fixtures/reference
 
 It builds one small seeded Hiera with FAIR's code, copies the same weights into timm's model through
 timm's own checkpoint filter, saves each with the library's own save function, and records both
