@@ -20,9 +20,9 @@ it writes its cache and when it reads it (each in a fresh process), and with `--
 spends the time of our graph (its per-layer-type counters) and what its fully connected layers alone take:
 the floor under any graph of this model at that precision, since a graph only decides how they are connected.
 
-    python benchmarks/cpu_engines.py --variant base                 # table on stdout, JSON in benchmarks/results/
-    python benchmarks/cpu_engines.py --digits                       # speed and held-out top-1 of a trained model
-    python benchmarks/cpu_engines.py --variant tiny --batches 1 --rounds 1 --runs 2   # a quick smoke run
+    python -m benchmarks.cpu_engines --variant base                 # table on stdout, JSON in benchmarks/results/
+    python -m benchmarks.cpu_engines --digits                       # speed and held-out top-1 of a trained model
+    python -m benchmarks.cpu_engines --variant tiny --batches 1 --rounds 1 --runs 2   # a quick smoke run
 
 Needs openvino and nncf (`pip install openvino nncf`); nncf is for this benchmark only.
 """
@@ -42,12 +42,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
 from export import PRECISIONS, Options, run  # noqa: E402
 from export.parity import photographs  # noqa: E402
-from export_speed import Logits, onnx_session, summary, timed, transformers_reference  # noqa: E402
+from benchmarks.export_speed import Logits, onnx_session, summary, timed, transformers_reference  # noqa: E402
 from runtime import load  # noqa: E402
 from runtime.artifact import MAX_BATCH  # noqa: E402
 from runtime.bench import MAX_RUNS  # noqa: E402
@@ -197,8 +196,7 @@ def digits_reference():
 
 def digits_images(count: int):
     """Calibration images from the digits' training split, and the held-out split with its labels."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import digits
+    from tools import digits
 
     split = digits.split()
     return split["train"][0][:count], split["test"]

@@ -1,6 +1,6 @@
 """Peak resident memory of a whole default export, against the size of the model it writes.
 
-    python benchmarks/export_memory.py --variant base huge [--baseline REV]
+    python -m benchmarks.export_memory --variant base huge [--baseline REV]
 
 For each variant it runs `python -m export --variant V --weights random` (fp32, fp16, int8, validated) in a
 fresh process and reads each stage's peak resident size from the report (the export restarts the kernel's

@@ -12,9 +12,9 @@ and the fp32 floor: the model's FLOPs at the rate of the fastest of its own line
 (constant weights, as in the graph) in onnxruntime. Candidates, and that GEMM, are timed in interleaved
 rounds, so that a machine whose speed drifts during the run treats them alike.
 
-    python benchmarks/export_speed.py --variant base            # table on stdout, JSON in benchmarks/results/
-    python benchmarks/export_speed.py --variant base --task backbone
-    python benchmarks/export_speed.py --variant base --image-size 448 --batches 1
+    python -m benchmarks.export_speed --variant base            # table on stdout, JSON in benchmarks/results/
+    python -m benchmarks.export_speed --variant base --task backbone
+    python -m benchmarks.export_speed --variant base --image-size 448 --batches 1
 
 With `--image-size` every candidate runs at that size: transformers with `interpolate_pos_encoding=True`
 (eager and in its ONNX export), ours exported for the size; one more row, our fp32 graph at the
@@ -29,7 +29,7 @@ Video variants (`--variant base_16x224`) have no transformers model: the referen
 the environment of tools/make_reference_fixtures.py with onnx, onnxscript and onnxruntime added:
 
     /tmp/refenv/bin/pip install onnx onnxscript onnxruntime
-    /tmp/refenv/bin/python benchmarks/export_speed.py --variant base_16x224 --batches 1 --runs 2
+    /tmp/refenv/bin/python -m benchmarks.export_speed --variant base_16x224 --batches 1 --runs 2
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
 from export import Options, run  # noqa: E402

@@ -2,7 +2,7 @@
 and fp16, and onnxruntime's CUDA provider on our artifacts and transformers' export where onnxruntime-gpu
 is installed; images/s and ms at batch 1 and 64, interleaved in one process.
 
-    python benchmarks/gpu.py --variant base          # table on stdout, JSON in benchmarks/results/gpu_<variant>.json
+    python -m benchmarks.gpu --variant base          # table on stdout, JSON in benchmarks/results/gpu_<variant>.json
 
 Same seeded weights for every row (a checkpoint written by transformers' save_pretrained, which our model
 loads). Rows:
@@ -32,10 +32,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
-from export_speed import summary, transformers_reference  # noqa: E402
+from benchmarks.export_speed import summary, transformers_reference  # noqa: E402
 
 
 def main() -> int:

@@ -4,7 +4,7 @@ each graph's node count and max rank. Made to compare the rank-4 graph with the 
 every round times each engine's two graphs back to back (in alternating order), and the ratio of the two is
 taken round by round, so that a load that comes and goes hits both alike.
 
-    python benchmarks/rank_speed.py OLD_DIR NEW_DIR --stem hiera_base_classify     # table on stdout
+    python -m benchmarks.rank_speed OLD_DIR NEW_DIR --stem hiera_base_classify     # table on stdout
 
 Each folder holds an export with the fp32, int8 and openvino precisions (`--precision fp32 int8 openvino`).
 Candidates: fp32 and int8 in onnxruntime (its CPU provider), the OpenVINO artifact in OpenVINO at f32, each
@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from export.optimize import max_rank  # noqa: E402
 from runtime import load  # noqa: E402

@@ -7,8 +7,8 @@ Both run the same artifact on the CPU provider with the same threads and the sam
 in interleaved rounds, so that a machine whose speed drifts treats them alike. Image decoding and
 preprocessing are not part of either; `runtime bench` reports them on their own line.
 
-    python benchmarks/runtime_overhead.py --variant tiny --batch 8      # table, JSON in benchmarks/results/
-    python benchmarks/runtime_overhead.py --model FILE.onnx --batch 8
+    python -m benchmarks.runtime_overhead --variant tiny --batch 8      # table, JSON in benchmarks/results/
+    python -m benchmarks.runtime_overhead --model FILE.onnx --batch 8
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from runtime import Classifier  # noqa: E402
 from runtime.artifact import MAX_BATCH  # noqa: E402

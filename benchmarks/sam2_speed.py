@@ -4,7 +4,7 @@ transformers' own `torch.onnx` export of `Sam2VisionModel` (dynamo, opset 18) in
 random (speed does not depend on them); the graphs' node counts and max ranks are printed too.
 
     python -m export --variant sam2.1_hiera_tiny --task image-encoder --weights random --out artifacts
-    python benchmarks/sam2_speed.py artifacts --repeats 5
+    python -m benchmarks.sam2_speed artifacts --repeats 5
 
 Only SAM 2.1 tiny (transformers' default Sam2Config), the variant the artifacts' folder holds.
 """

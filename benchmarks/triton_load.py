@@ -8,8 +8,8 @@ that each wait for their answer before sending again. Every answer is checked ag
 prediction for that image; a wrong one counts as failed.
 
     python3 -m venv .venv-tritonserver && .venv-tritonserver/bin/pip install nvidia-pytriton==0.7.0   # once
-    python benchmarks/triton_load.py                       # the digits model and its held-out images
-    python benchmarks/triton_load.py --model FILE.onnx --images DIR --requests 400 --protocol http
+    python -m benchmarks.triton_load                       # the digits model and its held-out images
+    python -m benchmarks.triton_load --model FILE.onnx --images DIR --requests 400 --protocol http
 
 It prints a table and writes JSON (default benchmarks/results/triton_load_<model>.json). The server runs on this
 machine beside the clients, so both share its cores.
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from runtime import Classifier  # noqa: E402
 from runtime.preprocess import find_images  # noqa: E402
@@ -49,8 +48,7 @@ def export_digits(out_dir: Path) -> Path:
 
 def heldout_digits(out_dir: Path) -> list[Path]:
     """The digits model's held-out images (8 x 8 grayscale PNGs, tools/digits.py), the input it is made for."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from digits import split
+    from tools.digits import split
 
     out_dir.mkdir()
     images, _ = split()["test"]

@@ -12,8 +12,8 @@ candidate in turn; each output is checked against Python onnxruntime on the same
 median (and, for a busy machine, the minimum) latency and the median's speed-up over transformers' export at each
 thread count; the JSON has every time.
 
-    python benchmarks/web_lane.py --variant base                    # table on stdout, JSON in benchmarks/results/
-    python benchmarks/web_lane.py --variant tiny --rounds 1 --runs 2 --threads 1   # a smoke run
+    python -m benchmarks.web_lane --variant base                    # table on stdout, JSON in benchmarks/results/
+    python -m benchmarks.web_lane --variant tiny --rounds 1 --runs 2 --threads 1   # a smoke run
 
 Needs Node 18+ and the hub tests' npm packages: cd tests/hub/js && npm ci --ignore-scripts.
 """
@@ -37,7 +37,6 @@ import onnxruntime as ort
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
 from benchmarks.export_speed import transformers_reference  # noqa: E402

@@ -86,6 +86,22 @@ def check_labels(session, info: ModelInfo) -> None:
                                 f"hiera.labels has {len(info.labels)} names, the model has {classes} classes")
 
 
+def check_pred_stride(session, info: ModelInfo) -> None:
+    """An MAE model's logits hold, for each pred_stride x pred_stride patch of the RGB input, its 3 x pred_stride²
+    pixels: a stride that does not divide the input, or that the logits' shape does not match, would cut the
+    image into patches the logits do not describe (checked where the graph states the axes)."""
+    if info.task != "mae" or len(info.input_size) != 2:
+        return
+    stride, (height, width) = info.mae["pred_stride"], info.input_size
+    expected = [(height // stride) * (width // stride), 3 * stride * stride]
+    shape = (session.output_shapes.get("logits") or [])[1:]
+    if height % stride or width % stride or any(isinstance(got, int) and got != want
+                                                for got, want in zip(shape, expected)):
+        raise HieraRuntimeError(f"{session.metadata_path}: damaged Hiera metadata: hiera.mae: pred_stride {stride} "
+                                f"does not fit the model (input {height} x {width}, logits per image "
+                                f"{[d if isinstance(d, int) else '?' for d in shape]})")
+
+
 def non_finite(outputs: dict[str, np.ndarray]) -> str | None:
     """What is not finite in `outputs` (NaN or infinite values), or None when every value is."""
     for name, value in outputs.items():
@@ -132,6 +148,7 @@ class _Model:
             kind = model_class(info.task).__name__
             raise HieraRuntimeError(f"{session.path}: a {info.task} model; load it with {kind}")
         check_labels(session, info)
+        check_pred_stride(session, info)
         self.session, self.info, self.max_pixels = session, info, _whole("max_pixels", max_pixels, 1)
         self.warnings: list[str] = []  # what a user must be told on every run (an artifact run although it failed)
 

@@ -1,26 +1,35 @@
+import json
 import os
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 import transformers
 from PIL import Image
 from transformers import HieraConfig as TransformersConfig
-from transformers import HieraForImageClassification, HieraForPreTraining, HieraModel
+from transformers import HieraForImageClassification, HieraModel
 
 from export.parity import photographs
+from hiera_model.testing import transformers_mae_model
 from runtime.device import cpu_isa
 
 transformers.logging.set_verbosity_error()
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+FAIR_FILE = FIXTURES / "reference" / "hiera_fair_small.pth"  # FAIR's own checkpoint of the fixture model
 
 
 def cpu_flags() -> str:
     """This CPU's vector extensions: a figure that depends on the ISA names the one it was measured on."""
     return "a CPU with " + (" ".join(cpu_isa()) or "no known vector extension")
+
+
+def fair_state() -> dict:
+    """The FAIR fixture checkpoint's state dict, loaded as FAIR's code loads it."""
+    return torch.load(FAIR_FILE, weights_only=True)["model_state"]
 
 
 def failed_rows(report: dict) -> str:
@@ -33,6 +42,26 @@ def failed_rows(report: dict) -> str:
     if (report.get("tensorrt") or {}).get("passed") is False:
         rows.append(f"tensorrt engine: {'; '.join(report['tensorrt']['failures'])}")
     return f"failed on {cpu_flags()}: " + (" | ".join(rows) or f"no failing row (passed = {report.get('passed')})")
+
+
+def tampered(artifact, tmp_path, field: str, value, raw: str | None = None) -> Path:
+    """A copy of `artifact` (`tmp_path/tampered.onnx`) whose `hiera.<field>` metadata (`key.inner` for an entry of
+    an object) holds `value`, or the text `raw`."""
+    model = onnx.load(artifact)
+    props = {p.key: p.value for p in model.metadata_props}
+    key, _, inner = field.partition(".")
+    decoded = json.loads(props[f"hiera.{key}"])
+    if inner:
+        decoded[inner] = value
+    else:
+        decoded = value
+    props[f"hiera.{key}"] = raw if raw is not None else json.dumps(decoded)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    path = tmp_path / "tampered.onnx"
+    onnx.save(model, path)
+    return path
 
 
 @pytest.fixture
@@ -73,22 +102,6 @@ def transformers_checkpoint(tmp_path_factory):
     return make
 
 
-# MAE like the published `facebook/hiera-*-224-mae-hf` (two query poolings), small, with a small decoder.
-MAE_CONFIG = dict(embed_dim=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 4, 8], image_size=[64, 96], num_query_pool=2,
-                  decoder_hidden_size=32, decoder_depth=2, decoder_num_heads=2)
-
-
-def transformers_mae_model() -> HieraForPreTraining:
-    """A seeded transformers `HieraForPreTraining` of `MAE_CONFIG`. Its initialization leaves the mask token
-    and some biases at zero; every weight is perturbed so that none is."""
-    torch.manual_seed(0)
-    model = HieraForPreTraining(TransformersConfig(**MAE_CONFIG)).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    return model
-
-
 @pytest.fixture(scope="session")
 def transformers_mae(tmp_path_factory):
     """`(directory, model)`: `transformers_mae_model()` saved with `save_pretrained`."""
@@ -96,6 +109,17 @@ def transformers_mae(tmp_path_factory):
     directory = tmp_path_factory.mktemp("mae")
     model.save_pretrained(directory)
     return directory, model
+
+
+@pytest.fixture(scope="session")
+def mae_artifact(transformers_mae, tmp_path_factory) -> Path:
+    """`transformers_mae` exported in fp32 with a dynamic batch, not validated (a quick artifact to run)."""
+    from export import Options, run
+
+    out = tmp_path_factory.mktemp("mae-artifact")
+    report = run(Options(weights=str(transformers_mae[0]), task="mae", batch=None, out_dir=out, precisions=("fp32",),
+                         validate=False))
+    return out / report["artifacts"]["fp32"]["file"]
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,11 @@ Random weights say nothing about accuracy after quantization, so this trains tra
 by the same preprocessing the runtime applies), saves it with `save_pretrained` next to its image
 processor, and evaluates PyTorch and the exported artifacts on the held-out split.
 
-    python tools/digits.py train                       # ~1 min on 2 cores; writes models/digits/
+    python -m tools.digits train                       # ~1 min on 2 cores; writes models/digits/
     python -m export --weights models/digits --out artifacts
-    python tools/digits.py evaluate artifacts/hiera_digits_classify*.onnx
-    python tools/digits.py images heldout/             # the held-out split as PNGs, one folder per class
-    python tools/digits.py images train/ --split train # calibration images: --precision qdq --calibration train/
+    python -m tools.digits evaluate artifacts/hiera_digits_classify*.onnx
+    python -m tools.digits images heldout/             # the held-out split as PNGs, one folder per class
+    python -m tools.digits images train/ --split train # calibration images: --precision qdq --calibration train/
     python -m runtime predict heldout/ --model artifacts/hiera_digits_classify.onnx --json
 """
 
@@ -27,7 +27,6 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import hiera_model  # noqa: E402
 from export.parity import run_artifact  # noqa: E402

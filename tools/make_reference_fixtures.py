@@ -8,7 +8,7 @@ Those packages need torchvision, which here works only with the large torch 2.14
     /tmp/refenv/bin/pip install hydra-core iopath
     /tmp/refenv/bin/pip download --no-deps sam2==1.1.0 -d /tmp/sam2-src     # its sdist: sam2-1.1.0.tar.gz
     tar xzf /tmp/sam2-src/sam2-1.1.0.tar.gz -C /tmp/sam2-src
-    PYTHONPATH=/tmp/sam2-src/sam2-1.1.0 /tmp/refenv/bin/python tools/make_reference_fixtures.py tests/fixtures/reference
+    PYTHONPATH=/tmp/sam2-src/sam2-1.1.0 /tmp/refenv/bin/python -m tools.make_reference_fixtures tests/fixtures/reference
 
 (FAIR's `sam2` is used from its source: `pip install sam2` builds its optional CUDA extension, with torch in an
 isolated build environment; the modeling code and the image predictor are plain Python.)

@@ -3,24 +3,21 @@ FAIR `hiera` and timm, on the same configs, weights and inputs as the tests (whi
 classifiers and features, MAE (transformers' HieraForPreTraining, FAIR's MAE fixture) and video (FAIR's
 video fixture).
 
-    python tools/parity_report.py
+    python -m tools.parity_report
 """
 
-import sys
 import tempfile
 from pathlib import Path
 
 import safetensors.torch
 import torch
+from transformers import HieraConfig as TransformersConfig
+from transformers import HieraForImageClassification, HieraModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import hiera_model
+from hiera_model.testing import FAIR_MAE, PARITY_CONFIGS, inputs_for, transformers_mae_model
 
-import hiera_model  # noqa: E402
-from tests.conftest import transformers_mae_model  # noqa: E402
-from tests.hiera_model import test_reference_fixtures as fixtures  # noqa: E402
-from tests.hiera_model.test_mae import FAIR_MAE  # noqa: E402
-from tests.hiera_model.test_transformers_parity import (  # noqa: E402
-    CONFIGS, HieraForImageClassification, HieraModel, TransformersConfig, inputs_for)
+REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "reference"  # the golden fixtures' files
 
 
 def max_diff(a, b) -> float:
@@ -29,7 +26,7 @@ def max_diff(a, b) -> float:
 
 @torch.no_grad()
 def transformers_rows():
-    for name, kwargs in CONFIGS.items():
+    for name, kwargs in PARITY_CONFIGS.items():
         config = TransformersConfig(**kwargs, num_labels=7)
         worst = dict.fromkeys(["logits", "last_hidden_state", "pooler_output", "stage maps"], 0.0)
         for task, cls in (("classify", HieraForImageClassification), ("features", HieraModel)):
@@ -54,9 +51,9 @@ def transformers_rows():
 
 @torch.no_grad()
 def fixture_rows():
-    expected = safetensors.torch.load_file(fixtures.REFERENCE / "expected.safetensors")
+    expected = safetensors.torch.load_file(REFERENCE / "expected.safetensors")
     pixel_values = expected["pixel_values"]
-    model = hiera_model.load(fixtures.REFERENCE / "fair_hub")
+    model = hiera_model.load(REFERENCE / "fair_hub")
     logits = model(pixel_values)
     _, stages = model.forward_features(pixel_values, return_stages=True)
     yield "FAIR hiera", "fixture", "logits", max_diff(logits, expected["fair_logits"])
@@ -84,8 +81,8 @@ def mae_rows():
         max_diff(got["bool_masked_pos"].int(), expected.bool_masked_pos.int()),
         max_diff(got["ids_restore"], expected.ids_restore))
 
-    expected = safetensors.torch.load_file(fixtures.REFERENCE / "expected_mae.safetensors")
-    model = hiera_model.load(fixtures.REFERENCE / "mae_fair_small.pth", variant=FAIR_MAE, task="mae", with_loss=True)
+    expected = safetensors.torch.load_file(REFERENCE / "expected_mae.safetensors")
+    model = hiera_model.load(REFERENCE / "mae_fair_small.pth", variant=FAIR_MAE, task="mae", with_loss=True)
     got = model(expected["pixel_values"], expected["noise"])
     masked = ~got["bool_masked_pos"]
     yield "FAIR hiera", "mae fixture", "predictions", max_diff(got["logits"][masked], expected["pred"])
@@ -94,8 +91,8 @@ def mae_rows():
 
 @torch.no_grad()
 def video_rows():
-    expected = safetensors.torch.load_file(fixtures.REFERENCE / "expected_video.safetensors")
-    model = hiera_model.load(fixtures.REFERENCE / "video_fair_hub")
+    expected = safetensors.torch.load_file(REFERENCE / "expected_video.safetensors")
+    model = hiera_model.load(REFERENCE / "video_fair_hub")
     yield "FAIR hiera", "video fixture", "logits", max_diff(model(expected["pixel_values"]), expected["logits"])
     _, stages = model.forward_features(expected["pixel_values"], return_stages=True)
     yield "FAIR hiera", "video fixture", "intermediates", max(max_diff(s, expected[f"stage{i}"])

@@ -16,8 +16,8 @@ def test_int8_loses_at_most_half_a_point(tmp_path):
     assert report["passed"], failed_rows(report)
     assert report["variant"] == "digits"
     scores = tmp_path / "accuracy.json"
-    subprocess.run([sys.executable, ROOT / "tools" / "digits.py", "evaluate", *sorted(tmp_path.glob("*.onnx")),
-                    "--json", scores], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "tools.digits", "evaluate", *sorted(tmp_path.glob("*.onnx")),
+                    "--json", scores], check=True, capture_output=True, cwd=ROOT)
     top1 = json.loads(scores.read_text())["top1"]
     torch_fp32 = top1["PyTorch fp32"]
     assert torch_fp32 >= 0.97

@@ -33,9 +33,9 @@ def digits(tmp_path_factory):
     """The digits model's fp32, int8 and qdq artifacts (qdq calibrated on the training split, as the README's
     command does) and 16 held-out images, preprocessed as the runtime preprocesses them."""
     out, images = tmp_path_factory.mktemp("digits"), tmp_path_factory.mktemp("images")
-    tool = [sys.executable, ROOT / "tools" / "digits.py", "images"]
-    subprocess.run([*tool, images / "train", "--split", "train"], check=True, capture_output=True)
-    subprocess.run([*tool, images / "heldout"], check=True, capture_output=True)
+    tool = [sys.executable, "-m", "tools.digits", "images"]  # from the repository's root
+    subprocess.run([*tool, images / "train", "--split", "train"], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run([*tool, images / "heldout"], check=True, capture_output=True, cwd=ROOT)
     report = run(Options(weights=str(DIGITS), out_dir=out, precisions=("fp32", "int8", "qdq"),
                          calibration=images / "train"))
     assert report["passed"], failed_rows(report)

@@ -15,7 +15,7 @@ from export.trt_check import check
 from runtime import Reconstructor, load
 from runtime.reconstruct import GAP, panels, patches
 
-from ..conftest import ROOT, failed_rows
+from ..conftest import ROOT, failed_rows, tampered
 from .test_graph import ranks_and_shapes
 from .test_parity import FP32_TOLERANCE
 
@@ -60,6 +60,25 @@ def test_graph_and_metadata(mae_export):
                                                      "norm_pix_loss": True}
     assert check(onnx.load(files["fp16"]), "10") == []  # the standard-op graph builds with TensorRT
     assert report["artifacts"]["fp32"]["parity"]["ids_restore"] == {"equal": True}
+
+
+@pytest.mark.parametrize("stride", [0, "16", None, 10**9, 7, 8, 32])
+def test_a_bad_pred_stride_is_one_line_naming_the_file(stride, mae_export, tmp_path, capsys):
+    """The exported model predicts 16 x 16 patches of its 64 x 96 input (24 rows of 3 x 16 x 16 = 768 values):
+    a stride of another type, out of range, that does not divide the input (7), or that the logits do not match
+    (8, 32) is damaged metadata, one line and exit 2, never an internal error."""
+    from runtime.cli import main
+
+    _, files, _ = mae_export
+    path = tampered(files["fp32"], tmp_path, "mae.pred_stride", stride)
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["reconstruct", str(image), "--model", str(path), "--out", str(tmp_path / "out.png")]) == 2
+    stdout, stderr = capsys.readouterr()
+    assert stdout == "" and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"error: {path}: damaged Hiera metadata: hiera.mae: ") and "pred_stride" in stderr, stderr
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_every_input_gets_a_tensorrt_profile_and_is_required(mae_export):

@@ -1,7 +1,6 @@
 """What the export writes and checks for OpenVINO: the artifact's graph, the report's rows per inference
 precision, and what int8 in OpenVINO costs on the trained digits model."""
 
-import importlib.util
 import subprocess
 import sys
 
@@ -45,10 +44,9 @@ def test_the_export_writes_the_standard_op_graph_with_openvinos_rows(transformer
 
 
 def digits_module():
-    spec = importlib.util.spec_from_file_location("digits", ROOT / "tools" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import digits
+
+    return digits
 
 
 @torch.no_grad()
@@ -56,8 +54,8 @@ def test_int8_in_openvino_loses_at_most_half_a_point_on_digits(tmp_path):
     """The qdq artifact (calibrated on the training split) in OpenVINO, against PyTorch fp32 on the 450 held-out
     digits: top-1 within 0.5 point (2 images). Measured: 99.78% for both, OpenVINO f32 and bf16 alike."""
     train = tmp_path / "train"
-    subprocess.run([sys.executable, ROOT / "tools" / "digits.py", "images", train, "--split", "train"], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "tools.digits", "images", train, "--split", "train"], check=True,
+                   capture_output=True, cwd=ROOT)
     report = run(Options(weights=str(DIGITS), out_dir=tmp_path, precisions=("fp32", "qdq"), calibration=train,
                          optimize=False, validate=False))
     files = {precision: tmp_path / entry["file"] for precision, entry in report["artifacts"].items()}

@@ -77,6 +77,12 @@ def test_fp16_keeps_the_sensitive_ops_in_fp32(transformers_checkpoint, tmp_path)
     for node in graph.node:
         if node.op_type in ("LayerNormalization", "Softmax"):
             assert not fp16_inputs & set(node.input), node.name
+    # The pooler's mean over the last stage's tokens (transformers' `sequence_output.mean(1)`, the graph's one
+    # ReduceMean) reads and writes float32, by onnx's own type inference.
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(artifact)).graph
+    types = {value.name: value.type.tensor_type.elem_type for value in inferred.value_info}
+    (mean,) = [node for node in graph.node if node.op_type == "ReduceMean"]
+    assert [types.get(mean.input[0]), types.get(mean.output[0])] == [onnx.TensorProto.FLOAT] * 2, mean.name
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 

@@ -104,3 +104,33 @@ def test_missing_misshapen_and_unequal_outputs_fail():
     assert failures("fp32", {}) == ["no output was compared"]
     assert failures("fp16", {"logits": {"max_abs": 0.0, "cosine": None}}) == ["logits cosine not computed < 0.999"]
     assert failures("fp32", {"logits": {"max_abs": float("nan")}}) == ["logits max abs diff nan > 0.0001"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "qdq"])
+def test_one_wrong_sample_in_a_batch_fails_however_right_the_others_are(precision):
+    """The cosine is per sample: nine samples equal to the reference and one orthogonal to it have a smallest
+    cosine of 0 (over the batch flattened it would be 0.9 or more, hiding the wrong one)."""
+    ref = {"logits": np.zeros((10, 4), np.float32)}
+    ref["logits"][:, 0] = 100.0  # every sample's weight on class 0, so that the flattened cosine is high
+    ref["logits"][-1] = [0.0, 1.0, 0.0, 0.0]  # a small last sample, ...
+    got = {"logits": ref["logits"].copy()}
+    got["logits"][-1] = [0.0, 0.0, 1.0, 0.0]  # ... and the artifact's is orthogonal to it
+    parity = compare(ref, got)
+    assert parity["logits"]["cosine"] == 0.0
+    assert failures(precision, parity) == [f"logits cosine 0 < {PINNED[precision]['cosine']}"]
+
+
+def test_top1_and_top5_agreement_are_shares_of_samples():
+    """Four samples of 7 classes, by hand: sample 0 agrees in everything; sample 1 has its first two classes
+    swapped (top-1 differs, the top-5 set is the same); sample 2 swaps its 5th and 6th classes (top-1 agrees, the
+    set differs); sample 3 swaps both. Top-1: 2 of 4; top-5: 2 of 4."""
+    ranking = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0], np.float32)  # class 0 first ... class 6 last
+    ref = {"logits": np.stack([ranking] * 4)}
+    got = {"logits": ref["logits"].copy()}
+    got["logits"][1, [0, 1]] = got["logits"][1, [1, 0]]
+    got["logits"][2, [4, 5]] = got["logits"][2, [5, 4]]
+    got["logits"][3, [0, 1, 4, 5]] = got["logits"][3, [1, 0, 5, 4]]
+    parity = compare(ref, got)["logits"]
+    assert (parity["top1_agreement"], parity["top5_agreement"]) == (0.5, 0.5)
+    same = compare(ref, {"logits": ref["logits"] + 1.0})["logits"]  # a shift keeps every ranking
+    assert (same["top1_agreement"], same["top5_agreement"]) == (1.0, 1.0)

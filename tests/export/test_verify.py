@@ -1,6 +1,7 @@
 """`python -m export verify` and `export.verify`: a good export passes; a flipped byte, an edited report,
 other weights, a stray or missing file each fail, with one line each; bad input is exit 2."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -52,14 +53,19 @@ def test_a_good_export_passes_with_and_without_its_weights(good):
     assert done.returncode == 0 and json.loads(done.stdout)["ok"] is True
 
 
-def test_one_flipped_byte_in_an_initializer_fails(copy):
-    path = copy / f"{STEM}.onnx"
+def flip_a_weight_byte(path):
+    """One bit of the largest initializer flipped, in place: a file that still loads, with other weights."""
     model = onnx.load(path)
     weights = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     data = bytearray(path.read_bytes())
     at = data.find(weights.raw_data[:64]) + 1000
     data[at] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def test_one_flipped_byte_in_an_initializer_fails(copy):
+    path = copy / f"{STEM}.onnx"
+    flip_a_weight_byte(path)
     result = verify([path], weights=str(DIGITS))
     assert [c.name for c in result.failures] == ["sha256"], failed(result)
     done = cli(path)
@@ -75,6 +81,46 @@ def test_an_edited_report_fails(copy):
     result = verify([copy / f"{STEM}.int8.onnx"])
     assert failed(result) == ["report: edited after the export (its integrity digest does not match its content)"]
     assert cli(report_file).returncode == 1
+
+
+def test_weights_edited_with_their_recorded_sha256_fail(copy):
+    """The report's digest covers its list of files: new weights and their sha256 written into it together are an
+    edited report (with the list outside the digest, verify would say ok)."""
+    path = copy / f"{STEM}.int8.onnx"
+    flip_a_weight_byte(path)
+    report_file = copy / f"{STEM}.report.json"
+    report = json.loads(report_file.read_text())
+    report["files"][path.name]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    report_file.write_text(json.dumps(report, indent=2))
+    for target in (path, report_file):
+        assert failed(verify([target])) == ["report: edited after the export (its integrity digest does not match "
+                                            "its content)"], target
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    """The digits export with its weights in an `.onnx.data` file: Hiera-H's layout, the threshold lowered."""
+    import export.artifact
+
+    out = tmp_path_factory.mktemp("external")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export.artifact, "EXTERNAL_DATA_BYTES", 10_000)
+        report = run(Options(weights=str(DIGITS), out_dir=out, precisions=("fp32",)))
+    assert report["passed"]
+    return out
+
+
+def test_a_changed_external_data_file_fails(external, tmp_path):
+    out = tmp_path / "external"
+    shutil.copytree(external, out)
+    data = out / f"{STEM}.onnx.data"
+    assert verify([out / f"{STEM}.onnx"]).ok and data.stat().st_size > 10_000
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    for target in (out / f"{STEM}.onnx", out / f"{STEM}.report.json"):
+        result = verify([target])
+        assert {(c.subject, c.name) for c in result.failures} == {(str(data), "sha256")}, failed(result)
 
 
 def test_other_weights_fail(copy, tmp_path):

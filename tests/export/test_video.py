@@ -84,6 +84,14 @@ def clip_frames() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)) for _ in range(FRAMES)]
 
 
+def kinetics_recipe(frame: Image.Image) -> np.ndarray:
+    """A 72 x 96 test frame as SlowFast and MAE-ST evaluate Kinetics (FAIR publishes no recipe for Hiera), by hand:
+    the shortest edge bilinear to 64 (the long one 96 * 64 / 72 = 85.3, rounded down as transformers does), the
+    centre 64 x 64 (columns 10 to 73), the Kinetics mean 0.45 and std 0.225; [3, 64, 64]."""
+    resized = np.asarray(frame.resize((85, 64), Image.Resampling.BILINEAR), np.float32)[:, 10:74]
+    return ((resized / 255 - 0.45) / 0.225).transpose(2, 0, 1)
+
+
 @torch.no_grad()
 def test_clips_as_files_directories_and_frame_lists(video_export, tmp_path):
     frames = clip_frames()
@@ -97,7 +105,9 @@ def test_clips_as_files_directories_and_frame_lists(video_export, tmp_path):
     preprocessing = model.info.preprocessing
     assert (preprocessing.frames, preprocessing.frame_stride) == (4, 4)
     chosen = sample_frames(FRAMES, 4, 4)
-    pixel_values = np.stack([preprocessing(frames[i]) for i in chosen], axis=1)[None]  # what the runtime must feed
+    pixel_values = np.stack([kinetics_recipe(frames[i]) for i in chosen], axis=1)[None]  # what the runtime must feed
+    differs = float(np.abs(preprocessing.clip([frames[i] for i in chosen]) - pixel_values[0]).max())
+    assert differs <= 1e-5, f"the runtime's clip differs from the recipe by up to {differs:.3g}"
     reference = hiera_model.load(REFERENCE / "video_fair_hub")(torch.from_numpy(pixel_values)).softmax(-1)[0]
     for clip in (frames, directory, animated, str(animated)):
         predictions = model.predict(clip, top_k=3)

@@ -20,9 +20,8 @@ import torch
 import hiera_model
 from hiera_model import HieraConfig, HieraModelError
 
-from ..conftest import FIXTURES, ROOT
+from ..conftest import FAIR_FILE, FIXTURES, ROOT, fair_state
 
-FAIR_FILE = FIXTURES / "reference" / "hiera_fair_small.pth"
 FAIR_HUB = FIXTURES / "reference" / "fair_hub"  # config.json (FAIR's arguments) + model.safetensors
 SMALL = HieraConfig(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 2, 2, 1), input_size=(96, 128), num_classes=10)
 
@@ -48,10 +47,6 @@ def refused(call, *fragments) -> str:
     for fragment in fragments:
         assert str(fragment) in message, message
     return message
-
-
-def fair_state() -> dict:
-    return torch.load(FAIR_FILE, weights_only=True)["model_state"]
 
 
 def hub_copy(tmp_path) -> Path:

@@ -162,3 +162,38 @@ def test_a_full_disk_is_one_line_and_the_old_set_stays(old_export, tmp_path):
     finally:
         if mounted:
             subprocess.run(["umount", str(disk)], check=True)
+
+
+STEM = "hiera_digits_classify"
+# An earlier export with every kind of file beside its artifacts: external data, an engine and its sidecar.
+EARLIER = [f"{STEM}.onnx", f"{STEM}.onnx.data", f"{STEM}.fp16.onnx", f"{STEM}.fp16.onnx.data", f"{STEM}.fp16.engine",
+           f"{STEM}.fp16.engine.json", f"{STEM}.report.json"]
+LATER = [f"{STEM}.onnx", f"{STEM}.report.json"]
+USERS = [f"{STEM}.int8.onnx.data", f"{STEM}.qdq.engine", "notes.md"]  # named like an export's files, or not: not ours
+
+
+def commit_export(out: Path, names: list[str]) -> None:
+    """What the pipeline's commit does with the files it staged (their content does not matter here)."""
+    from export.transaction import Transaction
+
+    with Transaction(out, STEM) as transaction:
+        for name in names:
+            content = {"files": {n: {} for n in names if n != name}} if name.endswith(".report.json") else name
+            (transaction.staging / name).write_text(json.dumps(content))
+        transaction.commit(names)
+
+
+@pytest.mark.parametrize("listed_by", ["manifest", "report"])
+def test_the_next_export_removes_every_old_file_it_wrote_and_nothing_else(listed_by, tmp_path):
+    """An earlier export's `.onnx.data`, engine and sidecar go when the new export lacks them (by its kept manifest,
+    or for a folder written before there were manifests, its report), and the files it did not write stay."""
+    from export.transaction import kept_manifest
+
+    commit_export(tmp_path, EARLIER)
+    if listed_by == "report":
+        (tmp_path / kept_manifest(STEM)).unlink()
+    for name in USERS:
+        (tmp_path / name).write_text("the user's")
+    commit_export(tmp_path, LATER)
+    assert visible(tmp_path) == sorted(LATER + USERS)
+    assert all((tmp_path / name).read_text() == "the user's" for name in USERS)

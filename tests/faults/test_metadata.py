@@ -1,17 +1,15 @@
 """Tampered artifact metadata: the runtime trusts nothing it reads. Each bad field is one line naming the
 file and the field, exit 2, never a traceback, never a silent exit 0."""
 
-import json
 import subprocess
 import sys
 
-import onnx
 import pytest
 
 from export import Options, run
 from runtime import HieraRuntimeError, load
 
-from ..conftest import ROOT
+from ..conftest import ROOT, tampered
 
 GOOD = {"format_version": 1, "task": "classify", "batch": 1}
 # field -> (bad JSON value, what the message says)
@@ -50,24 +48,6 @@ def artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     report = run(Options(weights=str(ROOT / "models" / "digits"), out_dir=out, precisions=("fp32",), validate=False))
     return out / report["artifacts"]["fp32"]["file"]
-
-
-def tampered(artifact, tmp_path, field: str, value, raw: str | None = None):
-    model = onnx.load(artifact)
-    props = {p.key: p.value for p in model.metadata_props}
-    key, _, inner = field.partition(".")
-    decoded = json.loads(props[f"hiera.{key}"])
-    if inner:
-        decoded[inner] = value
-    else:
-        decoded = value
-    props[f"hiera.{key}"] = raw if raw is not None else json.dumps(decoded)
-    del model.metadata_props[:]
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
-    path = tmp_path / "tampered.onnx"
-    onnx.save(model, path)
-    return path
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -38,13 +38,6 @@ def classifier(exported):  # noqa: F811
     return artifact
 
 
-@pytest.fixture
-def photo(tmp_path):
-    path = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 def test_a_fifo_named_like_an_image_fails_at_once(classifier, tmp_path, capsys):
     fifo = tmp_path / "x.jpg"
     os.mkfifo(fifo)

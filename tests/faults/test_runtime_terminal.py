@@ -4,7 +4,6 @@ newlines or bidi overrides are printed escaped in every text line; --json stays 
 import json
 import unicodedata
 
-import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -55,13 +54,6 @@ def artifacts(exported, tmp_path_factory):  # noqa: F811
     ])
     onnx.save(model, directory / "nan.onnx")
     return {"labels": directory / "labels.onnx", "nan": directory / "nan.onnx"}
-
-
-@pytest.fixture
-def photo(tmp_path):
-    path = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def test_labels_with_escape_sequences_and_newlines_are_escaped(artifacts, photo, capsys):

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export import Options, run
 from runtime.cli import main
 
 from ..conftest import ROOT
@@ -38,15 +37,6 @@ def can_mount(tmp_path) -> bool:
         return in_tmpfs("size=4k", tmp_path, "true").returncode != NOT_MOUNTED
     except (OSError, subprocess.SubprocessError):  # no unshare
         return False
-
-
-@pytest.fixture(scope="module")
-def mae_artifact(transformers_mae, tmp_path_factory):
-    directory, _ = transformers_mae
-    out = tmp_path_factory.mktemp("mae")
-    report = run(Options(weights=str(directory), task="mae", batch=None, out_dir=out, precisions=("fp32",),
-                         validate=False))
-    return out / report["artifacts"]["fp32"]["file"]
 
 
 @pytest.fixture

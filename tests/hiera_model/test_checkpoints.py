@@ -13,15 +13,10 @@ from hiera_model import HieraConfig, HieraModelError, VARIANTS
 from hiera_model.checkpoints import detect_layout, infer_config
 from hiera_model.model import Hiera
 
-from ..conftest import FIXTURES
+from ..conftest import FAIR_FILE, FIXTURES, fair_state
 
-FAIR_FILE = FIXTURES / "reference" / "hiera_fair_small.pth"
 FAIR_HUB = FIXTURES / "reference" / "fair_hub"
 SMALL = HieraConfig(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 2, 2, 1), input_size=(96, 128), num_classes=10)
-
-
-def fair_state() -> dict:
-    return torch.load(FAIR_FILE, weights_only=True)["model_state"]
 
 
 def assert_one_line_error(call, *fragments):

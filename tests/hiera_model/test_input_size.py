@@ -10,9 +10,9 @@ from transformers import HieraForImageClassification, HieraForPreTraining, Hiera
 import hiera_model
 from hiera_model import HieraModelError
 from hiera_model.resize import resize_table
+from hiera_model.testing import MAE_CONFIG, inputs_for
 
-from ..conftest import FIXTURES, MAE_CONFIG
-from .test_transformers_parity import inputs_for
+from ..conftest import FIXTURES
 from .test_unroll import MaxRank
 
 TOLERANCE = 1e-5  # max abs diff, PyTorch against PyTorch: logits, last_hidden_state, pooler_output

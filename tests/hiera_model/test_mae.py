@@ -8,15 +8,13 @@ import torch
 
 import hiera_model
 from hiera_model import HieraConfig, HieraModelError
+from hiera_model.testing import FAIR_MAE
 from hiera_model.unroll import unit_patch_order, unroll_order, windows_to_spatial
 
 from ..conftest import FIXTURES
 
 TOLERANCE = 1e-5  # max abs diff, PyTorch against PyTorch
 REFERENCE = FIXTURES / "reference"
-# FAIR's arguments of the fixture (about.json's mae_args)
-FAIR_MAE = HieraConfig(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 2, 2, 1), input_size=(64, 96), q_pool=2,
-                       decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
 
 
 @torch.no_grad()

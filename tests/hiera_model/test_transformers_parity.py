@@ -11,31 +11,11 @@ from transformers import HieraConfig as TransformersConfig
 from transformers import HieraForImageClassification, HieraModel
 
 import hiera_model
+from hiera_model.testing import PARITY_CONFIGS as CONFIGS
+from hiera_model.testing import inputs_for
 
 transformers.logging.set_verbosity_error()
 TOLERANCE = 1e-5  # max abs diff, on logits, last_hidden_state, pooler_output and stage maps
-
-CONFIGS = {
-    "tiny": dict(embed_dim=96, depths=[1, 2, 7, 2], num_heads=[1, 2, 4, 8]),
-    "base": dict(embed_dim=96, depths=[2, 3, 16, 3], num_heads=[1, 2, 4, 8]),
-    # Three stages, 4 x 4 mask units, a non-square input and another width.
-    "custom": dict(embed_dim=48, depths=[1, 2, 3], num_heads=[2, 4, 8], image_size=[64, 96], num_query_pool=2,
-                   masked_unit_size=[4, 4], masked_unit_attention=[True, False, False], mlp_ratio=3.0),
-    # Fewer query poolings than stages - 1: the last stage stays partly unrolled.
-    "custom_q_pool": dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], image_size=[64, 64],
-                          num_query_pool=2),
-}
-
-
-def inputs_for(config: TransformersConfig) -> list[torch.Tensor]:
-    """Four inputs: batch 1, 2 and 4 of seeded noise, and a smooth image normalized like the real ones."""
-    height, width = config.image_size
-    noise = [torch.randn(b, 3, height, width, generator=torch.Generator().manual_seed(b)) for b in (1, 2, 4)]
-    ramp = torch.linspace(0, 1, height * width).reshape(1, 1, height, width)
-    image = torch.cat([ramp, ramp.flip(-1), ramp.transpose(-1, -2).reshape(1, 1, height, width)], dim=1)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    return [*noise, (image - mean[:, None, None]) / std[:, None, None]]
-
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def saved(request, tmp_path_factory):

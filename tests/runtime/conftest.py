@@ -1,8 +1,18 @@
+import subprocess
+import sys
+
 import pytest
 
 from export import Options, run
 
+from ..conftest import ROOT
 from .test_preprocess import hiera_processor
+
+
+def runtime_cli(*args, **options) -> subprocess.CompletedProcess:
+    """`python -m runtime ARGS` in a process of its own, from the repository's root."""
+    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          **options)
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,7 @@ from PIL import Image
 from runtime import Classifier
 
 from ..conftest import ROOT
-
-
-def runtime_cli(*args, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          **options)
+from .conftest import runtime_cli
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ def test_held_out_accuracy_through_the_cli(tmp_path):
     report = run(Options(weights=str(ROOT / "models" / "digits"), out_dir=tmp_path, precisions=("fp32", "int8")))
     assert report["passed"], failed_rows(report)
     held_out = tmp_path / "held-out"
-    tool = [sys.executable, ROOT / "tools" / "digits.py"]
-    subprocess.run([*tool, "images", held_out], check=True, capture_output=True)
+    tool = [sys.executable, "-m", "tools.digits"]  # from the repository's root
+    subprocess.run([*tool, "images", held_out], check=True, capture_output=True, cwd=ROOT)
     artifacts = [tmp_path / entry["file"] for entry in report["artifacts"].values()]
     subprocess.run([*tool, "evaluate", *artifacts, "--json", tmp_path / "accuracy.json"], check=True,
-                   capture_output=True)
+                   capture_output=True, cwd=ROOT)
     evaluated = json.loads((tmp_path / "accuracy.json").read_text())
     for artifact in artifacts:
         result = subprocess.run([sys.executable, "-m", "runtime", "predict", held_out, "--model", artifact, "--json",

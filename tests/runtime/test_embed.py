@@ -19,11 +19,7 @@ from runtime.cli import main
 from runtime.embed import embed, read
 
 from ..conftest import ROOT
-
-
-def runtime_cli(*args, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          **options)
+from .conftest import runtime_cli
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +120,21 @@ def test_a_finished_output_is_reused_for_the_images_it_holds(features, folder, t
     assert grown.reused == 8 and grown.images == [str(p) for p in images]
     embed(extractor, images, tmp_path / "direct.safetensors")
     assert out.read_bytes() == (tmp_path / "direct.safetensors").read_bytes()
+
+
+def test_after_a_reuse_every_row_is_under_its_own_image(features, folder, tmp_path):
+    """The reused rows are journalled first and the new ones after them; the file holds them in the index's order,
+    each equal to the model run on that image alone."""
+    images = good_images(folder)[:6]
+    extractor = FeatureExtractor.load(features)
+    out = tmp_path / "grow.npy"
+    embed(extractor, images[3:], out)
+    grown = embed(extractor, images, out)  # 3 to 5 reused, 0 to 2 computed after them
+    assert grown.reused == 3 and read(out).images == [str(p) for p in images]
+    rows = np.load(out)
+    for row, image in zip(rows, images):
+        alone = extractor.extract([image])["pooler_output"][0]
+        assert np.abs(row - alone).max() <= 1e-5, f"{image.name}: its row is not its features"
 
 
 def test_another_models_output_is_left_alone(features, exported, folder, tmp_path):

@@ -219,17 +219,6 @@ def test_cli_as_a_subprocess(digits, tmp_path):
         in result.stdout
 
 
-@pytest.fixture(scope="module")
-def mae_artifact(transformers_mae, tmp_path_factory):
-    from export import Options as ExportOptions
-    from export import run
-
-    out = tmp_path_factory.mktemp("mae")
-    report = run(ExportOptions(weights=str(transformers_mae[0]), task="mae", out_dir=out, batch=None,
-                               precisions=("fp32",), validate=False))
-    return out / report["artifacts"]["fp32"]["file"]
-
-
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(digits, mae_artifact, tmp_path, capsys):
     lonely = tmp_path / "engines" / "hiera_digits_classify.engine"  # an engine without its sidecar
     lonely.parent.mkdir()
