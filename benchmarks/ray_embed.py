@@ -7,8 +7,8 @@ For each model (the digits model, and a Hiera-T-size features model with random 
 each writing a fresh output, so nothing is resumed. The table and the JSON (benchmarks/results/ray_embed.json)
 name the CPU.
 
-    python benchmarks/ray_embed.py                        # about 3 minutes on 2 cores
-    python benchmarks/ray_embed.py --tiny-images 64 --actors 1 2 4
+    python -m benchmarks.ray_embed                        # about 3 minutes on 2 cores
+    python -m benchmarks.ray_embed --tiny-images 64 --actors 1 2 4
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runtime import FeatureExtractor
+from runtime.device import cpu_isa, cpu_name
+from runtime.embed import embed as embed_here
+from runtime.ray import embed as embed_on_ray
 
-from runtime import FeatureExtractor  # noqa: E402
-from runtime.device import cpu_isa, cpu_name  # noqa: E402
-from runtime.embed import embed as embed_here  # noqa: E402
-from runtime.ray import embed as embed_on_ray  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def export(out: Path, **options) -> Path:
@@ -65,8 +64,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         digits_images = scratch / "digits"
-        subprocess.run([sys.executable, ROOT / "tools" / "digits.py", "images", digits_images], check=True,
-                       capture_output=True)
+        subprocess.run([sys.executable, "-m", "tools.digits", "images", digits_images], check=True,
+                       capture_output=True, cwd=ROOT)
         cases = {"digits": (export(scratch / "d", weights=str(ROOT / "models" / "digits")),
                             sorted(digits_images.rglob("*.png"))),
                  "hiera-tiny (random weights)": (export(scratch / "t", variant="tiny", weights="random"),

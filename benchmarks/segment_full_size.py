@@ -3,7 +3,7 @@
 and time one prompt through our decoder artifact (onnxruntime and OpenVINO) against transformers eager's
 prompt encoder + mask decoder on the same image embedding, interleaved in one process.
 
-    python benchmarks/segment_full_size.py --out /tmp/sam2-full --repeats 20
+    python -m benchmarks.segment_full_size --out /tmp/sam2-full --repeats 20
 
 Random weights: the figures say what the graph computes and how fast, not how good the masks are."""
 
