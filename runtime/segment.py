@@ -136,6 +136,23 @@ class Segmenter:
         self._embedding = {name: outputs[name] for name in ("image_embeddings", "high_res_feats_0",
                                                              "high_res_feats_1")}
 
+    def set_embedding(self, embedding: dict, size) -> None:
+        """Take the encoder's three outputs for an image of `size` (height, width) that was embedded elsewhere (a
+        Triton server's encoder model): `predict` then answers as after `set_image` of that image. `image` becomes
+        a blank of that size (there is no picture to draw an overlay on)."""
+        height, width = (int(side) for side in size)
+        if not (0 < height and 0 < width and height * width <= self.max_pixels):
+            raise HieraRuntimeError(f"image size {height} x {width}: give a height and width of at least 1 and at most "
+                                    f"{self.max_pixels} pixels in all")
+        names = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
+        for name in names:
+            if name not in embedding:
+                raise HieraRuntimeError(f"the embedding has no {name} (give the image encoder's three outputs)")
+            if not np.isfinite(embedding[name]).all():
+                raise HieraRuntimeError(f"the embedding's {name} is not finite")
+        self.image = np.broadcast_to(np.zeros((), np.uint8), (height, width, 3))  # a size, no memory
+        self._embedding = {name: np.asarray(embedding[name]) for name in names}
+
     def prompts(self, points=None, boxes=None) -> tuple[np.ndarray, np.ndarray]:
         """The decoder's `point_coords` [P, N, 2] (in the encoder's input frame) and `point_labels` [P, N] for
         `points` ((x, y) or (x, y, label) in pixels of the image, one prompt) and `boxes` ((x0, y0, x1, y1), one

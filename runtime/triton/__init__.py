@@ -15,7 +15,7 @@ from ..artifact import MAX_BATCH
 from ..model import MAX_TOP_K
 from ..preprocess import MAX_MEGAPIXELS, MAX_PIXELS
 from ..shell import Number, Whole, say
-from .repository import DEFAULT_MAX_BATCH, MANIFEST, MARKER, Options, Served, plan, write_repository
+from .repository import DEFAULT_MAX_BATCH, EMBEDDINGS, MANIFEST, MARKER, Options, Served, plan, write_repository
 
 __all__ = ["Options", "Served", "add_parser", "command", "plan", "write_repository"]
 
@@ -33,6 +33,10 @@ def add_parser(commands) -> None:
                                         "for a classifier, softmax top-k.")
     p.add_argument("models", nargs="+", type=Path, metavar="MODEL", help="exported .onnx files, or TensorRT engines "
                    "with their sidecars (engines of one model for several GPUs are served as one model)")
+    p.add_argument("--decoder", type=Path, help="SAM 2: a mask decoder artifact exported with the image encoder among "
+                   "MODEL, served as two python-backend models: DECODER (the encoder's embeddings, the image size and "
+                   "prompts in) and DECODER_segment (image bytes and prompts in); masks at the image's size and "
+                   "iou_scores out (docs/serving.md)")
     p.add_argument("--repo", type=Path, required=True, help="the folder to write; an existing repository written "
                    "by this command is replaced whole, any other non-empty folder refused")
     p.add_argument("--backend", choices=["native", "python"], default="native", help="the model step: Triton's "
@@ -68,7 +72,7 @@ def command(args) -> int:
                       preferred_batch=tuple(args.preferred_batch) if args.preferred_batch else None,
                       queue_delay_us=args.queue_delay_us, trt_fp16=args.trt_fp16,
                       python_path=tuple(args.python_path), max_pixels=int(args.max_megapixels * 1e6))
-    written = write_repository(args.models, args.repo, options)
+    written = write_repository(args.models, args.repo, options, decoder=args.decoder)
     say(f"{'replaced' if written['replaced'] else 'wrote'} {args.repo}")
     for model in written["models"]:
         outputs = "scores, indices, labels" if model["task"] == "classify" else f"{model['task']} outputs"
@@ -76,6 +80,12 @@ def command(args) -> int:
         say(f"  {model['name']}: image bytes -> {outputs}; max batch {model['max_batch']}")
         say(f"    {' -> '.join(model['steps'])}  ({engine}, {options.kind} x{options.instances})")
         say(f"    probe: {model['probe']}")
+    if "segment" in written:
+        segment = written["segment"]
+        say(f"  {segment['prompt_model']}: {', '.join(EMBEDDINGS)} (from {segment['encoder']}), image_size and "
+            "prompts -> masks, iou_scores")
+        say(f"  {segment['one_shot_model']}: image bytes and prompts -> masks, iou_scores "
+            f"({segment['encoder']}_model, then {segment['prompt_model']})")
     say(f"  {MARKER}: what was written from what; {MANIFEST}: KServe (set storageUri and image)")
     say(f"serve: tritonserver --model-repository {args.repo.resolve()}")
     return 0

@@ -10,6 +10,11 @@ that follow Triton's layout (`<model>/config.pbtxt`, `<model>/1/...`):
     <name>_postprocess  classifiers only, python backend: logits -> softmax top-k scores, indices, labels
     <name>              the ensemble clients call: image bytes in, the task's outputs out
 
+With a SAM 2 mask decoder `<decoder>.onnx` beside its image encoder (`segment`, below), two python-backend models more:
+
+    <decoder>           prompt many: the encoder's three embeddings, the image's size and prompts -> masks, scores
+    <decoder>_segment   one shot: image bytes and prompts -> masks, scores (calls <encoder>_model, then <decoder>)
+
 `<name>` is the artifact's file stem with anything but letters, digits, `_` and `-` turned into `_`. Beside
 the models: `hiera_repository.json` (what was written from what) and
 `inferenceservice.yaml` (KServe). Triton reads only the model folders.
@@ -34,7 +39,8 @@ from ..errors import FileError, HieraRuntimeError
 from ..commit import replacing
 from ..files import open_file, read_bytes, require_file, sha256, write_bytes, write_json
 from ..preprocess import MAX_PIXELS
-from ..model import load
+from ..model import FeatureExtractor, MaskDecoder, load
+from ..segment import Segmenter
 from ..session import OnnxSession
 from ..tensorrt import ENGINE_SUFFIXES
 
@@ -418,6 +424,77 @@ def configs(s: Served, o: Options) -> dict[str, dict]:
     return found
 
 
+# ----------------------------------------------------------------------------------------------- SAM 2 segmentation
+
+EMBEDDINGS = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")  # the image encoder's outputs
+# Optional inputs of both segment models, as Segmenter.predict takes them: points in pixels of the original image
+# (x, y), their labels (1 positive, 0 negative; 1 where not sent), boxes (x0, y0, x1, y1; one prompt each), and
+# whether to answer SAM 2's three masks per prompt rather than one.
+PROMPTS = (Tensor("point_coords", "TYPE_FP32", (-1, 2)), Tensor("point_labels", "TYPE_INT32", (-1,)),
+           Tensor("boxes", "TYPE_FP32", (-1, 4)), Tensor("multimask", "TYPE_BOOL", (1,)))
+# masks [prompts, masks, height, width] at the original image's size (thresholded as `runtime segment` does),
+# iou_scores [prompts, masks]: SAM 2's predicted IoU
+ANSWERS = (Tensor("masks", "TYPE_BOOL", (-1, -1, -1, -1)), Tensor("iou_scores", "TYPE_FP32", (-1, -1)))
+
+
+@dataclass(frozen=True)
+class Segmenting:
+    """SAM 2's mask decoder served beside its image encoder's models."""
+
+    name: str  # the prompt model; `<name>_segment` is the one-shot model
+    encoder: Served
+    decoder: Path
+    embeddings: tuple[Tensor, ...]  # what the prompt model takes: the encoder model's outputs, batch of 1
+
+    @property
+    def one_shot(self) -> str:
+        return f"{self.name}_segment"
+
+
+def plan_segmenting(served: list[Served], decoder, o: Options) -> Segmenting:
+    """The mask decoder at `decoder`, checked against the one SAM 2 image encoder among `served`: it must belong to
+    it (runtime.segment.check_belongs) and its export must not have failed."""
+    decoder = Path(decoder)
+    encoders = [s for s in served if s.info.task == "image-encoder"]
+    if len(encoders) != 1:
+        raise HieraRuntimeError(f"{decoder}: a mask decoder is served with its SAM 2 image encoder: give exactly one "
+                                f"among MODEL ({len(encoders)} given)")
+    encoder = encoders[0]
+    if encoder.platform != "onnxruntime_onnx":
+        raise HieraRuntimeError(f"{decoder}: its prompt model reads the encoder's ONNX file (the input frame, what it "
+                                f"belongs to): serve the encoder as .onnx, not {encoder.files[encoder.artifacts[0]]}")
+    source = encoder.files[encoder.artifacts[0]]
+    Segmenter(FeatureExtractor.load(source, provider="cpu", check=False),
+              MaskDecoder.load(require_file(decoder), provider="cpu", check=False))  # refuses a stranger
+    by_name = {t.name: t for t in encoder.outputs}
+    embeddings = tuple(Tensor(name, by_name[name].data_type, (1, *by_name[name].dims)) for name in EMBEDDINGS)
+    return Segmenting(name=sanitized(decoder.stem), encoder=encoder, decoder=decoder, embeddings=embeddings)
+
+
+def optional(t: Tensor) -> dict:
+    return {**tensor(t), "optional": True}
+
+
+def segmenting_configs(g: Segmenting, o: Options) -> dict[str, dict]:
+    """The prompt model and the one-shot model's configs, by folder name. No batching: one request is one image's
+    prompts, and the prompts of one image are already one decoder run."""
+    prompt = {"name": g.name, "backend": "python", "max_batch_size": 0,
+              "input": [tensor(t) for t in g.embeddings] + [tensor(Tensor("image_size", "TYPE_INT64", (2,)))]
+              + [optional(t) for t in PROMPTS], "output": [tensor(t) for t in ANSWERS],
+              "instance_group": instance_group(o.instances, o.kind),
+              "parameters": parameters({"hiera_step": "prompt", "encoder": f"{g.encoder.name}_model/1/model.onnx",
+                                        "max_pixels": str(o.max_pixels)})}
+    one_shot = {"name": g.one_shot, "backend": "python", "max_batch_size": 0,
+                "input": [tensor(Tensor("image", "TYPE_STRING", (1,)))] + [optional(t) for t in PROMPTS],
+                "output": [tensor(t) for t in ANSWERS], "instance_group": instance_group(o.instances, "cpu"),
+                "parameters": parameters({"hiera_step": "segment", "encoder_model": f"{g.encoder.name}_model",
+                                          "prompt_model": g.name,
+                                          "preprocessing": json.dumps(g.encoder.info.preprocessing.to_dict()),
+                                          "max_pixels": str(o.max_pixels),
+                                          "dtype": NUMPY_TYPES.get(g.encoder.input.data_type, "float32")})}
+    return {g.name: prompt, g.one_shot: one_shot}
+
+
 # ----------------------------------------------------------------------------------------------- KServe
 
 def kserve_name(text: str) -> str:
@@ -475,19 +552,29 @@ def write_model_folder(folder: Path, config: dict, files: dict[str, Path], pytho
             write_json(folder / "python_path.json", list(o.python_path))
 
 
-def record(served: list[Served], o: Options) -> dict:
-    return {"format_version": FORMAT_VERSION, "written_by": WRITTEN_BY, "options": asdict(o),
+def record(served: list[Served], o: Options, segmenting: Segmenting | None = None) -> dict:
+    segment = {} if segmenting is None else {"segment": {
+        "prompt_model": segmenting.name, "one_shot_model": segmenting.one_shot, "encoder": segmenting.encoder.name,
+        "artifact": {"file": segmenting.decoder.name, "as": "model.onnx", "sha256": sha256(segmenting.decoder)}}}
+    return {**segment, "format_version": FORMAT_VERSION, "written_by": WRITTEN_BY, "options": asdict(o),
             "models": [{"name": s.name, "task": s.info.task, "steps": s.steps, "platform": s.platform,
                         "backend": o.backend, "max_batch": s.max_batch, "probe": s.probe,
                         "artifacts": [{"file": s.files[name].name, "as": name, "sha256": sha256(s.files[name])}
                                       for name in s.artifacts]} for s in served]}
 
 
-def write_repository(paths, repo, options: Options = Options()) -> dict:
+def write_repository(paths, repo, options: Options = Options(), decoder=None) -> dict:
     """Write the repository for the artifacts at `paths` to the folder `repo`, whole or not at all. Returns
     what it wrote (the content of hiera_repository.json) with `replaced`: whether a repository of ours was
-    there before."""
+    there before. `decoder`: a SAM 2 mask decoder artifact of the image encoder among `paths`, served as the
+    prompt and one-shot models."""
     served = plan(paths, options)
+    segmenting = None if decoder is None else plan_segmenting(served, decoder, options)
+    if segmenting is not None:
+        taken = {name for s in served for name in (s.name, *s.steps)} & {segmenting.name, segmenting.one_shot}
+        if taken:
+            raise HieraRuntimeError(f"{decoder}: would be served as {sorted(taken)[0]}, a name another model has; "
+                                    "rename one of them")
     repo = Path(repo)
     with replacing(repo, WRITTEN_BY) as replacement:
         staging = replacement.staging
@@ -495,7 +582,12 @@ def write_repository(paths, repo, options: Options = Options()) -> dict:
             for folder, config in configs(s, options).items():
                 files = s.files if folder == f"{s.name}_model" else {}
                 write_model_folder(staging / folder, config, files, config.get("backend") == "python", options)
-        result = record(served, options)
+        if segmenting is not None:
+            for folder, config in segmenting_configs(segmenting, options).items():
+                files = {"model.onnx": segmenting.decoder, **external_data(segmenting.decoder)} \
+                    if folder == segmenting.name else {}
+                write_model_folder(staging / folder, config, files, True, options)
+        result = record(served, options, segmenting)
         write_json(staging / MARKER, result)
         write_bytes(staging / MANIFEST, kserve_manifest(kserve_name(repo.name), repo.name, options.kind).encode())
     return {**result, "replaced": replacement.replaced}

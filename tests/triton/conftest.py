@@ -38,6 +38,17 @@ def sam2_encoder(sam2_checkpoint, tmp_path_factory) -> Path:  # noqa: F811
     return out / report["artifacts"]["fp32"]["file"]
 
 
+@pytest.fixture(scope="session")
+def sam2_decoder(sam2_checkpoint, tmp_path_factory) -> Path:  # noqa: F811
+    """SAM 2's mask decoder from the same checkpoint as `sam2_encoder`, exported in fp32."""
+    from export import mask_decoder
+
+    directory, _ = sam2_checkpoint
+    out = tmp_path_factory.mktemp("sam2-decoder")
+    report = mask_decoder.run(Options(weights=str(directory), task="mask-decoder", out_dir=out, precisions=("fp32",)))
+    return out / report["artifacts"]["fp32"]["file"]
+
+
 def encoded(image: Image.Image, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format)

@@ -255,3 +255,50 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(digits, mae_artifact, t
         assert not out and err.startswith("error: ") and err.count("\n") == 1 and message in err, (case, err)
         assert sorted(os.listdir(tmp_path)) == before, case  # nothing written, nothing left beside the target
     assert os.listdir(other) == ["notes.txt"]
+
+
+@needs_schema
+def test_sam2_decoder_adds_the_prompt_and_one_shot_models(sam2_encoder, sam2_decoder, tmp_path, capsys):
+    repo = tmp_path / "models"
+    status, out, err = cli(capsys, sam2_encoder, "--decoder", sam2_decoder, "--repo", repo, "--instances", "2")
+    assert status == 0 and not err, err
+    encoder, prompt = (path.name.removesuffix(".onnx").replace(".", "_") for path in (sam2_encoder, sam2_decoder))
+    configs = parse_repository(repo)
+    assert set(configs) == {encoder, f"{encoder}_preprocess", f"{encoder}_model", prompt, f"{prompt}_segment"}
+    assert f"{prompt}_segment: image bytes and prompts -> masks, iou_scores" in out
+    optional = {"point_coords": [-1, 2], "point_labels": [-1], "boxes": [-1, 4], "multimask": [1]}
+    for name, first in ((prompt, ["image_embeddings", "high_res_feats_0", "high_res_feats_1", "image_size"]),
+                        (f"{prompt}_segment", ["image"])):
+        config = configs[name]
+        assert config.backend == "python" and config.max_batch_size == 0 and config.instance_group[0].count == 2
+        assert [i.name for i in config.input] == first + list(optional), name
+        assert {i.name: list(i.dims) for i in config.input if i.optional} == optional, name
+        assert [(o.name, o.data_type) for o in config.output] == [("masks", model_config_pb2.TYPE_BOOL),
+                                                                  ("iou_scores", TYPE_FP32)], name
+    # the prompt model takes the encoder model's outputs as they come: a batch of one
+    outputs = {o.name: list(o.dims) for o in configs[f"{encoder}_model"].output}
+    assert {i.name: list(i.dims) for i in configs[prompt].input[:3]} == {k: [1, *v] for k, v in outputs.items()}
+    assert sorted(os.listdir(repo / prompt / "1")) == ["model.onnx", "model.py"]
+    assert (repo / prompt / "1" / "model.onnx").read_bytes() == sam2_decoder.read_bytes()
+    assert json.loads((repo / MARKER).read_text())["segment"]["artifact"]["file"] == sam2_decoder.name
+
+
+def test_a_decoder_of_another_encoder_is_refused_and_nothing_written(sam2_encoder, sam2_decoder, digits, tmp_path,
+                                                                     capsys):
+    import onnx  # the test edits the decoder's metadata as another checkpoint's export would have written it
+
+    stranger = tmp_path / "other_mask-decoder.onnx"
+    model = onnx.load(sam2_decoder)
+    for prop in model.metadata_props:
+        if prop.key == "hiera.encoder":
+            entry = json.loads(prop.value)
+            entry["weights"]["sha256"] = "0" * 64
+            prop.value = json.dumps(entry)
+    onnx.save(model, stranger)
+    cases = {"another encoder's": ([sam2_encoder], stranger, "belongs to another encoder: its weights"),
+             "no encoder": ([digits["classify"]], sam2_decoder, "give exactly one among MODEL (0 given)")}
+    before = sorted(os.listdir(tmp_path))
+    for case, (models, decoder, message) in cases.items():
+        status, out, err = cli(capsys, *models, "--decoder", decoder, "--repo", tmp_path / "models")
+        assert status == 2 and not out and err.count("\n") == 1 and message in err, (case, err)
+        assert sorted(os.listdir(tmp_path)) == before, case

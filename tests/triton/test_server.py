@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime import FeatureExtractor, HieraRuntimeError
+from runtime import FeatureExtractor, HieraRuntimeError, load_segmenter
 from runtime.triton import Options, write_repository
 from runtime.triton.repository import sanitized
 from runtime.triton.server import LocalServer, python_path
@@ -26,16 +26,16 @@ TOLERANCE = 1e-5  # softmax scores and features, against the runtime in this pro
 
 
 @pytest.fixture(scope="module")
-def server(digits, sam2_encoder, tmp_path_factory):
+def server(digits, sam2_encoder, sam2_decoder, tmp_path_factory):
     """The python-backend repository of the digits classifier, its features and its static-batch twin, and SAM 2's
-    image encoder, served."""
+    image encoder with its mask decoder (the prompt and one-shot models), served."""
     static = tmp_path_factory.mktemp("static") / "hiera_digits_static.onnx"
     static.write_bytes(digits["static"].read_bytes())
     repo = tmp_path_factory.mktemp("triton") / "models"
     try:
         paths = python_path(SERVER_VENV, *checkout_paths())
         write_repository([digits["classify"], digits["features"], static, sam2_encoder], repo,
-                         Options(backend="python", python_path=tuple(paths)))
+                         Options(backend="python", python_path=tuple(paths)), decoder=sam2_decoder)
         server = LocalServer(repo, SERVER_VENV).start()
     except HieraRuntimeError as error:
         pytest.skip(f"no Triton server here: {error}")
@@ -172,3 +172,81 @@ def test_restart_while_clients_send_gives_errors_never_wrong_answers(server, pho
     assert "wrong" not in kinds and "error" in kinds  # errors: the clients did send while it was down
     assert kinds.count("ok") > 12, kinds  # answered before and after the restart
     assert any(after and kind == "ok" for _, after, kind in outcomes)
+
+
+# Prompts on the photographs, in pixels of each (the smallest is 427 high): two points (one negative), two boxes
+# (two prompts of one decoder run), and three masks for one point.
+PROMPTS = [({"point_coords": [[200, 150], [320, 300]], "point_labels": [1, 0]}, False),
+           ({"boxes": [[10, 20, 300, 240], [150, 100, 400, 400]]}, False),
+           ({"point_coords": [[100, 100]]}, True)]
+
+
+def prompt_inputs(protocol, prompt: dict, multimask: bool) -> list:
+    types = {"point_coords": (np.float32, "FP32"), "point_labels": (np.int32, "INT32"), "boxes": (np.float32, "FP32")}
+    inputs = []
+    for name, values in prompt.items():
+        data = np.array(values, types[name][0])
+        inputs.append(protocol.InferInput(name, list(data.shape), types[name][1]))
+        inputs[-1].set_data_from_numpy(data)
+    if multimask:
+        inputs.append(protocol.InferInput("multimask", [1], "BOOL"))
+        inputs[-1].set_data_from_numpy(np.array([True]))
+    return inputs
+
+
+def segment_request(protocol, url: str, model: str, inputs: list) -> dict[str, np.ndarray]:
+    result = protocol.InferenceServerClient(url).infer(model, inputs, outputs=[
+        protocol.InferRequestedOutput(name) for name in ("masks", "iou_scores")])
+    return {name: result.as_numpy(name) for name in ("masks", "iou_scores")}
+
+
+def assert_same_segmentation(got: dict, want, what: str) -> None:
+    assert got["masks"].shape == want.masks.shape and got["masks"].dtype == bool, what
+    assert (got["masks"] == want.masks).all(), (what, int((got["masks"] != want.masks).sum()), "pixels differ")
+    assert np.abs(got["iou_scores"] - want.scores).max() <= TOLERANCE, (what, got["iou_scores"], want.scores)
+
+
+def test_sam2_segments_through_the_server_as_the_segmenter_does(server, sam2_encoder, sam2_decoder, photo_files):
+    """Embed once (the encoder's ensemble), prompt many (the decoder's prompt model), and the one-shot model: the
+    masks and scores that `Segmenter.predict` answers for the same image and prompts."""
+    segmenter = load_segmenter(sam2_encoder, sam2_decoder, provider="cpu")
+    encoder_model = sanitized(sam2_encoder.name.removesuffix(".onnx"))
+    prompt_model = sanitized(sam2_decoder.name.removesuffix(".onnx"))
+    for path in photo_files[:2]:
+        segmenter.set_image(path)
+        height, width = segmenter.image.shape[:2]
+        embedding = request(http, server.http_url, encoder_model, [path.read_bytes()],
+                            ["image_embeddings", "high_res_feats_0", "high_res_feats_1"])
+        for prompt, multimask in PROMPTS:
+            points = prompt.get("point_coords") and [(*xy, label) for xy, label in zip(
+                prompt["point_coords"], prompt.get("point_labels", [1] * len(prompt["point_coords"])))]
+            want = segmenter.predict(points, prompt.get("boxes"), multimask)
+            what = f"{path.name} {prompt} multimask {multimask}"
+            inputs = []
+            for name, value in embedding.items():
+                inputs.append(http.InferInput(name, list(value.shape), "FP32"))
+                inputs[-1].set_data_from_numpy(value)
+            inputs.append(http.InferInput("image_size", [2], "INT64"))
+            inputs[-1].set_data_from_numpy(np.array([height, width], np.int64))
+            got = segment_request(http, server.http_url, prompt_model, inputs + prompt_inputs(http, prompt, multimask))
+            assert_same_segmentation(got, want, f"prompt model, {what}")
+            for protocol, url in ((http, server.http_url), (grpc, server.grpc_url)):
+                image = protocol.InferInput("image", [1], "BYTES")
+                image.set_data_from_numpy(np.array([path.read_bytes()], np.object_))
+                got = segment_request(protocol, url, f"{prompt_model}_segment",
+                                      [image, *prompt_inputs(protocol, prompt, multimask)])
+                assert_same_segmentation(got, want, f"one-shot model ({protocol.__name__}), {what}")
+
+
+def test_a_bad_prompt_fails_its_request_in_one_line(server, sam2_decoder, photo_files):
+    one_shot = f"{sanitized(sam2_decoder.name.removesuffix('.onnx'))}_segment"
+    good = photo_files[0].read_bytes()
+    for prompt, reason in (({"point_coords": [[700, 150]]}, "x 700 is outside the image (0 to 640)"),
+                           ({"boxes": [[300, 10, 200, 200]]}, "x1 < x0 or y1 < y0"),
+                           ({"point_coords": [[10, 10]], "point_labels": [5]}, "label 5 is not one SAM 2 defines"),
+                           ({}, "empty prompt")):
+        image = http.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([good], np.object_))
+        with pytest.raises(InferenceServerException) as error:
+            segment_request(http, server.http_url, one_shot, [image, *prompt_inputs(http, prompt, False)])
+        assert reason in error.value.message() and error.value.status() == "400", (prompt, error.value.message())
