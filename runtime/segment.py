@@ -141,7 +141,7 @@ class Segmenter:
         Triton server's encoder model): `predict` then answers as after `set_image` of that image. `image` becomes
         a blank of that size (there is no picture to draw an overlay on)."""
         height, width = (int(side) for side in size)
-        if not (0 < height and 0 < width and height * width <= self.max_pixels):
+        if not (height > 0 and width > 0 and height * width <= self.max_pixels):
             raise HieraRuntimeError(f"image size {height} x {width}: give a height and width of at least 1 and at most "
                                     f"{self.max_pixels} pixels in all")
         names = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")

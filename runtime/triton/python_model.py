@@ -17,6 +17,7 @@ the paths the repository was written with (`python_path.json` beside config.pbtx
 be on `sys.path` when this module is imported, not later.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -46,20 +47,14 @@ def _parameters(args) -> dict:
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
 
-class _file:
-    """runtime's decoding reads files (its checks, its messages): a request's bytes go through the same code
-    from a temporary file, which this yields the name of."""
-
-    def __init__(self, data: bytes):
-        self.file = tempfile.NamedTemporaryFile(prefix="hiera-image-")
-        self.file.write(data)
-        self.file.flush()
-
-    def __enter__(self) -> str:
-        return self.file.name
-
-    def __exit__(self, *_) -> None:
-        self.file.close()
+@contextlib.contextmanager
+def _file(data: bytes):
+    """The name of a temporary file holding `data`: runtime's decoding reads files (its checks, its messages), and a
+    request's bytes go through the same code."""
+    with tempfile.NamedTemporaryFile(prefix="hiera-image-") as file:
+        file.write(data)
+        file.flush()
+        yield file.name
 
 
 def _error(message: str, code=None):
