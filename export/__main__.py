@@ -136,17 +136,18 @@ def _figure(value, spec: str) -> str:
 
 
 def summary(report: dict) -> str:
-    trt = f"TensorRT {next(iter(report['artifacts'].values()))['tensorrt_check']['version']}"
+    checks = [e["tensorrt_check"] for e in report["artifacts"].values() if "tensorrt_check" in e]  # none for .pte
+    trt = f"TensorRT {checks[0]['version']}" if checks else "TensorRT"
     rows = [("artifact", "MB", "nodes", "max abs diff", "min cosine", "top-1 agree", trt, "parity")]
     for entry in report["artifacts"].values():
         checked = entry.get("parity")
         first = next((e for e in checked.values() if "max_abs" in e), {}) if checked else {}
-        rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(entry["nodes"]),
+        rows.append((entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(entry.get("nodes", "-")),
                      _figure(first.get("max_abs"), ".2e"), _figure(first.get("cosine"), ".6f"),
                      _figure(first.get("top1_agreement"), ".0%"),
-                     trt_verdict(entry["tensorrt_check"]["findings"]),
+                     trt_verdict(entry["tensorrt_check"]["findings"]) if "tensorrt_check" in entry else "no",
                      ("ok" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])) if checked else
-                     "not checked"))
+                     entry.get("skipped", "not checked")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

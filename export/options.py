@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,13 +11,15 @@ from hiera_model import SAM2_TASKS, TASKS
 from runtime import files
 from runtime.artifact import MAX_BATCH, MAX_SIDE
 from runtime.errors import FileError
-from runtime.formats import DEFAULT_PRECISIONS, PRECISIONS  # the registry of artifact kinds
+from runtime.formats import DEFAULT_PRECISIONS, FORMATS, PRECISIONS  # the registry of artifact kinds
 
 from . import tensorrt, trt_check
 from .errors import ExportError
 from .onnx_export import MIN_OPSET, max_opset
 
 LAYOUTS = ("files", "hub")
+# The edge converters (source "pytorch"): export module -> (the package it needs, the extra that installs it)
+EDGE_EXTRAS = {"executorch": ("executorch", "executorch"), "coreml": ("coremltools", "coreml")}
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1
 MAX_WORKSPACE_GB = 1024
 
@@ -80,6 +83,7 @@ def check(options: Options) -> Options:
         if o.task == "mae":
             raise ExportError("precision qdq: static int8 for TensorRT is made for the classify, features and "
                               "backbone tasks, not for mae", "precisions")
+    _check_edge(o)
     if o.calibration is not None:
         try:
             files.require_directory(o.calibration)
@@ -121,3 +125,22 @@ def _check_engine(engine: tensorrt.EngineOptions) -> None:
 
 def _whole(value, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_edge(o: Options) -> None:
+    """The edge formats (ExecuTorch, Core ML): their converter package is installed; batch 1 (their programs have
+    static shapes, made from a batch-1 example); Core ML for models whose one input is the image."""
+    for precision in o.precisions:
+        kind = FORMATS[precision]
+        if kind.source != "pytorch" or kind.converter not in EDGE_EXTRAS:
+            continue
+        package, extra = EDGE_EXTRAS[kind.converter]
+        if importlib.util.find_spec(package) is None:
+            raise ExportError(f"precision {precision} needs {package}: pip install 'hiera-deploy[{extra}]'",
+                              "precisions")
+        if kind.converter == "coreml" and o.task == "mae":
+            raise ExportError(f"precision {precision}: Core ML packages are made for image models, not mae (two "
+                              "inputs)", "precisions")
+        if o.batch != 1:
+            raise ExportError(f"precision {precision} is made at batch 1 (its program's shapes are static), not "
+                              f"{o.batch or 'dynamic'}", "batch")

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import importlib
 import importlib.metadata
 import json
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from runtime import files, load, probe
 from runtime.artifact import to_metadata
@@ -50,7 +52,10 @@ PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime
 # operators (for its CPU provider). Without optimization both are the traced graph.
 # OpenVINO fuses the standard-op graph itself (see export/openvino.py). From the registry, runtime/formats.py.
 CONVERSIONS = {name: (kind.source, getattr(convert, kind.converter) if kind.converter else None)
-               for name, kind in FORMATS.items()}
+               for name, kind in FORMATS.items() if kind.source != "pytorch"}
+# Core ML runs only on Apple systems: its artifacts are checked by the converter (conversion, ranks, operators), and
+# validation records why they were not run, as it does for a TensorRT engine without a GPU.
+NOT_RUN_HERE = {".mlpackage": "not run: Core ML runs only on Apple systems (macOS, iOS)"}
 
 
 @dataclass
@@ -131,8 +136,32 @@ def _reference(r: Run) -> dict:
                                       "engine)", "thresholds": parity.THRESHOLDS}}
 
 
+def _edge(r: Run) -> dict:
+    """The edge formats (source "pytorch": ExecuTorch, Core ML), each converted from the torch model itself, so before
+    tracing releases it; their converters are optional extras, imported only when asked for."""
+    wanted = [p for p in r.options.precisions if FORMATS[p].source == "pytorch"]
+    if not wanted:
+        return {}
+    inputs = r.inputs or parity.validation_inputs(r.model, r.preprocessing, r.options.seed)[0]
+    example = {name: torch.from_numpy(inputs[name][:1]) for name in r.model.input_names}
+    entries = {}
+    for precision in wanted:
+        kind = FORMATS[precision]
+        converter = importlib.import_module(f"export.{kind.converter}")
+        path = r.staging / artifact.artifact_name(r.stem, precision)
+        r.progress("convert", f"{precision}: {path.name} from the PyTorch model")
+        metadata = to_metadata(precision=artifact.computes(precision), **r.props)
+        entries[precision] = converter.convert(r.model, example, path, metadata)
+        r.files[precision] = path
+        _release_memory()
+    return {"artifacts": entries}
+
+
 def _trace(r: Run) -> dict:
     o = r.options
+    if not any(precision in CONVERSIONS for precision in o.precisions):  # edge formats only: no ONNX graph is made
+        r.model = None
+        return {}
     r.progress("export", f"tracing Hiera-{r.name} ({o.task}) to ONNX opset {o.opset}")
     r.graphs["traced"] = r.staging / TRACED
     trace(r.model, o.opset, o.batch, r.graphs["traced"])
@@ -144,6 +173,8 @@ def _trace(r: Run) -> dict:
 
 
 def _optimize(r: Run) -> dict:
+    if "traced" not in r.graphs:
+        return {}
     if not r.options.optimize:
         r.graphs["optimized"] = r.graphs["traced"]
         return {}
@@ -157,7 +188,7 @@ def _optimize(r: Run) -> dict:
 def _convert(r: Run) -> dict:
     """Each precision from its source graph (a file in staging), with metadata, checked by onnx, written at once."""
     entries = {}
-    for precision in r.options.precisions:
+    for precision in (p for p in r.options.precisions if p in CONVERSIONS):
         source, converter = CONVERSIONS[precision]
         r.progress("convert", precision)
         if FORMATS[precision].needs_calibration:
@@ -201,9 +232,12 @@ def _engine(r: Run) -> dict:
     o = r.options
     version = tensorrt.tensorrt_version() if o.build_engine else o.trt_version
     engine = r.staging / artifact.engine_name(r.stem, o.engine.precision)
-    models = {precision: artifact.load_graph(path, weights=False) for precision, path in r.files.items()}
+    onnx_files = {precision: path for precision, path in r.files.items() if precision in CONVERSIONS}
+    if not onnx_files:  # edge formats only: TensorRT takes none of them
+        return {}
+    models = {precision: artifact.load_graph(path, weights=False) for precision, path in onnx_files.items()}
     try:
-        plan = tensorrt.plan(r.files, models, o.engine, version)
+        plan = tensorrt.plan(onnx_files, models, o.engine, version)
     except ExportError as error:
         if o.build_engine:
             raise
@@ -224,6 +258,10 @@ def _validate(r: Run) -> dict:
     artifacts, passed = {}, True
     count = len(next(iter(r.inputs.values())))
     for precision, path in r.files.items():
+        if path.suffix in NOT_RUN_HERE:
+            artifacts[precision] = {"parity": None, "passed": None, "failures": [],
+                                    "skipped": NOT_RUN_HERE[path.suffix]}
+            continue
         r.progress("validate", f"{precision} against PyTorch fp32 on {count} inputs")
         result = parity.compare(r.reference, parity.run_artifact(path, r.inputs))
         _release_memory()
@@ -247,9 +285,11 @@ def _files(r: Run) -> dict:
     """Size and sha256 of every file of the export but the report, as written to staging."""
     entries, artifacts = {}, {}
     for precision, path in r.files.items():
-        written = [file for file in (path, artifact.data_file(path)) if file.exists()]
-        for file in written:
-            entries[file.name] = {"bytes": file.stat().st_size, "sha256": files.sha256(file)}
+        written = [file for file in (path, artifact.data_file(path), artifact.sidecar_of(path)) if file.exists()]
+        for file in written:  # a Core ML package is a folder
+            entries[file.name] = {"bytes": sum(f.stat().st_size for f in file.rglob("*") if f.is_file()),
+                                  "sha256": files.sha256_folder(file)} \
+                if file.is_dir() else {"bytes": file.stat().st_size, "sha256": files.sha256(file)}
         artifacts[precision] = {"bytes": sum(entries[file.name]["bytes"] for file in written),
                                 "sha256": entries[path.name]["sha256"]}
     if r.engine is not None:
@@ -259,8 +299,8 @@ def _files(r: Run) -> dict:
 
 
 # The stages that run inside the transaction, in order (weights come first, to name the export's files).
-STAGES = [("reference", _reference), ("export", _trace), ("optimize", _optimize), ("convert", _convert),
-          ("tensorrt", _engine), ("validate", _validate), ("files", _files)]
+STAGES = [("reference", _reference), ("edge", _edge), ("export", _trace), ("optimize", _optimize),
+          ("convert", _convert), ("tensorrt", _engine), ("validate", _validate), ("files", _files)]
 
 
 def _stage(r: Run, report: dict, name: str, stage) -> None:

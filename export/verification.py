@@ -17,12 +17,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime import files
-from runtime.artifact import from_metadata, read_sidecar
+from runtime.artifact import from_metadata, read_metadata, read_sidecar
 from runtime.errors import HieraRuntimeError
 from runtime.tensorrt import ENGINE_SUFFIXES
 
 from . import artifact, parity, transaction
 from .errors import ExportError
+
+EDGE_SUFFIXES = (".pte", ".mlpackage")  # ExecuTorch programs and Core ML packages (docs/edge.md)
+FOLDER_SUFFIXES = (".mlpackage",)  # artifacts that are folders
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,16 @@ def verify(paths, weights: str | None = None, *, allow_unverified: bool = False,
     result = VerifyResult()
     targets: dict[Path, list[str]] = {}  # report -> the files to check against it
     for path in map(Path, paths):
-        try:
-            files.require_file(path)
+        try:  # a Core ML package is a folder
+            files.require_directory(path) if path.suffix in FOLDER_SUFFIXES else files.require_file(path)
         except HieraRuntimeError as error:
             raise ExportError(str(error)) from None
         if path.name.endswith(".report.json"):
             targets.setdefault(path, [])
             continue
-        if path.suffix not in (".onnx", *ENGINE_SUFFIXES):
-            raise ExportError(f"{path}: not an exported artifact (.onnx or a TensorRT engine) nor a report")
+        if path.suffix not in (".onnx", *ENGINE_SUFFIXES, *EDGE_SUFFIXES):
+            raise ExportError(f"{path}: not an exported artifact (.onnx, a TensorRT engine, .pte, .mlpackage) nor a "
+                              "report")
         targets.setdefault(path.with_name(artifact.report_name(artifact.family_of(path))), []).append(path.name)
     for report_file, names in targets.items():
         progress("verify", str(report_file))
@@ -102,7 +106,10 @@ def _verify_export(result: VerifyResult, report_file: Path, names: list[str], we
         _sha256(result, folder / name, entry)
         if name.endswith(".onnx") and artifact.data_file(folder / name).name in described:
             _sha256(result, artifact.data_file(folder / name), described[artifact.data_file(folder / name).name])
-        if name.endswith(".onnx"):
+        sidecar = artifact.sidecar_of(folder / name)
+        if Path(name).suffix in EDGE_SUFFIXES and sidecar.name in described and sidecar.name not in names:
+            _sha256(result, sidecar, described[sidecar.name])
+        if name.endswith(".onnx") or Path(name).suffix in EDGE_SUFFIXES:
             _metadata(result, folder / name, report)
     strays = sorted(p.name for p in folder.iterdir() if artifact.in_family(p.name, stem)
                     and p.name not in described and p != report_file)
@@ -124,6 +131,9 @@ def _verdict(result: VerifyResult, report_file: Path, report: dict) -> None:
                                                  " (it was not run)" if report.get("passed") is None else ""))
         return
     for precision, entry in report.get("artifacts", {}).items():
+        if entry.get("skipped") and entry.get("passed") is None:  # not run here (Core ML): nothing to recompute
+            result.add(report_file, "report", True, f"{precision}: {entry['skipped']}")
+            continue
         recomputed = parity.failures(precision, entry.get("parity") or {}) if precision in parity.THRESHOLDS else \
             ["an unknown precision"]
         result.add(report_file, "report", not recomputed, f"{precision}: its figures are within today's bounds"
@@ -132,7 +142,7 @@ def _verdict(result: VerifyResult, report_file: Path, report: dict) -> None:
 
 def _sha256(result: VerifyResult, path: Path, entry: dict) -> None:
     try:
-        digest = files.sha256(path)
+        digest = files.sha256_folder(path) if path.suffix in FOLDER_SUFFIXES else files.sha256(path)
     except HieraRuntimeError as error:
         result.add(path, "sha256", False, str(error))
         return
@@ -142,8 +152,7 @@ def _sha256(result: VerifyResult, path: Path, entry: dict) -> None:
 
 def _metadata(result: VerifyResult, path: Path, report: dict) -> None:
     try:
-        model = artifact.load_graph(path, weights=False)
-        info = from_metadata({p.key: p.value for p in model.metadata_props}, path)
+        info = _info(path)
     except (ExportError, HieraRuntimeError) as error:
         result.add(path, "metadata", False, str(error))
         return
@@ -172,7 +181,7 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
     if (weights == "random") != (random_seed is not None):
         result.add(weights, "weights", False, f"not the weights of this export: it was made from {source}")
         return
-    onnx_files = [folder / n for n in names if n.endswith(".onnx") or Path(n).suffix in ENGINE_SUFFIXES]
+    onnx_files = [folder / n for n in names if n.endswith(".onnx") or Path(n).suffix in (*ENGINE_SUFFIXES, ".pte")]
     if not onnx_files:
         return
     info = _info(onnx_files[0])
@@ -208,4 +217,9 @@ def _info(path: Path):
     if path.suffix == ".onnx":
         model = artifact.load_graph(path, weights=False)
         return from_metadata({p.key: p.value for p in model.metadata_props}, path)
+    if path.suffix == ".pte":
+        return from_metadata(read_metadata(path), path)
+    if path.suffix in FOLDER_SUFFIXES:
+        from .coreml import read_metadata as read_package  # coremltools: only for a package
+        return from_metadata(read_package(path), path)
     return from_metadata(read_sidecar(path)["metadata"], path)

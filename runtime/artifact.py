@@ -362,3 +362,16 @@ def write_sidecar(engine: Path, sidecar: dict) -> Path:
     path = sidecar_path(engine)
     files.write_json(path, sidecar)
     return path
+
+
+# The edge formats (docs/edge.md): their metadata is not in ONNX metadata_props; each engine's module owns its reader.
+
+def read_metadata(path) -> dict[str, str]:
+    """The `hiera.*` metadata of an edge artifact, read by its engine's module as its suffix says: an ExecuTorch
+    `.pte`'s sidecar."""
+    path = Path(path)
+    if path.suffix == ".pte":
+        from .executorch import read_metadata as read
+    else:
+        raise HieraRuntimeError(f"{path}: not an edge artifact this runtime reads (.pte)")
+    return read(path)

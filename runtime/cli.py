@@ -68,7 +68,7 @@ def parse(argv) -> argparse.Namespace:
     def model_options(command):
         command.add_argument("--model", required=True, type=Path, help="an exported .onnx, an OpenVINO IR (.xml), or "
                              "a TensorRT engine (.engine/.plan) with its sidecar .json")
-        command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino"],
+        command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino", "executorch"],
                              help="onnxruntime execution provider, or OpenVINO (default: the fastest available)")
         command.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default, as the "
                              "artifact computes) or bf16 (faster, on CPUs with native bf16)")
@@ -151,7 +151,7 @@ def parse(argv) -> argparse.Namespace:
                                 "figures against their bounds (exit 1 if one fails)")
     check.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT", help="exported .onnx files (or "
                        "engines with their sidecars)")
-    check.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino"],
+    check.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino", "executorch"],
                        help="the engine to check them on (default: the one `predict` would take)")
     check.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default) or bf16")
     check.add_argument("--threads", type=Whole(1, MAX_THREADS), help=f"CPU threads (at most {MAX_THREADS})")

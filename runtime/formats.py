@@ -16,8 +16,10 @@ from dataclasses import dataclass
 class Format:
     name: str  # the export's --precision value and the report's key for the artifact
     suffix: str  # the file name after the export's stem
-    source: str  # the graph it is made from: "optimized" (onnxruntime's fused operators) or "traced" (standard ops)
-    converter: str | None  # the function of export/convert.py that makes it; None: the source graph as it is
+    source: str  # the graph it is made from: "optimized" (onnxruntime's fused operators) or "traced" (standard ops);
+    # "pytorch": converted from the PyTorch model itself, not from an ONNX graph (the edge formats, docs/edge.md)
+    converter: str | None  # the function of export/convert.py that makes it; None: the source graph as it is;
+    # for source "pytorch" the module of export/ whose `convert(model, example, path, metadata)` writes it
     computes: str  # what its metadata records as `hiera.precision` (the runtime's PRECISIONS)
     bound: dict  # parity against PyTorch fp32: {"max_abs": x} (at most) or {"cosine": x} (at least), per sample
     hub_file: str | None  # its name in a Hugging Face folder (transformers.js and optimum); None: not published
@@ -37,6 +39,14 @@ FORMATS = {f.name: f for f in (
            "TensorRT and OpenVINO int8; no Hugging Face tool picks it by name", needs_calibration=True),
     Format("openvino", ".openvino.onnx", "traced", None, "fp32", {"max_abs": 1e-4}, None,
            "OpenVINO (its fp32 and bf16), onnxruntime; the standard-op graph OpenVINO fuses itself"),
+    Format("executorch", ".pte", "pytorch", "executorch", "fp32", {"max_abs": 1e-4}, None,
+           "ExecuTorch with XNNPACK (Android, iOS, Linux boards); metadata in its sidecar .pte.json"),
+    Format("executorch-int8", ".int8.pte", "pytorch", "executorch", "int8", {"cosine": 0.99}, None,
+           "ExecuTorch with XNNPACK, int8 weights and dynamic int8 activations (its PT2E quantizer); sidecar .json"),
+    Format("coreml", ".mlpackage", "pytorch", "coreml", "fp32", {"max_abs": 1e-4}, None,
+           "Core ML (iOS 17, macOS 14 on), ML Program fp32; a folder; runs only on Apple systems"),
+    Format("coreml-fp16", ".fp16.mlpackage", "pytorch", "coreml", "fp16", {"cosine": 0.999}, None,
+           "Core ML (iOS 17, macOS 14 on), ML Program fp16 (the Neural Engine's); a folder; Apple systems only"),
 )}
 
 PRECISIONS = tuple(FORMATS)  # what the export writes

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import openvino, probe, reconstruct
+from . import executorch, openvino, probe, reconstruct
 from .artifact import MAX_BATCH, ModelInfo, for_foreign_model, from_metadata, report_verdict
 from .errors import HieraRuntimeError, MissingMetadata
 from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
@@ -39,6 +39,11 @@ def open_session(path, provider: str = "auto", threads: int | None = None, cache
     and the file holds only standard operators (`openvino.runs_best_here`), and whenever `inference_precision`
     is "bf16", which only OpenVINO offers."""
     path = Path(path)
+    if path.suffix == executorch.SUFFIX or provider == "executorch":  # XNNPACK is ExecuTorch's CPU backend
+        if path.suffix != executorch.SUFFIX or provider not in ("auto", "cpu", "executorch"):
+            raise HieraRuntimeError(f"{path}: provider executorch runs ExecuTorch programs (.pte), and a .pte runs "
+                                    f"only with it, not with provider {provider!r}")
+        return executorch.ExecuTorchSession(path, threads=threads)
     if path.suffix in ENGINE_SUFFIXES:
         if provider not in ("auto", "tensorrt"):
             raise HieraRuntimeError(f"{path}: a TensorRT engine runs only with TensorRT, not provider {provider!r}")

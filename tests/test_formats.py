@@ -6,6 +6,8 @@ import pytest
 
 import runtime.artifact
 from export import artifact, convert, hub, options, parity, pipeline
+
+from .conftest import ROOT
 from export import openvino as export_openvino
 from runtime.formats import COMPUTED, DEFAULT_PRECISIONS, FORMATS, PRECISIONS
 
@@ -17,9 +19,12 @@ def test_the_registry_is_consistent():
     hub_files = [kind.hub_file for kind in FORMATS.values() if kind.hub_file]
     assert len(set(hub_files)) == len(hub_files), f"two kinds share a Hub file: {hub_files}"
     for name, kind in FORMATS.items():
-        assert kind.source in ("optimized", "traced"), name
-        assert kind.converter is None or callable(getattr(convert, kind.converter, None)), \
-            f"{name}: export/convert.py has no {kind.converter}"
+        assert kind.source in ("optimized", "traced", "pytorch"), name
+        if kind.source == "pytorch":  # an edge format: a module of export/ with `convert` (an optional extra)
+            assert (ROOT / "export" / f"{kind.converter}.py").is_file(), f"{name}: no export/{kind.converter}.py"
+        else:
+            assert kind.converter is None or callable(getattr(convert, kind.converter, None)), \
+                f"{name}: export/convert.py has no {kind.converter}"
         assert kind.computes in ("fp32", "fp16", "int8", "qdq"), name
         (figure, bound), = kind.bound.items()
         assert figure in ("max_abs", "cosine") and 0 < bound <= 1, name
@@ -31,7 +36,7 @@ def test_the_registry_is_consistent():
     ("export.options.DEFAULT_PRECISIONS", lambda: options.DEFAULT_PRECISIONS == DEFAULT_PRECISIONS),
     ("export.pipeline.CONVERSIONS", lambda: pipeline.CONVERSIONS == {
         name: (kind.source, getattr(convert, kind.converter) if kind.converter else None)
-        for name, kind in FORMATS.items()}),
+        for name, kind in FORMATS.items() if kind.source != "pytorch"}),
     ("export.parity.THRESHOLDS", lambda: parity.THRESHOLDS == {name: kind.bound for name, kind in FORMATS.items()}),
     ("export.artifact.artifact_name", lambda: all(artifact.artifact_name("hiera_x_classify", name) ==
                                                   "hiera_x_classify" + kind.suffix for name, kind in FORMATS.items())),
@@ -51,4 +56,5 @@ def test_the_bounds_are_the_documented_ones():
     """docs/architecture.md "What a verdict means": pinned, so that no bound loosens unnoticed."""
     assert {name: kind.bound for name, kind in FORMATS.items()} == {
         "fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99},
-        "openvino": {"max_abs": 1e-4}}
+        "openvino": {"max_abs": 1e-4}, "executorch": {"max_abs": 1e-4}, "executorch-int8": {"cosine": 0.99},
+        "coreml": {"max_abs": 1e-4}, "coreml-fp16": {"cosine": 0.999}}
