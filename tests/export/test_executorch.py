@@ -86,3 +86,34 @@ def test_a_missing_converter_is_one_line_naming_the_extra_before_anything_is_wri
     with pytest.raises(ExportError, match=r"executorch needs executorch: pip install 'hiera-deploy\[executorch\]'"):
         run(Options(variant="tiny", weights="random", out_dir=tmp_path / "out", precisions=("executorch",)))
     assert not (tmp_path / "out").exists()
+
+
+BLOCK_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked")
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def test_without_torch_a_program_is_one_line_naming_the_extra(exported):
+    """ExecuTorch's Python runtime imports torch (docs/edge.md): in a process without torch, opening a .pte says so in
+    one line, and `import runtime` itself still works. If ExecuTorch's runtime ever runs without torch, this fails and
+    docs/edge.md's decision can be revisited."""
+    report, out, _ = exported
+    program = out / report["artifacts"]["executorch"]["file"]
+    code = BLOCK_TORCH + f"""
+import runtime
+from runtime.errors import HieraRuntimeError
+try:
+    runtime.load({str(program)!r})
+except HieraRuntimeError as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("\n") == 1 and "hiera-deploy[executorch]" in done.stdout and "torch" in done.stdout, \
+        done.stdout
