@@ -78,8 +78,11 @@ class ExecuTorchSession:
         import torch
 
         self._torch = torch
-        if threads:  # XNNPACK's threadpool is sized by torch's intra-op setting in this runtime
-            torch.set_num_threads(threads)
+        if threads:  # XNNPACK runs on ExecuTorch's own threadpool (not torch's): process-wide, one thread per core
+            from executorch.extension.pybindings import portable_lib  # until asked; no public call sizes it yet
+
+            if portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)  # unsafe while a program runs: opening is not running
         try:
             self._method = Runtime.get().load_program(self.path).load_method("forward")
         except (RuntimeError, ValueError) as error:
