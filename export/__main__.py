@@ -226,8 +226,10 @@ def export(argv) -> int:
             "its outputs mean nothing", sys.stderr)
     for line in summary(report).splitlines():
         say(line)
-    engine = report["tensorrt"]
-    if "engine" in engine:
+    engine = report.get("tensorrt", {})  # none when only edge formats were made
+    if not engine:
+        pass
+    elif "engine" in engine:
         say(f"engine: {engine['engine']} (TensorRT {engine['version']})")
     elif "plan_error" in engine:
         say(f"TensorRT {engine['version']}: {engine['plan_error']}")
