@@ -150,7 +150,7 @@ def summary(report: dict) -> str:
                      _figure(first.get("top1_agreement"), ".0%"),
                      trt_verdict(entry["tensorrt_check"]["findings"]) if "tensorrt_check" in entry else "-",
                      ("ok" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])) if checked else
-                     "not checked"))
+                     entry.get("skipped", "not checked")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
@@ -233,8 +233,10 @@ def export(argv) -> int:
             "its outputs mean nothing", sys.stderr)
     for line in summary(report).splitlines():
         say(line)
-    engine = report["tensorrt"]
-    if "engine" in engine:
+    engine = report.get("tensorrt", {})  # none when only edge formats were made
+    if not engine:
+        pass
+    elif "engine" in engine:
         say(f"engine: {engine['engine']} (TensorRT {engine['version']})")
     elif "plan_error" in engine:
         say(f"TensorRT {engine['version']}: {engine['plan_error']}")

@@ -28,9 +28,10 @@ REPORT_VERSION = 1
 # Beyond this, protobuf cannot hold the weights in one file (Hiera-H in fp32 is 2.7 GB).
 EXTERNAL_DATA_BYTES = 1_900_000_000
 # The files an export writes, after its family name: `hiera_base_classify.onnx`, `.fp16.onnx`, `.onnx.data`,
-# `.report.json`, `.fp16.engine` and its `.fp16.engine.json`, LiteRT's `.tflite`, `.fp16.tflite`. Only such names
-# are ever replaced or removed.
-FAMILY_SUFFIX = re.compile(r"(\.[a-z0-9_]+)*\.(onnx|onnx\.data|report\.json|engine|engine\.json|tflite)")
+# `.report.json`, `.fp16.engine` and its `.fp16.engine.json`; the edge formats' `.tflite`, `.pte` with its `.pte.json`
+# and the `.mlpackage` folder (docs/edge.md). Only such names are ever replaced or removed.
+FAMILY_SUFFIX = re.compile(r"(\.[a-z0-9_]+)*\.(onnx|onnx\.data|report\.json|engine|engine\.json"
+                           r"|tflite|pte|pte\.json|mlpackage)")
 
 
 def family(name: str, task: str) -> str:
@@ -63,6 +64,11 @@ def report_name(stem: str) -> str:
 def family_of(path: Path) -> str:
     """The family stem of an export's file (`hiera_base_classify.fp16.onnx` -> `hiera_base_classify`)."""
     return Path(path).name.split(".", 1)[0]
+
+
+def sidecar_of(path: Path) -> Path:
+    """The metadata sidecar an edge artifact keeps beside it (an ExecuTorch `.pte`'s `<file>.json`, docs/edge.md)."""
+    return path.with_name(path.name + ".json")
 
 
 def data_file(path: Path) -> Path:

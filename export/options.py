@@ -84,6 +84,7 @@ def check(options: Options) -> Options:
         if o.task == "mae":
             raise ExportError("precision qdq: static int8 for TensorRT is made for the classify, features and "
                               "backbone tasks, not for mae", "precisions")
+    _check_edge(o)
     if o.calibration is not None:
         try:
             files.require_directory(o.calibration)
@@ -138,3 +139,13 @@ def _check_engine(engine: tensorrt.EngineOptions) -> None:
 
 def _whole(value, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_edge(o: Options) -> None:
+    """Core ML packages are made for models whose one input is the image. (Every edge artifact is made at batch 1,
+    whatever `batch` says for the ONNX ones: their programs have static shapes, and the runtime runs a larger batch
+    in chunks.)"""
+    for precision in o.precisions:
+        if FORMATS[precision].converter == "coreml" and o.task == "mae":
+            raise ExportError(f"precision {precision}: Core ML packages are made for image models, not mae (two "
+                              "inputs)", "precisions")

@@ -53,6 +53,9 @@ PRODUCER_PACKAGES = ("hiera-deploy", "torch", "onnx", "onnxscript", "onnxruntime
 # The edge kinds (source "pytorch") are converted from the torch model by `_edge`, not from a graph.
 CONVERSIONS = {name: (kind.source, getattr(convert, kind.converter) if kind.converter else None)
                for name, kind in FORMATS.items() if kind.source != "pytorch"}
+# Core ML runs only on Apple systems: its artifacts are checked by the converter (conversion, ranks, operators), and
+# validation records why they were not run, as it does for a TensorRT engine without a GPU.
+NOT_RUN_HERE = {".mlpackage": "not run: Core ML runs only on Apple systems (macOS, iOS)"}
 
 
 @dataclass
@@ -243,6 +246,8 @@ def _engine(r: Run) -> dict:
     version = tensorrt.tensorrt_version() if o.build_engine else o.trt_version
     engine = r.staging / artifact.engine_name(r.stem, o.engine.precision)
     onnx_files = {precision: path for precision, path in r.files.items() if FORMATS[precision].source != "pytorch"}
+    if not onnx_files:  # edge formats only: TensorRT takes none of them
+        return {}
     models = {precision: artifact.load_graph(path, weights=False) for precision, path in onnx_files.items()}
     try:
         plan = tensorrt.plan(onnx_files, models, o.engine, version)
@@ -266,6 +271,10 @@ def _validate(r: Run) -> dict:
     artifacts, passed = {}, True
     count = len(next(iter(r.inputs.values())))
     for precision, path in r.files.items():
+        if path.suffix in NOT_RUN_HERE:
+            artifacts[precision] = {"parity": None, "passed": None, "failures": [],
+                                    "skipped": NOT_RUN_HERE[path.suffix]}
+            continue
         r.progress("validate", f"{precision} against PyTorch fp32 on {count} inputs")
         result = parity.compare(r.reference, parity.run_artifact(path, r.inputs))
         _release_memory()
@@ -294,9 +303,11 @@ def _files(r: Run) -> dict:
     """Size and sha256 of every file of the export but the report, as written to staging."""
     entries, artifacts = {}, {}
     for precision, path in r.files.items():
-        written = [file for file in (path, artifact.data_file(path)) if file.exists()]
-        for file in written:
-            entries[file.name] = {"bytes": file.stat().st_size, "sha256": files.sha256(file)}
+        written = [file for file in (path, artifact.data_file(path), artifact.sidecar_of(path)) if file.exists()]
+        for file in written:  # a Core ML package is a folder
+            entries[file.name] = {"bytes": sum(f.stat().st_size for f in file.rglob("*") if f.is_file()),
+                                  "sha256": files.sha256_folder(file)} \
+                if file.is_dir() else {"bytes": file.stat().st_size, "sha256": files.sha256(file)}
         artifacts[precision] = {"bytes": sum(entries[file.name]["bytes"] for file in written),
                                 "sha256": entries[path.name]["sha256"]}
     if r.engine is not None:

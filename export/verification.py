@@ -24,6 +24,9 @@ from runtime.tensorrt import ENGINE_SUFFIXES
 from . import artifact, parity, transaction
 from .errors import ExportError
 
+EDGE_SUFFIXES = (*EDGE_METADATA, ".mlpackage")  # LiteRT, ExecuTorch (the runtime reads them), Core ML (docs/edge.md)
+FOLDER_SUFFIXES = (".mlpackage",)  # artifacts that are folders
+
 
 @dataclass(frozen=True)
 class Check:
@@ -61,15 +64,16 @@ def verify(paths, weights: str | None = None, *, allow_unverified: bool = False,
     result = VerifyResult()
     targets: dict[Path, list[str]] = {}  # report -> the files to check against it
     for path in map(Path, paths):
-        try:
-            files.require_file(path)
+        try:  # a Core ML package is a folder
+            files.require_directory(path) if path.suffix in FOLDER_SUFFIXES else files.require_file(path)
         except HieraRuntimeError as error:
             raise ExportError(str(error)) from None
         if path.name.endswith(".report.json"):
             targets.setdefault(path, [])
             continue
-        if path.suffix not in (".onnx", *ENGINE_SUFFIXES):
-            raise ExportError(f"{path}: not an exported artifact (.onnx or a TensorRT engine) nor a report")
+        if path.suffix not in (".onnx", *ENGINE_SUFFIXES, *EDGE_SUFFIXES):
+            raise ExportError(f"{path}: not an exported artifact (.onnx, a TensorRT engine, .pte, .mlpackage) nor a "
+                              "report")
         targets.setdefault(path.with_name(artifact.report_name(artifact.family_of(path))), []).append(path.name)
     for report_file, names in targets.items():
         progress("verify", str(report_file))
@@ -105,7 +109,10 @@ def _verify_export(result: VerifyResult, report_file: Path, names: list[str], we
             continue
         if name.endswith(".onnx") and artifact.data_file(folder / name).name in described:
             _sha256(result, artifact.data_file(folder / name), described[artifact.data_file(folder / name).name])
-        if name.endswith(".onnx") or Path(name).suffix in EDGE_METADATA:
+        sidecar = artifact.sidecar_of(folder / name)
+        if Path(name).suffix in EDGE_SUFFIXES and sidecar.name in described and sidecar.name not in names:
+            _sha256(result, sidecar, described[sidecar.name])
+        if name.endswith(".onnx") or Path(name).suffix in EDGE_SUFFIXES:
             _metadata(result, folder / name, report)
     strays = sorted(p.name for p in folder.iterdir() if artifact.in_family(p.name, stem)
                     and p.name not in described and p != report_file)
@@ -150,6 +157,9 @@ def _verdict(result: VerifyResult, report_file: Path, report: dict) -> None:
                                                  " (it was not run)" if report.get("passed") is None else ""))
         return
     for precision, entry in report.get("artifacts", {}).items():
+        if entry.get("skipped") and entry.get("passed") is None:  # not run here (Core ML): nothing to recompute
+            result.add(report_file, "report", True, f"{precision}: {entry['skipped']}")
+            continue
         recomputed = parity.failures(precision, entry.get("parity") or {}) if precision in parity.THRESHOLDS else \
             ["an unknown precision"]
         result.add(report_file, "report", not recomputed, f"{precision}: its figures are within today's bounds"
@@ -158,7 +168,7 @@ def _verdict(result: VerifyResult, report_file: Path, report: dict) -> None:
 
 def _sha256(result: VerifyResult, path: Path, entry: dict) -> None:
     try:
-        digest = files.sha256(path)
+        digest = files.sha256_folder(path) if path.suffix in FOLDER_SUFFIXES else files.sha256(path)
     except HieraRuntimeError as error:
         result.add(path, "sha256", False, str(error))
         return
@@ -200,8 +210,8 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
     if (weights == "random") != (random_seed is not None):
         result.add(weights, "weights", False, f"not the weights of this export: it was made from {source}")
         return
-    onnx_files = [folder / n for n in names if n.endswith(".onnx") or Path(n).suffix in ENGINE_SUFFIXES
-                  or Path(n).suffix in EDGE_METADATA]  # and the edge artifacts (.tflite)
+    runnable = (".onnx", *ENGINE_SUFFIXES, *EDGE_METADATA)  # what the runtime runs here (not a Core ML package)
+    onnx_files = [folder / n for n in names if Path(n).suffix in runnable]
     if not onnx_files:
         return
     info = _info(onnx_files[0])
@@ -234,13 +244,17 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
 
 
 def _info(path: Path):
-    if path.suffix == ".onnx" or path.suffix in EDGE_METADATA:
+    if path.suffix == ".onnx" or path.suffix in EDGE_SUFFIXES:
         return from_metadata(_props(path), path)
     return from_metadata(read_sidecar(path)["metadata"], path)
 
 
 def _props(path: Path) -> dict[str, str]:
-    """An artifact's metadata: an edge artifact's read through runtime.artifact, an ONNX file's metadata_props."""
+    """An artifact's metadata: a Core ML package's through coremltools (the runtime does not run it), another edge
+    artifact's through runtime.artifact, an ONNX file's metadata_props."""
+    if path.suffix in FOLDER_SUFFIXES:
+        from .coreml import read_metadata as read_package  # coremltools: only for a package
+        return read_package(path)
     edge = read_metadata(path)
     if edge is not None:
         return edge

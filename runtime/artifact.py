@@ -257,7 +257,7 @@ def from_metadata(props: dict[str, str], path) -> ModelInfo:
 
 # Edge artifacts keep their metadata in their own containers (docs/edge.md): by file suffix, the runtime module
 # whose `read_metadata(path) -> dict[str, str]` reads it. An ONNX file's metadata_props are read by its session.
-EDGE_METADATA = {".tflite": "litert"}
+EDGE_METADATA = {".tflite": "litert", ".pte": "executorch"}
 
 
 def read_metadata(path) -> dict[str, str] | None:
@@ -401,3 +401,4 @@ def write_sidecar(engine: Path, sidecar: dict) -> Path:
     path = sidecar_path(engine)
     files.write_json(path, sidecar)
     return path
+

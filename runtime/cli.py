@@ -71,10 +71,12 @@ def parse(argv) -> argparse.Namespace:
 
     def model_options(command):
         command.add_argument("--model", required=True, type=Path, help="an exported .onnx, an OpenVINO IR (.xml), a "
-                             "LiteRT .tflite, or a TensorRT engine (.engine/.plan) with its sidecar .json")
-        command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino", "litert"],
-                             help="onnxruntime execution provider, OpenVINO, or LiteRT for .tflite (default: the "
-                                  "fastest available)")
+                             "LiteRT .tflite, an ExecuTorch .pte, or a TensorRT engine (.engine/.plan) with its "
+                             "sidecar .json")
+        command.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino", "litert",
+                                                                    "executorch"],
+                             help="onnxruntime execution provider, OpenVINO, LiteRT for .tflite or ExecuTorch for .pte "
+                                  "(default: the fastest available)")
         command.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default, as the "
                              "artifact computes) or bf16 (faster, on CPUs with native bf16)")
         command.add_argument("--threads", type=Whole(1, MAX_THREADS), help="CPU threads (default: the engine's "
@@ -181,7 +183,7 @@ def parse(argv) -> argparse.Namespace:
                                 "figures against their bounds (exit 1 if one fails)")
     check.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT", help="exported .onnx files (or "
                        "engines with their sidecars)")
-    check.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino", "litert"],
+    check.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino", "litert", "executorch"],
                        help="the engine to check them on (default: the one `predict` would take)")
     check.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default) or bf16")
     check.add_argument("--threads", type=Whole(1, MAX_THREADS), help=f"CPU threads (at most {MAX_THREADS})")

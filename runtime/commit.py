@@ -254,7 +254,7 @@ def commit_files(staging: Path, target: Path, names: list[str], remove=()) -> No
     `target` as it was (the caller removes `staging`); after it, the new set is finished here, or by the next
     `recover_files` if a full disk or a kill stops it."""
     staging, target = Path(staging), Path(target)
-    missing = [name for name in names if not (staging / name).is_file()]
+    missing = [name for name in names if not ((staging / name).is_file() or (staging / name).is_dir())]
     if missing:
         raise FileError(f"{staging}: {', '.join(missing)} was not written; nothing was committed")
     try:
@@ -287,9 +287,13 @@ def _move_files(staging: Path, target: Path) -> None:
     for name in manifest["files"]:  # in order: a report listed last appears once what it describes is there
         if (staging / name).exists():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
+            if (staging / name).is_dir() and (target / name).is_dir():  # a folder artifact (.mlpackage) replaced
+                shutil.rmtree(target / name)  # whole: a rename cannot replace a folder that holds files
             os.replace(staging / name, target / name)
             _step(f"moved {name}")
     for name in manifest["remove"]:
+        if (target / name).is_dir() and not (target / name).is_symlink():
+            shutil.rmtree(target / name)
         (target / name).unlink(missing_ok=True)
         for folder in Path(name).parents[:-1]:  # the folders it leaves empty (the Hub layout's onnx/)
             with contextlib.suppress(OSError):

@@ -180,6 +180,23 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
+def sha256_folder(path) -> str:
+    """The hex sha256 of a folder artifact (a Core ML `.mlpackage`): sha256 over its files in sorted order of their
+    relative POSIX paths, one line each, `<relative path> <the file's sha256>`. An empty folder, a link or anything but
+    folders and regular files inside is refused: an artifact holds none."""
+    root = require_directory(path)
+    lines = []
+    for folder, folders, names in os.walk(root):
+        for name in [*folders, *names]:
+            entry = Path(folder) / name
+            if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                raise FileError(f"{entry}: a link or special file inside the folder artifact {root}")
+        lines += [((Path(folder) / name).relative_to(root).as_posix(), sha256(Path(folder) / name)) for name in names]
+    if not lines:
+        raise FileError(f"{root}: an empty folder, not an artifact")
+    return hashlib.sha256("".join(f"{name} {digest}\n" for name, digest in sorted(lines)).encode()).hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """A temporary path beside `path` to write to; renamed over `path` when the block ends without error,

@@ -46,6 +46,14 @@ FORMATS = {f.name: f for f in (
            "LiteRT (TFLite) with fp16 weights: half the size; the GPU delegate computes in fp16"),
     Format("litert-int8", ".int8.tflite", "pytorch", "litert", "int8", {"cosine": 0.99}, None,
            "LiteRT (TFLite) with int8 weights, activations quantized as it runs (XNNPACK's dynamic range)"),
+    Format("executorch", ".pte", "pytorch", "executorch", "fp32", {"max_abs": 1e-4}, None,
+           "ExecuTorch with XNNPACK (Android, iOS, Linux boards); metadata in its sidecar .pte.json"),
+    Format("executorch-int8", ".int8.pte", "pytorch", "executorch", "int8", {"cosine": 0.99}, None,
+           "ExecuTorch with XNNPACK, int8 weights and dynamic int8 activations (its PT2E quantizer); sidecar .json"),
+    Format("coreml", ".mlpackage", "pytorch", "coreml", "fp32", {"max_abs": 1e-4}, None,
+           "Core ML (iOS 17, macOS 14 on), ML Program fp32; a folder; runs only on Apple systems"),
+    Format("coreml-fp16", ".fp16.mlpackage", "pytorch", "coreml", "fp16", {"cosine": 0.999}, None,
+           "Core ML (iOS 17, macOS 14 on), ML Program fp16 (the Neural Engine's); a folder; Apple systems only"),
 )}
 
 PRECISIONS = tuple(FORMATS)  # what the export writes

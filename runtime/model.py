@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import litert, openvino, probe, reconstruct
+from . import executorch, litert, openvino, probe, reconstruct
 from .artifact import MAX_BATCH, ModelInfo, for_foreign_model, from_metadata, report_verdict
 from .errors import HieraRuntimeError, MissingMetadata
 from .preprocess import MAX_PIXELS, Preprocessing, load_clip, load_image
@@ -47,6 +47,11 @@ def open_session(path, provider: str = "auto", threads: int | None = None, cache
             raise HieraRuntimeError(f"{path}: a .tflite artifact runs with LiteRT on the CPU (provider auto, cpu or "
                                     f"litert), not provider {provider!r}")
         return litert.LiteRtSession(path, threads=threads)
+    if path.suffix == executorch.SUFFIX or provider == "executorch":  # XNNPACK is ExecuTorch's CPU backend
+        if path.suffix != executorch.SUFFIX or provider not in ("auto", "cpu", "executorch"):
+            raise HieraRuntimeError(f"{path}: provider executorch runs ExecuTorch programs (.pte), and a .pte runs "
+                                    f"only with it, not with provider {provider!r}")
+        return executorch.ExecuTorchSession(path, threads=threads)
     if path.suffix in ENGINE_SUFFIXES:
         if provider not in ("auto", "tensorrt"):
             raise HieraRuntimeError(f"{path}: a TensorRT engine runs only with TensorRT, not provider {provider!r}")

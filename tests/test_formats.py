@@ -58,4 +58,5 @@ def test_the_bounds_are_the_documented_ones():
     assert {name: kind.bound for name, kind in FORMATS.items()} == {
         "fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99},
         "openvino": {"max_abs": 1e-4}, "litert": {"max_abs": 1e-4}, "litert-fp16": {"cosine": 0.999},
-        "litert-int8": {"cosine": 0.99}}
+        "litert-int8": {"cosine": 0.99}, "executorch": {"max_abs": 1e-4}, "executorch-int8": {"cosine": 0.99},
+        "coreml": {"max_abs": 1e-4}, "coreml-fp16": {"cosine": 0.999}}

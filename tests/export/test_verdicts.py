@@ -10,7 +10,8 @@ from export.parity import THRESHOLDS, compare, failures
 
 PINNED = {"fp32": {"max_abs": 1e-4}, "fp16": {"cosine": 0.999}, "int8": {"cosine": 0.99}, "qdq": {"cosine": 0.99},
           "openvino": {"max_abs": 1e-4}, "litert": {"max_abs": 1e-4}, "litert-fp16": {"cosine": 0.999},
-          "litert-int8": {"cosine": 0.99}}
+          "litert-int8": {"cosine": 0.99}, "executorch": {"max_abs": 1e-4}, "executorch-int8": {"cosine": 0.99},
+          "coreml": {"max_abs": 1e-4}, "coreml-fp16": {"cosine": 0.999}}
 # One reference per output kind: a classifier, a feature extractor, a backbone, an MAE model.
 KINDS = {
     "logits": {"logits": (4, 10)},
@@ -57,7 +58,7 @@ def test_fp32_just_past_its_bound_fails_and_just_within_passes(kind):
             assert found == [f"{name} max abs diff {compare(ref, got)[name]['max_abs']:.3g} > 0.0001"]
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8", "qdq"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "qdq", "executorch-int8", "coreml-fp16"])
 def test_cosine_just_below_its_bound_fails_and_just_above_passes(precision):
     bound = PINNED[precision]["cosine"]
     ref = {"logits": np.array([[1.0, 0.0]], np.float32)}

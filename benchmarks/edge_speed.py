@@ -1,0 +1,174 @@
+"""Every engine that runs here on one Hiera, interleaved in one process: ms per image at batch 1 with 2 threads, the
+ratio to transformers' eager model on the same weights, each artifact's size and its export's parity figure, and the
+CPU's vector extensions (docs/edge.md).
+
+    python -m benchmarks.edge_speed --variant tiny          # markdown table on stdout, JSON in benchmarks/results/
+
+The weights are random (seeded) in transformers' layout, saved with `save_pretrained`: transformers' model is the
+baseline, and each artifact is made from that folder by `python -m export --precision P` (one folder per precision, so
+that no export replaces another's files) and loaded with `runtime.load`. A precision this install cannot make or run
+(its extra missing, or not in this version's registry) is a row "not available: <why>", not a crash.
+Each round times every candidate back to back (in turn), so that a load that comes and goes hits all alike; the
+figure is the median over the rounds' medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import HieraConfig, HieraForImageClassification
+
+from export.parity import photographs
+from runtime import load
+from runtime.bench import time_calls
+from runtime.device import cpu_isa
+
+ROOT = Path(__file__).resolve().parents[1]
+
+THREADS = 2
+CONFIGS = {"tiny": dict(embed_dim=96, depths=[1, 2, 7, 2], num_heads=[1, 2, 4, 8]),
+           "base": dict(embed_dim=96, depths=[2, 3, 16, 3], num_heads=[1, 2, 4, 8])}
+# (row, the export's --precision, the runtime's provider)
+ENGINES = [("onnxruntime fp32", "fp32", "cpu"), ("onnxruntime int8", "int8", "cpu"),
+           ("OpenVINO f32", "openvino", "openvino"),
+           ("LiteRT XNNPACK fp32", "litert", "litert"), ("LiteRT XNNPACK fp16", "litert-fp16", "litert"),
+           ("ExecuTorch XNNPACK fp32", "executorch", "executorch"),
+           ("ExecuTorch XNNPACK int8", "executorch-int8", "executorch")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=CONFIGS, default="tiny")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10, help="timed calls per candidate and round")
+    parser.add_argument("--work", type=Path, help="where the checkpoint and exports go (default: a temporary folder)")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    transformers.logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or Path(temporary)
+        result = measure(args.variant, work, args.rounds, args.runs)
+    print(table(result))
+    out = ROOT / "benchmarks" / "results" / f"edge_speed_{args.variant}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwritten: {out.relative_to(ROOT)}")
+
+
+def measure(variant: str, work: Path, rounds: int, runs: int) -> dict:
+    torch.manual_seed(0)
+    config = HieraConfig(**CONFIGS[variant], num_labels=1000)
+    reference = HieraForImageClassification(config).eval()
+    checkpoint, photos = work / "checkpoint", work / "photos"
+    reference.save_pretrained(checkpoint)
+    photos.mkdir(parents=True, exist_ok=True)
+    for name, image in photographs().items():
+        image.save(photos / name, quality=95)
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(pixels)).logits.numpy()
+
+    def eager():
+        with torch.no_grad():
+            return reference(torch.from_numpy(pixels)).logits
+
+    candidates, rows = {"transformers eager (PyTorch fp32)": eager}, {}
+    rows["transformers eager (PyTorch fp32)"] = {"precision": "-", "bytes": None, "parity": "reference"}
+    for row, precision, provider in ENGINES:
+        entry, why = export(checkpoint, photos, work / precision, precision)
+        if entry is None:
+            rows[row] = {"precision": precision, "not_available": why}
+            print(f"{row}: not available: {why}", file=sys.stderr, flush=True)
+            continue
+        try:
+            model = load(work / precision / entry["file"], provider=provider, threads=THREADS)
+        except Exception as error:  # noqa: BLE001 (a row says why, the table goes on)
+            rows[row] = {"precision": precision, "not_available": f"{type(error).__name__}: {error}"}
+            continue
+        got = model.run(pixels)["logits"]
+        logits = (entry.get("parity") or {}).get("logits", {})
+        rows[row] = {"precision": precision, "bytes": entry.get("bytes"), "max_rank": entry.get("max_rank"),
+                     "parity": {"max_abs_diff": logits.get("max_abs"), "min_cosine": logits.get("cosine"),
+                                "passed": entry.get("passed")},
+                     "max_abs_diff_to_transformers": float(np.abs(got - want).max()),
+                     "providers": model.providers}
+        candidates[row] = lambda model=model: model.run(pixels)
+    timings = {row: [] for row in candidates}
+    for round_ in range(rounds):
+        order = list(candidates)[round_ % len(candidates):] + list(candidates)[:round_ % len(candidates)]
+        for row in order:
+            timings[row].append(statistics.median(time_calls(candidates[row], runs, 2)) * 1000)
+    # PyTorch's OpenMP threads suffer most from the other engines' threads spinning after their calls (and from a
+    # shared machine): its rounds spread widely, so the fastest round is given beside the median, with its ratio.
+    baseline = statistics.median(timings["transformers eager (PyTorch fp32)"])
+    best = min(timings["transformers eager (PyTorch fp32)"])
+    for row, times in timings.items():
+        rows[row].update(ms=round(statistics.median(times), 2), ratio=round(statistics.median(times) / baseline, 3),
+                         best_ms=round(min(times), 2), best_ratio=round(min(times) / best, 3),
+                         rounds_ms=[round(t, 2) for t in times])
+    return {"variant": f"Hiera-{variant[0].upper()}", "batch": 1, "threads": THREADS, "input": [1, 3, 224, 224],
+            "cpu_isa": list(cpu_isa()), "cpu": cpu_name(), "rounds": rounds, "runs_per_round": runs,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "command": f"python -m benchmarks.edge_speed --variant {variant}", "rows": rows}
+
+
+def export(checkpoint: Path, photos: Path, out: Path, precision: str) -> tuple[dict | None, str]:
+    """This precision's report entry from `python -m export` (an export already in `out` is reused: remove the folder
+    to make it again), or None and the export's one line of why not."""
+    reports = sorted(out.glob("*.report.json")) if out.is_dir() else []
+    if reports:
+        return json.loads(reports[0].read_text())["artifacts"][precision], ""
+    done = subprocess.run([sys.executable, "-m", "export", "--weights", str(checkpoint), "--precision", precision,
+                           "--calibration", str(photos), "--batch", "1", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    reports = sorted(out.glob("*.report.json")) if out.is_dir() else []
+    if done.returncode not in (0, 1) or not reports:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        return None, lines[-1] if lines else f"python -m export exited {done.returncode}"
+    report = json.loads(reports[0].read_text())
+    return report["artifacts"][precision], ""
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['variant']}, batch 1, {result['threads']} threads, {result['cpu']} "
+             f"({' '.join(result['cpu_isa'])}); median of {result['rounds']} interleaved rounds of "
+             f"{result['runs_per_round']} calls; `{result['command']}`", "",
+             "| engine | ms (median) | ratio to eager | ms (fastest round) | ratio | size MB | max rank | "
+             "parity vs PyTorch | max abs diff vs transformers |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for row, entry in result["rows"].items():
+        if "not_available" in entry:
+            lines.append(f"| {row} | not available: {entry['not_available']} | | | | | | | |")
+            continue
+        parity = entry["parity"]
+        if isinstance(parity, dict):
+            parity = (f"max abs {parity['max_abs_diff']:.1e}, cosine {parity['min_cosine']:.5f}, "
+                      f"{'passed' if parity['passed'] else 'FAILED'}") if parity["max_abs_diff"] is not None else "-"
+        size = f"{entry['bytes'] / 1e6:.1f}" if entry.get("bytes") else "-"
+        diff = entry.get("max_abs_diff_to_transformers")
+        lines.append(f"| {row} | {entry['ms']:.1f} | {entry['ratio']:.2f} | {entry['best_ms']:.1f} | "
+                     f"{entry['best_ratio']:.2f} | {size} | {entry.get('max_rank', '-')} | "
+                     f"{parity} | {'-' if diff is None else f'{diff:.1e}'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
