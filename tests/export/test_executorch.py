@@ -83,7 +83,8 @@ def test_a_program_without_its_sidecar_is_one_line_and_exit_2(exported, photo_fi
 
 def test_a_missing_converter_is_one_line_naming_the_extra_before_anything_is_written(monkeypatch, tmp_path):
     monkeypatch.setattr(options.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ExportError, match=r"executorch needs executorch: pip install 'hiera-deploy\[executorch\]'"):
+    with pytest.raises(ExportError, match=r"precision executorch: its converter \(executorch\) is not installed: "
+                                         r"pip install 'hiera-deploy\[executorch\]'"):
         run(Options(variant="tiny", weights="random", out_dir=tmp_path / "out", precisions=("executorch",)))
     assert not (tmp_path / "out").exists()
 
