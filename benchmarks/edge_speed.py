@@ -33,6 +33,8 @@ from export.parity import photographs
 from runtime import load
 from runtime.bench import time_calls
 from runtime.device import cpu_isa
+from runtime.bench import MAX_RUNS
+from runtime.shell import Whole
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,8 +52,10 @@ ENGINES = [("onnxruntime fp32", "fp32", "cpu"), ("onnxruntime int8", "int8", "cp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", choices=CONFIGS, default="tiny")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=10, help="timed calls per candidate and round")
+    parser.add_argument("--rounds", type=Whole(1, MAX_RUNS),
+                        default=5)
+    parser.add_argument("--runs", type=Whole(1, MAX_RUNS),
+                        default=10, help="timed calls per candidate and round")
     parser.add_argument("--work", type=Path, help="where the checkpoint and exports go (default: a temporary folder)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)

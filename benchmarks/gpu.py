@@ -35,14 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import hiera_model  # noqa: E402
 from benchmarks.export_speed import summary, transformers_reference  # noqa: E402
+from runtime.artifact import MAX_BATCH  # noqa: E402
+from runtime.bench import MAX_RUNS  # noqa: E402
+from runtime.shell import Whole  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="base", choices=[v for v in hiera_model.VARIANTS if "16x" not in v])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per candidate and round (default 20)")
+    parser.add_argument("--batches", type=Whole(1, MAX_BATCH),
+                        nargs="+", default=[1, 64])
+    parser.add_argument("--rounds", type=Whole(1, MAX_RUNS),
+                        default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--runs", type=Whole(1, MAX_RUNS),
+                        default=20, help="timed runs per candidate and round (default 20)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (they compile for "
                         "minutes)")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/gpu_<variant>.json")

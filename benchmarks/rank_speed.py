@@ -23,6 +23,8 @@ import onnx
 from export.optimize import max_rank  # noqa: E402
 from runtime import load  # noqa: E402
 from runtime.bench import time_calls  # noqa: E402
+from runtime.bench import MAX_RUNS  # noqa: E402
+from runtime.shell import Whole  # noqa: E402
 
 THREADS = 2
 ENGINES = {"fp32, ort": ("", "cpu"), "int8, ort": (".int8", "cpu"), "openvino, OV f32": (".openvino", "openvino")}
@@ -32,8 +34,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs=2, type=Path, help="the two exports (e.g. rank 6, then rank 4)")
     parser.add_argument("--stem", required=True, help="the files' common stem, e.g. hiera_base_classify")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=8, help="timed calls per candidate and round (their median counts)")
+    parser.add_argument("--rounds", type=Whole(1, MAX_RUNS),
+                        default=10)
+    parser.add_argument("--runs", type=Whole(1, MAX_RUNS),
+                        default=8, help="timed calls per candidate and round (their median counts)")
     args = parser.parse_args()
 
     candidates, rows = {}, {}  # by (engine, folder)

@@ -30,6 +30,8 @@ from runtime import FeatureExtractor
 from runtime.device import cpu_isa, cpu_name
 from runtime.embed import embed as embed_here
 from runtime.ray import embed as embed_on_ray
+from runtime.cli import MAX_ACTORS
+from runtime.shell import Whole
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +54,10 @@ def photographs(folder: Path, count: int) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--tiny-images", type=int, default=96, help="images for the Hiera-T model (default 96)")
+    parser.add_argument("--actors", type=Whole(1, MAX_ACTORS),
+                        nargs="+", default=[1, 2])
+    parser.add_argument("--tiny-images", type=Whole(1, 100_000),
+                        default=96, help="images for the Hiera-T model (default 96)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "ray_embed.json")
     args = parser.parse_args()
 

@@ -21,13 +21,16 @@ from transformers import Sam2Config, Sam2Model
 from export import Options
 from export import mask_decoder
 from runtime.session import OnnxSession
+from runtime.bench import MAX_RUNS
+from runtime.shell import Whole
 from runtime.openvino import OpenVinoSession
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=Whole(1, MAX_RUNS),
+                   default=20)
     p.add_argument("--time-only", action="store_true", help="time the decoder an earlier run exported into --out")
     a = p.parse_args()
     transformers.logging.set_verbosity_error()

@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from runtime import Classifier  # noqa: E402
 from runtime.preprocess import find_images  # noqa: E402
+from runtime.artifact import MAX_BATCH  # noqa: E402
+from runtime.bench import MAX_RUNS  # noqa: E402
+from runtime.shell import Whole  # noqa: E402
 from runtime.triton import Options, write_repository  # noqa: E402
 from runtime.triton.server import LocalServer, python_path  # noqa: E402
 
@@ -104,12 +107,17 @@ def main() -> None:
                         "held-out images)")
     parser.add_argument("--server-venv", type=Path, default=ROOT / ".venv-tritonserver",
                         help="the environment with nvidia-pytriton (default .venv-tritonserver)")
-    parser.add_argument("--requests", type=int, default=200, help="requests per concurrency (default 200)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=Whole(1, MAX_RUNS),
+                        default=200, help="requests per concurrency (default 200)")
+    parser.add_argument("--concurrency", type=Whole(1, 1024),
+                        nargs="+", default=[1, 4, 16])
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    parser.add_argument("--instances", type=int, default=1, help="instances of the model and preprocessing steps")
-    parser.add_argument("--max-batch", type=int, default=16)
-    parser.add_argument("--queue-delay-us", type=int, default=Options.queue_delay_us)
+    parser.add_argument("--instances", type=Whole(1, 64),
+                        default=1, help="instances of the model and preprocessing steps")
+    parser.add_argument("--max-batch", type=Whole(1, MAX_BATCH),
+                        default=16)
+    parser.add_argument("--queue-delay-us", type=Whole(0, 10_000_000),
+                        default=Options.queue_delay_us)
     parser.add_argument("--json", type=Path, help="default benchmarks/results/triton_load_<model>.json")
     args = parser.parse_args()
     if args.protocol == "grpc":

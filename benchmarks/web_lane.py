@@ -42,6 +42,8 @@ import hiera_model  # noqa: E402
 from benchmarks.export_speed import transformers_reference  # noqa: E402
 from export import Options, run  # noqa: E402
 from export.convert import to_int8  # noqa: E402
+from runtime.bench import MAX_RUNS  # noqa: E402
+from runtime.shell import Whole  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "web_lane.mjs"
 NODE_MODULES = ROOT / "tests" / "hub" / "js" / "node_modules" / "onnxruntime-web"
@@ -72,10 +74,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="base", choices=[n for n, v in hiera_model.VARIANTS.items()
                                                               if not v.config.is_video])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="WASM threads, one Node process each "
+    parser.add_argument("--threads", type=Whole(1, 64),
+                        nargs="+", default=[1, 2], help="WASM threads, one Node process each "
                         "(default 1 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each with untimed runs first (default 3)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per candidate and round (default 5), after 2 "
+    parser.add_argument("--rounds", type=Whole(1, MAX_RUNS),
+                        default=3, help="rounds, each with untimed runs first (default 3)")
+    parser.add_argument("--runs", type=Whole(1, MAX_RUNS),
+                        default=5, help="timed runs per candidate and round (default 5), after 2 "
                         "untimed")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/web_lane_<variant>.json")
     args = parser.parse_args()
