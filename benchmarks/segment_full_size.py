@@ -4,6 +4,7 @@ and time one prompt through our decoder artifact (onnxruntime and OpenVINO) agai
 prompt encoder + mask decoder on the same image embedding, interleaved in one process.
 
     python -m benchmarks.segment_full_size --out /tmp/sam2-full --repeats 20
+    python -m benchmarks.segment_full_size --out /tmp/sam2-family --family   # encoder and decoder as one export
 
 Random weights: the figures say what the graph computes and how fast, not how good the masks are."""
 
@@ -32,6 +33,9 @@ def main():
     p.add_argument("--repeats", type=Whole(1, MAX_RUNS),
                    default=20)
     p.add_argument("--time-only", action="store_true", help="time the decoder an earlier run exported into --out")
+    p.add_argument("--family", action="store_true", help="export the encoder (fp32, fp16, int8) and the "
+                   "decoder as one export (--task segmenter) and print its rows, the encoder's mask-IoU rows among "
+                   "them; no timing")
     a = p.parse_args()
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -42,6 +46,8 @@ def main():
     if a.time_only:
         report = json.loads((a.out / "hiera_sam2_1_hiera_tiny_random_mask-decoder.report.json").read_text())
         return timing(a, checkpoint, a.out / report["artifacts"]["fp32"]["file"])
+    if a.family:
+        return family(a, checkpoint, started)
     report = mask_decoder.run(Options(weights=str(checkpoint), task="mask-decoder", out_dir=a.out,
                                       precisions=("fp32", "fp16")), progress=lambda s, m: print(f"  {s}: {m}"))
     print(f"export: {time.perf_counter() - started:.1f} s, passed {report['passed']}, graph nodes "
@@ -52,6 +58,21 @@ def main():
               f"{masks['min_mask_iou']:.4f} ({masks['pixels_left_out']} of {masks['pixels']} pixels left out); "
               f"iou_scores max abs {scores['max_abs']:.2e}; TensorRT check: {entry['tensorrt_check']['findings']}")
     timing(a, checkpoint, a.out / report["artifacts"]["fp32"]["file"])
+
+
+def family(a, checkpoint: Path, started: float) -> None:
+    from export import segmenter
+
+    report = segmenter.run(Options(weights=str(checkpoint), task="segmenter", out_dir=a.out, batch=None,
+                                   precisions=("fp32", "fp16", "int8")), progress=lambda s, m: print(f"  {s}: {m}"))
+    print(f"export: {time.perf_counter() - started:.1f} s, passed {report['passed']}")
+    for entry in report["artifacts"].values():
+        row = entry.get("mask_iou") or entry["parity"]["masks"]  # an encoder's row through the decoder; the decoder's
+        first = next(iter(entry["parity"].values()))
+        verdict = "passed" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])
+        print(f"{entry['file']}: {next(iter(entry['parity']))} max abs {first['max_abs']:.2e}, cosine "
+              f"{first['cosine']:.6f}, min mask IoU {row['min_mask_iou']:.4f} ({row['pixels_left_out']} of "
+              f"{row['pixels']} pixels left out), {verdict}")
 
 
 def timing(a, checkpoint: Path, artifact: Path) -> None:

@@ -64,7 +64,8 @@ def parse(argv):
                    "(logits), features (last_hidden_state, pooler_output), backbone (stage1..stage4 maps, NCHW), mae "
                    "(inputs pixel_values and noise; outputs logits, bool_masked_pos, ids_restore) or, for SAM 2 "
                    "variants, image-encoder (image_embeddings, high_res_feats_0, high_res_feats_1) and mask-decoder "
-                   "(prompts in, masks and iou_scores out; docs/segment.md); default classify")
+                   "(prompts in, masks and iou_scores out; docs/segment.md), or segmenter (both as one export); "
+                   "default classify")
     p.add_argument("--loss", action="store_true", help="mae: also output each image's reconstruction loss")
     p.add_argument("--out-features", nargs="+", metavar="STAGE", help="backbone: the stage maps to output, e.g. "
                    "stage2 stage3 stage4 (default: all)")
@@ -224,6 +225,9 @@ def export(argv) -> int:
     if options.task == "mask-decoder":  # SAM 2's decoder: its own export (torch: after the arguments are checked)
         from .mask_decoder import check as check_decoder, run
         check_decoder(options)
+    elif options.task == "segmenter":  # SAM 2's encoder and decoder as one export (docs/segment.md)
+        from .segmenter import check as check_family, run
+        check_family(options)
     else:
         from .pipeline import run  # torch: after the arguments are read and checked
 

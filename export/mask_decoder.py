@@ -14,6 +14,7 @@ Precisions: fp32 (the traced graph, standard operators: onnxruntime, OpenVINO, T
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +88,40 @@ def mask_iou(reference: np.ndarray, got: np.ndarray, tolerance: float = MASK_LOG
     return float(iou.min()), int((~counted).sum())
 
 
+@dataclass
+class Prepared:
+    """What the decoder's export holds between loading and writing: the torch decoder, its artifacts' metadata, the
+    validation images (preprocessed) with PyTorch's encoder outputs on them, the prompt feeds and PyTorch's answers."""
+    decoder: object
+    name: str
+    props: dict
+    report: dict
+    images: np.ndarray  # [I, 3, H, W], as the runtime preprocesses them
+    feeds: list[dict]  # one decoder call each: an image's encoder outputs and one prompt group
+    reference: dict[str, np.ndarray]  # the PyTorch decoder's outputs on `feeds`, concatenated
+
+
 def run(options: Options, progress=lambda step, message: None) -> dict:
     """Export, validate and write the decoder's artifacts and report as one transaction; the report."""
+    check(options)
+    prepared = prepare(options, progress)
+    report = prepared.report
+    stem = artifact.family(prepared.name, TASK)
+    with Transaction(options.out_dir, stem) as transaction:
+        build(prepared, transaction.staging, stem, options, progress)
+        names = [*report["files"], artifact.report_name(stem)]
+        artifact.write_report(transaction.staging / names[-1], report)
+        progress("commit", f"moving {len(names)} files into {options.out_dir}")
+        transaction.commit(names)
+    report = artifact.seal(report)
+    report["report_file"] = str(Path(options.out_dir) / names[-1])
+    return report
+
+
+def prepare(o: Options, progress) -> Prepared:
+    """The decoder and encoder from the folder, and PyTorch's answers on the validation prompts; the report so far."""
     from hiera_model import sam2_decoder
 
-    o = options
-    check(o)
     started = time.perf_counter()
     progress("weights", f"loading {o.weights}")
     encoder, name, path = load_weights(o.weights, o.variant, "image-encoder", o.seed, o.allow_unverified)
@@ -111,19 +140,12 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
     rng = np.random.default_rng(o.seed)
     images = {f"random:{o.seed}:{i}": rng.standard_normal((3, *size), dtype=np.float32) for i in range(NOISE_IMAGES)}
     images.update({photo: preprocessing(image) for photo, image in parity.photographs().items()})
-    feeds = []
+    pixels = np.stack(list(images.values()))
     with torch.no_grad():
-        embeddings = encoder(torch.from_numpy(np.stack(list(images.values()))))
-        del encoder
-        side = decoder.config.low_res_size
-        for index in range(len(images)):
-            image = {key: value[index:index + 1].numpy() for key, value in embeddings.items()}
-            for _, coords, labels in prompt_feeds(size[0]):
-                feeds.append({**image, "point_coords": coords, "point_labels": labels,
-                              "mask_input": np.zeros((len(coords), 1, side, side), np.float32),
-                              "has_mask_input": np.zeros(len(coords), np.float32)})
-        reference = _concatenate([dict(zip(decoder.output_names, (t.numpy() for t in decoder(
-            *(torch.from_numpy(feed[k]) for k in decoder.input_names))))) for feed in feeds])
+        embeddings = {key: value.numpy() for key, value in encoder(torch.from_numpy(pixels)).items()}
+    del encoder
+    feeds = prompt_calls(embeddings, size[0], decoder.config.low_res_size)
+    reference = run_decoder(decoder, feeds)
     report["validation"] = {"inputs": list(images), "prompt_groups": {k: v for k, v in PROMPT_GROUPS.items()},
                             "prompts": int(len(reference["masks"])), "reference": "PyTorch fp32 (this package's "
                             "decoder on this package's encoder outputs, same weights)",
@@ -131,57 +153,76 @@ def run(options: Options, progress=lambda step, message: None) -> dict:
                             "thresholds": {p: {**parity.THRESHOLDS[p], "mask_iou": MASK_IOU_BOUNDS[p]}
                                            for p in PRECISIONS}, "mask_logit_tolerance": MASK_LOGIT_TOLERANCE}
     report["stages"]["reference"] = {"seconds": round(time.perf_counter() - started, 2)}
+    return Prepared(decoder, name, props, report, pixels, feeds, reference)
 
-    stem = artifact.family(name, TASK)
-    with Transaction(o.out_dir, stem) as transaction:
-        staging = transaction.staging
-        traced = staging / ".traced.onnx"
-        progress("export", f"tracing SAM 2's mask decoder to ONNX opset {o.opset}")
-        _trace(decoder, o.opset, traced)
-        del decoder
-        graph = onnx.load(traced)
-        report["graphs"] = {"exported": {"nodes": len(graph.graph.node), "ops": op_histogram(graph),
-                                         "max_rank": max_rank(graph)}}
-        report["artifacts"], report["files"], passed = {}, {}, True
-        for precision in o.precisions:
-            progress("convert", precision)
-            model = convert.to_fp16(traced) if precision == "fp16" else onnx.load(traced)
-            artifact.set_metadata(model, to_metadata(precision=artifact.computes(precision), **props))
-            target = staging / artifact.artifact_name(stem, precision)
-            findings = trt_check.check(model, o.trt_version)
-            entry = {"file": target.name, "nodes": len(model.graph.node), "max_rank": max_rank(model),
-                     "tensorrt_check": {"version": o.trt_version, "findings": findings}}
-            onnx.save_model(model, target)
-            onnx.checker.check_model(str(target), full_check=True)
-            progress("validate", f"{precision} against PyTorch fp32 on {len(reference['masks'])} prompts")
-            session = OnnxSession(target, provider="cpu", threads=2)
-            got = _concatenate([session.run(feed["image_embeddings"], **{k: v for k, v in feed.items()
-                                                                           if k != "image_embeddings"})
-                                for feed in feeds])
-            result = parity.compare(reference, got)
-            failed = parity.failures(precision, result)
-            iou, left_out = mask_iou(reference["masks"], got["masks"]) if "masks" in got else (None, 0)
-            result["masks"].update(min_mask_iou=iou, pixels_left_out=left_out,
-                                   pixels=int(reference["masks"].size))
-            if iou is None or not iou >= MASK_IOU_BOUNDS[precision]:
-                failed.append(f"masks min IoU {iou if iou is None else f'{iou:.4f}'} < {MASK_IOU_BOUNDS[precision]}")
-            sha = files.sha256(target)
-            entry.update(parity=result, passed=not failed, failures=failed, bytes=target.stat().st_size, sha256=sha)
-            report["artifacts"][precision] = entry
-            report["files"][target.name] = {"bytes": entry["bytes"], "sha256": sha}
-            passed &= not failed
-        traced.unlink()
-        report["passed"] = passed
-        report["tensorrt"] = {"version": o.trt_version, "plan_error": "the mask decoder's TensorRT plan is not "
-                              "written yet (its graph is checked against the parser: tensorrt_check)"}
-        report["stages"]["total"] = {"seconds": round(time.perf_counter() - started, 2)}
-        names = [*report["files"], artifact.report_name(stem)]
-        artifact.write_report(staging / names[-1], report)
-        progress("commit", f"moving {len(names)} files into {o.out_dir}")
-        transaction.commit(names)
-    report = artifact.seal(report)
-    report["report_file"] = str(Path(o.out_dir) / names[-1])
-    return report
+
+def prompt_calls(embeddings: dict[str, np.ndarray], size: int, low_res_size: int) -> list[dict]:
+    """The decoder's validation calls: for each image (axis 0 of the encoder's outputs), each prompt group of
+    `PROMPT_GROUPS` in its own call, without a mask prompt."""
+    calls = []
+    for index in range(len(embeddings["image_embeddings"])):
+        image = {key: value[index:index + 1] for key, value in embeddings.items()}
+        for _, coords, labels in prompt_feeds(size):
+            calls.append({**image, "point_coords": coords, "point_labels": labels,
+                          "mask_input": np.zeros((len(coords), 1, low_res_size, low_res_size), np.float32),
+                          "has_mask_input": np.zeros(len(coords), np.float32)})
+    return calls
+
+
+@torch.no_grad()
+def run_decoder(decoder, calls: list[dict]) -> dict[str, np.ndarray]:
+    """The PyTorch decoder's outputs on `calls`, concatenated along the prompts."""
+    return _concatenate([dict(zip(decoder.output_names, (t.numpy() for t in decoder(
+        *(torch.from_numpy(call[k]) for k in decoder.input_names))))) for call in calls])
+
+
+def build(p: Prepared, staging: Path, stem: str, o: Options, progress) -> None:
+    """Trace the decoder, write each precision's artifact as `artifact_name(stem, precision)` into `staging` and
+    validate it on `p.feeds`; its rows go into `p.report` (graphs, artifacts, files, passed, tensorrt). The torch
+    decoder is freed once traced."""
+    report, reference, feeds = p.report, p.reference, p.feeds
+    started = time.perf_counter()
+    traced = staging / f".traced.{stem}.onnx"
+    progress("export", f"tracing SAM 2's mask decoder to ONNX opset {o.opset}")
+    _trace(p.decoder, o.opset, traced)
+    p.decoder = None
+    graph = onnx.load(traced)
+    report["graphs"] = {"exported": {"nodes": len(graph.graph.node), "ops": op_histogram(graph),
+                                     "max_rank": max_rank(graph)}}
+    report["artifacts"], report["files"], passed = {}, {}, True
+    for precision in o.precisions:
+        progress("convert", precision)
+        model = convert.to_fp16(traced) if precision == "fp16" else onnx.load(traced)
+        artifact.set_metadata(model, to_metadata(precision=artifact.computes(precision), **p.props))
+        target = staging / artifact.artifact_name(stem, precision)
+        findings = trt_check.check(model, o.trt_version)
+        entry = {"file": target.name, "nodes": len(model.graph.node), "max_rank": max_rank(model),
+                 "tensorrt_check": {"version": o.trt_version, "findings": findings}}
+        onnx.save_model(model, target)
+        onnx.checker.check_model(str(target), full_check=True)
+        progress("validate", f"{precision} against PyTorch fp32 on {len(reference['masks'])} prompts")
+        session = OnnxSession(target, provider="cpu", threads=2)
+        got = _concatenate([session.run(feed["image_embeddings"], **{k: v for k, v in feed.items()
+                                                                       if k != "image_embeddings"})
+                            for feed in feeds])
+        result = parity.compare(reference, got)
+        failed = parity.failures(precision, result)
+        iou, left_out = mask_iou(reference["masks"], got["masks"]) if "masks" in got else (None, 0)
+        result["masks"].update(min_mask_iou=iou, pixels_left_out=left_out,
+                               pixels=int(reference["masks"].size))
+        if iou is None or not iou >= MASK_IOU_BOUNDS[precision]:
+            failed.append(f"masks min IoU {iou if iou is None else f'{iou:.4f}'} < {MASK_IOU_BOUNDS[precision]}")
+        sha = files.sha256(target)
+        entry.update(parity=result, passed=not failed, failures=failed, bytes=target.stat().st_size, sha256=sha)
+        report["artifacts"][precision] = entry
+        report["files"][target.name] = {"bytes": entry["bytes"], "sha256": sha}
+        passed &= not failed
+    traced.unlink()
+    report["passed"] = passed
+    report["tensorrt"] = {"version": o.trt_version, "plan_error": "the mask decoder's TensorRT plan is not "
+                          "written yet (its graph is checked against the parser: tensorrt_check)"}
+    report["stages"]["total"] = {"seconds": round(time.perf_counter() - started + report["stages"]["reference"]
+                                                  ["seconds"], 2)}
 
 
 def _trace(decoder, opset: int, path: Path) -> None:

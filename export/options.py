@@ -21,7 +21,8 @@ from .onnx_export import MIN_OPSET, max_opset
 LAYOUTS = ("files", "hub")
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1
 MAX_WORKSPACE_GB = 1024
-DECODER_TASKS = ("mask-decoder",)  # SAM 2's prompt encoder and mask decoder (export/mask_decoder.py)
+# SAM 2's prompt encoder and mask decoder (export/mask_decoder.py); with its encoder as one export (segmenter.py)
+DECODER_TASKS = ("mask-decoder", "segmenter")
 
 
 @dataclass(frozen=True)

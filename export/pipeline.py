@@ -80,17 +80,23 @@ class Run:
     probe_reference: dict | None = None  # PyTorch fp32's outputs on them
 
 
-def run(options: Options, progress=lambda step, message: None) -> dict:
+def run(options: Options, progress=lambda step, message: None, family=None) -> dict:
     """Export, validate and write the artifacts and their report as one transaction; return the report.
     Raises `ExportError` on bad input or a failed step (the output folder is then as it was). Failed
-    parity does not raise: the artifacts are written, the report's `passed` is False and says why."""
+    parity does not raise: the artifacts are written, the report's `passed` is False and says why.
+    `family` adds a second model to the export (`export/segmenter.py`): its `task` names the files' stem, and
+    `family(r, report)`, run after the stages, writes its files into `r.staging` and returns its part of the report."""
     r = Run(check(options), progress)
     report = {"report_version": artifact.REPORT_VERSION, "stages": {}}
     _stage(r, report, "weights", _weights)
+    if family is not None:
+        r.stem = r.stem.removesuffix(f"_{r.options.task}") + f"_{family.task}"
     with Transaction(r.options.out_dir, r.stem) as transaction:
         r.staging = transaction.staging
         for name, stage in STAGES:
             _stage(r, report, name, stage)
+        if family is not None:
+            _stage(r, report, family.task, lambda r: family(r, report))
         names = [*report["files"], artifact.report_name(r.stem)]
         artifact.write_report(r.staging / names[-1], report)
         extra = _hub_folder(r, r.staging / names[-1], report) if r.options.layout == "hub" else []

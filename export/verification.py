@@ -130,8 +130,11 @@ def _verify_export(result: VerifyResult, report_file: Path, names: list[str], we
         result.add(folder, "files", False, f"an interrupted commit is pending in {waiting[0].name}: the next export "
                                            "into this folder completes it")
     if weights is not None:  # the artifacts; the Hub's copies of them are held to their sha256 above
-        _parity(result, folder, [name for name in names if artifact.in_family(name, stem)], report, weights,
-                allow_unverified, progress)
+        second = {e.get("file") for e in report.get("artifacts", {}).values() if "task" in e}  # a family's decoder
+        if second:
+            progress("verify", f"not run again against PyTorch (a mask decoder's parity): {', '.join(sorted(second))}")
+        _parity(result, folder, [name for name in names if artifact.in_family(name, stem) and name not in second],
+                report, weights, allow_unverified, progress)
 
 
 def _inside(result: VerifyResult, folder: Path, name) -> bool:
@@ -156,14 +159,30 @@ def _verdict(result: VerifyResult, report_file: Path, report: dict) -> None:
         result.add(report_file, "report", False, "the export's parity check did not pass" + (f": {why}" if why else
                                                  " (it was not run)" if report.get("passed") is None else ""))
         return
-    for precision, entry in report.get("artifacts", {}).items():
+    for key, entry in report.get("artifacts", {}).items():
+        precision = entry.get("precision", key)  # a family's second model keys its rows `decoder-<precision>`
         if entry.get("skipped") and entry.get("passed") is None:  # not run here (Core ML): nothing to recompute
-            result.add(report_file, "report", True, f"{precision}: {entry['skipped']}")
+            result.add(report_file, "report", True, f"{key}: {entry['skipped']}")
             continue
         recomputed = parity.failures(precision, entry.get("parity") or {}) if precision in parity.THRESHOLDS else \
             ["an unknown precision"]
-        result.add(report_file, "report", not recomputed, f"{precision}: its figures are within today's bounds"
-                   if not recomputed else f"{precision}: its figures fail today's bounds: {'; '.join(recomputed)}")
+        recomputed += _mask_iou_failures(precision, entry.get("mask_iou"))
+        result.add(report_file, "report", not recomputed, f"{key}: its figures are within today's bounds"
+                   if not recomputed else f"{key}: its figures fail today's bounds: {'; '.join(recomputed)}")
+
+
+def _mask_iou_failures(precision: str, row) -> list[str]:
+    """An encoder artifact's mask-IoU row (`--task segmenter`) under today's bound; none where there is no row."""
+    if row is None:
+        return []
+    bound = parity.ENCODER_MASK_IOU_BOUNDS.get(computes_or_none(precision))
+    iou = row.get("min_mask_iou") if isinstance(row, dict) else None
+    holds = isinstance(iou, (int, float)) and bound is not None and iou >= bound  # NaN never holds
+    return [] if holds else [f"masks through the fp32 decoder: min IoU {iou} < {bound}"]
+
+
+def computes_or_none(precision: str) -> str | None:
+    return artifact.computes(precision) if precision in parity.THRESHOLDS else None
 
 
 def _sha256(result: VerifyResult, path: Path, entry: dict) -> None:
@@ -182,11 +201,14 @@ def _metadata(result: VerifyResult, path: Path, report: dict) -> None:
     except (ExportError, HieraRuntimeError) as error:
         result.add(path, "metadata", False, str(error))
         return
-    expected = next((p for p, e in report.get("artifacts", {}).items() if e.get("file") == path.name), None)
+    key, entry = next(((k, e) for k, e in report.get("artifacts", {}).items() if e.get("file") == path.name),
+                      (None, {}))
+    expected = entry.get("precision", key)  # a family's second model states its precision, task and weights
     problems = [f"{what} {got!r}, the report says {want!r}" for what, got, want in (
-        ("precision", info.precision, artifact.computes(expected or "")),
+        ("precision", info.precision, computes_or_none(expected or "")),
         ("variant", info.variant, report.get("variant")),
-        ("task", info.task, report.get("task")), ("weights", info.weights, report.get("weights")))
+        ("task", info.task, entry.get("task", report.get("task"))),
+        ("weights", info.weights, entry.get("weights", report.get("weights"))))
         if got != want]
     result.add(path, "metadata", not problems, "valid, and as the report says" if not problems else
                "; ".join(problems))
