@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import HieraRuntimeError
-from .model import FeatureExtractor, MaskDecoder
+from .model import FeatureExtractor, MaskDecoder, load
 from .preprocess import MAX_PIXELS, load_image
 
 MAX_PROMPTS = 64  # prompts per image in one call (the decoder is traced for up to this many)
@@ -212,10 +212,18 @@ class Segmenter:
 def load_segmenter(encoder, decoder, *, max_pixels: int = MAX_PIXELS, check: bool = True, allow_failed: bool = False,
                    **options) -> Segmenter:
     """A `Segmenter` from SAM 2's image encoder artifact and the mask decoder artifact exported from the same
-    checkpoint (refused in one line otherwise); `options` as for `runtime.load` (provider, threads, ...)."""
-    encoder_model = FeatureExtractor.load(encoder, max_pixels=max_pixels, check=check, allow_failed=allow_failed,
-                                          **options)
-    decoder_model = MaskDecoder.load(decoder, check=check, allow_failed=allow_failed, **options)
+    checkpoint (refused in one line otherwise); `options` as for `runtime.load` (provider, threads, ...).
+    Each is loaded as whatever its metadata says it is, so that a file given in the other's place (the two
+    swapped, a classifier) is refused with what it is and where it belongs, not with a class of the API. The
+    decoder, the smaller, is loaded first: a wrong one is refused before the encoder's session is built."""
+    decoder_model = load(decoder, check=check, allow_failed=allow_failed, **options)
+    if not isinstance(decoder_model, MaskDecoder):
+        raise HieraRuntimeError(f"{decoder_model.session.path}: a {decoder_model.info.task} model, not SAM 2's mask "
+                                "decoder (python -m export --task mask-decoder writes it)")
+    encoder_model = load(encoder, max_pixels=max_pixels, check=check, allow_failed=allow_failed, **options)
+    if encoder_model.info.task != "image-encoder":
+        raise HieraRuntimeError(f"{encoder_model.session.path}: a {encoder_model.info.task} model, not SAM 2's "
+                                "image encoder (the encoder comes first, then its mask decoder)")
     return Segmenter(encoder_model, decoder_model, max_pixels)
 
 
@@ -251,19 +259,22 @@ def command(args) -> int:
     twice = next((stem for stem in stems if stems.count(stem) > 1), None)
     if twice is not None:
         raise HieraRuntimeError(f"two images named {twice}: their masks would have one name; segment them apart")
-    segmenter = load_segmenter(args.model, args.decoder, max_pixels=int(args.max_megapixels * 1e6),
-                               check=args.check, allow_failed=args.allow_failed, provider=args.provider,
-                               threads=args.threads, cache_dir=args.cache_dir,
-                               inference_precision=args.inference_precision)
-    for warning in segmenter.warnings:
-        say(f"warning: {warning}", sys.stderr)
-    answers = []
-    for image in args.images:
-        segmenter.set_image(image)
-        try:
-            answers.append((image, segmenter.image, segmenter.predict(args.point, args.box, args.multimask)))
-        except HieraRuntimeError as error:
-            raise HieraRuntimeError(f"{image}: {error}") from None
+    try:  # nothing is written before `replacing` below: an interruption here leaves --out untouched, and says so
+        segmenter = load_segmenter(args.model, args.decoder, max_pixels=int(args.max_megapixels * 1e6),
+                                   check=args.check, allow_failed=args.allow_failed, provider=args.provider,
+                                   threads=args.threads, cache_dir=args.cache_dir,
+                                   inference_precision=args.inference_precision)
+        for warning in segmenter.warnings:
+            say(f"warning: {warning}", sys.stderr)
+        answers = []
+        for image in args.images:
+            segmenter.set_image(image)
+            try:
+                answers.append((image, segmenter.image, segmenter.predict(args.point, args.box, args.multimask)))
+            except HieraRuntimeError as error:
+                raise HieraRuntimeError(f"{image}: {error}") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{args.out} is as it was: nothing was written") from None
     documents = []
     with replacing(args.out, "python -m runtime segment") as folder:
         for image, picture, answer in answers:
@@ -279,11 +290,14 @@ def command(args) -> int:
                 chosen = answer.masks.reshape(-1, *answer.masks.shape[-2:])
                 overlay(picture, chosen).save(folder.staging / f"{image.stem}.overlay.png", format="PNG")
             documents.append(document)
-    for document in documents:
-        if args.json:
-            say(json.dumps(document, allow_nan=False))
-        else:
-            for entry in document["masks"]:
-                say(f"{document['image']}: prompt {entry['prompt']} mask {entry['mask']}: score {entry['score']:.4f}, "
-                    f"{entry['area']} pixels -> {args.out / entry['file']}")
+    try:
+        for document in documents:
+            if args.json:
+                say(json.dumps(document, allow_nan=False))
+            else:
+                for entry in document["masks"]:
+                    say(f"{document['image']}: prompt {entry['prompt']} mask {entry['mask']}: score "
+                        f"{entry['score']:.4f}, {entry['area']} pixels -> {args.out / entry['file']}")
+    except KeyboardInterrupt:  # the folder was committed whole before the first line
+        raise KeyboardInterrupt(f"{args.out} holds the new masks (not every line was printed)") from None
     return 0
