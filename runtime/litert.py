@@ -68,6 +68,9 @@ def _buffer(data: mmap.mmap, buffer, path: Path, name: str) -> str:
     size = buffer.DataLength() or buffer.Size()
     if size > MAX_ENTRY_BYTES:
         raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {name} holds {size} bytes")
+    if not buffer.DataLength() and buffer.Offset() + size > len(data):  # a slice past the end would read short
+        raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {name}'s {size} bytes at offset {buffer.Offset()} "
+                                f"lie outside the file ({len(data)} bytes)")
     raw = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else data[buffer.Offset():buffer.Offset() + size]
     try:
         return raw.decode()
