@@ -57,8 +57,10 @@ def read_metadata(path) -> dict[str, str]:
         except HieraRuntimeError:
             raise
         except Exception as error:  # flatbuffers' reader raises struct.error, IndexError, ... on a damaged file
+            kind = type(error).__name__ if type(error).__module__ == "builtins" else \
+                f"{type(error).__module__}.{type(error).__name__}"  # struct's is called just "error"
             raise HieraRuntimeError(f"{path}: damaged TFLite model: its metadata table cannot be read "
-                                    f"({type(error).__name__})") from None
+                                    f"({kind}: {str(error).splitlines()[0] if str(error) else 'no detail'})") from None
 
 
 def _buffer(data: mmap.mmap, buffer, path: Path, name: str) -> str:

@@ -49,3 +49,12 @@ def test_an_entry_outside_the_file_is_one_line(tmp_path, offset, size):
         litert.read_metadata(path)
     assert str(refused.value) == (f"{path}: damaged Hiera metadata: hiera.batch's {size} bytes at offset {offset} "
                                   f"lie outside the file ({path.stat().st_size} bytes)")
+
+
+def test_a_truncated_table_is_one_line_saying_why(tmp_path):
+    path = tflite_with_batch_entry(tmp_path / "m.tflite", data=b"1")
+    path.write_bytes(path.read_bytes()[:24])  # the root table's offsets point past the end
+    with pytest.raises(HieraRuntimeError) as refused:
+        litert.read_metadata(path)
+    assert str(refused.value).startswith(f"{path}: damaged TFLite model: its metadata table cannot be read "
+                                         "(struct.error: unpack_from requires a buffer of at least"), refused.value
