@@ -35,6 +35,9 @@ MAX_POINTS = 16  # tokens per prompt: points and a box's two corners
 USER_LABELS = {1: "positive", 0: "negative"}  # what a caller may give a point; 2, 3 are box corners, -1 padding
 BOX_LABELS = (2.0, 3.0)
 MASK_THRESHOLD = 0.0
+# One predict's masks at the image's size, one byte a pixel: 64 prompts x 3 masks of a 12-megapixel photo would be
+# 2.3 GB (and 18 GB of float64 logits resized at once, as this code did before), so they are bounded like images.
+MAX_MASK_PIXELS = 1 << 30
 OVERLAY_COLORS = np.array([(30, 144, 255), (255, 64, 64), (64, 200, 64), (255, 190, 0), (200, 64, 255),
                            (0, 210, 210)], np.float32)
 
@@ -187,6 +190,13 @@ class Segmenter:
         three masks per prompt. `mask_input`: low-resolution logits of an earlier answer ([h, w], the same for every
         prompt, or [prompts, h, w]), which SAM 2 refines."""
         coords, labels = self.prompts(points, boxes)
+        height, width = self.image.shape[:2]
+        count = len(coords) * (3 if multimask else 1)
+        pixels = count * height * width
+        if pixels > MAX_MASK_PIXELS:
+            raise HieraRuntimeError(f"{count} masks of {width} x {height} pixels are {pixels / 1e9:.1f} gigapixels, "
+                                    f"above the limit of {MAX_MASK_PIXELS / 1e9:.1f} for one call: give fewer prompts, "
+                                    "or a smaller image")
         side = 4 * self._embedding["image_embeddings"].shape[-1]  # the low-resolution masks' side
         has_mask = np.zeros(len(coords), np.float32)
         masks_in = np.zeros((len(coords), 1, side, side), np.float32)
@@ -205,7 +215,9 @@ class Segmenter:
         logits, scores = outputs["masks"][:, chosen], outputs["iou_scores"][:, chosen]
         if not (np.isfinite(logits).all() and np.isfinite(scores).all()):
             raise HieraRuntimeError(f"{self.decoder.session.path}: the decoder's outputs are not finite")
-        masks = upsample_logits(logits, self.image.shape[:2]) > MASK_THRESHOLD
+        masks = np.empty((*logits.shape[:2], height, width), bool)
+        for prompt, mask in np.ndindex(*logits.shape[:2]):  # one mask at a time: one image of float64, not P x M
+            masks[prompt, mask] = upsample_logits(logits[prompt, mask], (height, width)) > MASK_THRESHOLD
         return Segmentation(masks=masks, scores=scores, logits=logits)
 
 
@@ -247,7 +259,7 @@ def _name(image) -> str:
 
 def command(args) -> int:
     """python -m runtime segment IMAGE... --model ENCODER --decoder DECODER --point X,Y[,LABEL]... --box
-    X0,Y0,X1,Y1...: every image is segmented before anything is written, then the folder --out is replaced whole."""
+    X0,Y0,X1,Y1...: every image is segmented into a staging folder, then the folder --out is replaced whole."""
     from .commit import replacing
     from .shell import say
 
@@ -264,20 +276,21 @@ def command(args) -> int:
                                    check=args.check, allow_failed=args.allow_failed, provider=args.provider,
                                    threads=args.threads, cache_dir=args.cache_dir,
                                    inference_precision=args.inference_precision)
-        for warning in segmenter.warnings:
-            say(f"warning: {warning}", sys.stderr)
-        answers = []
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{args.out} is as it was: nothing was written") from None
+    for warning in segmenter.warnings:
+        say(f"warning: {warning}", sys.stderr)
+    documents = []
+    # Each image's masks go into the staging folder as soon as they are made (memory holds one image's, whatever
+    # the number of images); --out is replaced only when every image is done, and is as it was otherwise.
+    with replacing(args.out, "python -m runtime segment") as folder:
         for image in args.images:
             segmenter.set_image(image)
             try:
-                answers.append((image, segmenter.image, segmenter.predict(args.point, args.box, args.multimask)))
+                answer = segmenter.predict(args.point, args.box, args.multimask)
             except HieraRuntimeError as error:
                 raise HieraRuntimeError(f"{image}: {error}") from None
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"{args.out} is as it was: nothing was written") from None
-    documents = []
-    with replacing(args.out, "python -m runtime segment") as folder:
-        for image, picture, answer in answers:
+            picture = segmenter.image
             document = {"image": str(image), "size": list(picture.shape[:2]), "masks": []}
             for prompt, (masks, scores) in enumerate(zip(answer.masks, answer.scores)):
                 for index, (mask, score) in enumerate(zip(masks, scores)):
