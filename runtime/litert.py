@@ -51,6 +51,8 @@ def read_metadata(path) -> dict[str, str]:
             for index in range(model.MetadataLength()):
                 entry = model.Metadata(index)
                 name = (entry.Name() or b"").decode()
+                if name in entries:  # two values for one key: which one a reader takes would decide what runs
+                    raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {name} is in its metadata table twice")
                 if name.startswith("hiera."):
                     entries[name] = _buffer(data, model.Buffers(entry.Buffer()), path, name)
             return entries

@@ -12,7 +12,7 @@ schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
 flatbuffers = pytest.importorskip("flatbuffers")
 
 
-def tflite_with_batch_entry(path, *, data: bytes | None = None, offset: int = 0, size: int = 0):
+def tflite_with_batch_entry(path, *, data: bytes | None = None, offset: int = 0, size: int = 0, entries: int = 1):
     """A model holding nothing but the metadata entry `hiera.batch`: its buffer inline (`data`) or, as TFLite
     writes models above 2 GB, as `size` bytes at `offset` from the file's start."""
     buffer = schema.BufferT()
@@ -23,7 +23,7 @@ def tflite_with_batch_entry(path, *, data: bytes | None = None, offset: int = 0,
     entry = schema.MetadataT()
     entry.name, entry.buffer = "hiera.batch", 1
     model = schema.ModelT()
-    model.version, model.buffers, model.metadata = 3, [schema.BufferT(), buffer], [entry]
+    model.version, model.buffers, model.metadata = 3, [schema.BufferT(), buffer], [entry] * entries
     builder = flatbuffers.Builder(256)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(bytes(builder.Output()))
@@ -58,3 +58,10 @@ def test_a_truncated_table_is_one_line_saying_why(tmp_path):
         litert.read_metadata(path)
     assert str(refused.value).startswith(f"{path}: damaged TFLite model: its metadata table cannot be read "
                                          "(struct.error: unpack_from requires a buffer of at least"), refused.value
+
+
+def test_a_key_given_twice_is_one_line(tmp_path):
+    path = tflite_with_batch_entry(tmp_path / "m.tflite", data=b"1", entries=2)
+    with pytest.raises(HieraRuntimeError) as refused:
+        litert.read_metadata(path)
+    assert str(refused.value) == f"{path}: damaged Hiera metadata: hiera.batch is in its metadata table twice"
