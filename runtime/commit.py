@@ -345,7 +345,9 @@ def replacing(out, written_by: str):
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise FileError(f"{out}: cannot write ({_reason(error)})") from None
+        blocking = next((p for p in reversed(out.parents) if os.path.lexists(p) and not p.is_dir()), None)
+        reason = f"{blocking} is not a folder" if blocking else _reason(error)  # "File exists" would name nothing
+        raise FileError(f"{out}: cannot write ({reason})") from None
     with lock(out.parent / f".{out.name}.lock", wait=False, target=out), interruptible():
         recover_folder(out, written_by)
         replaced = check_replaceable(out, written_by)

@@ -54,3 +54,12 @@ def test_the_same_command_replaces_its_own_folder(tmp_path):
         with commit.replacing(out, "python -m runtime segment") as replacement:
             (replacement.staging / "a.txt").write_text(text)
     assert (out / "a.txt").read_text() == "second"
+
+
+def test_an_out_below_a_file_names_that_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "sub" / "masks"
+    with pytest.raises(FileError) as refused, commit.replacing(out, "python -m runtime segment"):
+        pass
+    assert str(refused.value) == f"{out}: cannot write ({tmp_path / 'notes.txt'} is not a folder)"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
