@@ -215,6 +215,17 @@ def read_kept(path: Path) -> set[str] | None:
     return set(manifest["files"])
 
 
+def _kept_writers(folder: Path) -> list[str]:
+    """The `written_by` of each kept manifest at the top of `folder` ("(unknown)" where it names none)."""
+    writers = []
+    for manifest in sorted(Path(folder).glob(glob.escape(KEPT) + "*.json")):
+        with contextlib.suppress(HieraRuntimeError):
+            kept = files.read_json(manifest, MANIFEST_LIMIT)
+            writer = kept.get("written_by") if isinstance(kept, dict) else None
+            writers.append(writer if isinstance(writer, str) else "(unknown)")
+    return writers
+
+
 def write_kept(path: Path, names: list[str], written_by: str) -> None:
     """A manifest to keep beside files we commit (an export's `.hiera-manifest.<stem>.json`)."""
     files.write_json(path, {"written_by": written_by, "files": names})
@@ -238,6 +249,10 @@ def check_replaceable(out: Path, written_by: str) -> bool:
     if listed is None:
         raise FileError(f"{out}: exists and is not a folder that {written_by} wrote (it has no {MANIFEST}); choose "
                         "another folder, or empty this one")
+    other = next((writer for writer in _kept_writers(out) if writer != written_by), None)
+    if other is not None:  # another command's output (an export folder given as segment's --out): never ours to lose
+        raise FileError(f"{out}: written by {other}, not by {written_by}; replacing it would lose that command's "
+                        "files: choose another folder")
     allowed = listed | {parent.as_posix() for name in listed for parent in Path(name).parents}
     for entry in entries:
         if entry not in allowed or (out / entry).is_symlink():
@@ -334,7 +349,9 @@ def replacing(out, written_by: str):
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise FileError(f"{out}: cannot write ({_reason(error)})") from None
+        blocking = next((p for p in reversed(out.parents) if os.path.lexists(p) and not p.is_dir()), None)
+        reason = f"{blocking} is not a folder" if blocking else _reason(error)  # "File exists" would name nothing
+        raise FileError(f"{out}: cannot write ({reason})") from None
     with lock(out.parent / f".{out.name}.lock", wait=False, target=out), interruptible():
         recover_folder(out, written_by)
         replaced = check_replaceable(out, written_by)
@@ -395,12 +412,14 @@ def recover_folder(out: Path, written_by: str) -> list[str]:
     Returns what was done, a line each."""
     out, done = Path(out), []
     for staging in _beside(out, "staging"):
-        if decided(staging) is None:
+        manifest = decided(staging)
+        if manifest is None:
             shutil.rmtree(staging)
             done.append(f"removed {staging.name}, left by a run that did not finish")
             continue
-        if not _beside(out, "old"):
-            check_replaceable(out, written_by)  # the old folder, unless someone put a file of theirs into it since
+        if not _beside(out, "old"):  # the old folder, unless someone put a file of theirs into it since; the
+            # swap is the deciding run's, so the folder is checked as that run checked it (whoever runs now)
+            check_replaceable(out, manifest.get("written_by", written_by))
         _swap(staging, out)
         done.append(f"finished the interrupted replacement of {out.name}")
     olds = _beside(out, "old")

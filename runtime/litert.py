@@ -51,14 +51,18 @@ def read_metadata(path) -> dict[str, str]:
             for index in range(model.MetadataLength()):
                 entry = model.Metadata(index)
                 name = (entry.Name() or b"").decode()
+                if name in entries:  # two values for one key: which one a reader takes would decide what runs
+                    raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {name} is in its metadata table twice")
                 if name.startswith("hiera."):
                     entries[name] = _buffer(data, model.Buffers(entry.Buffer()), path, name)
             return entries
         except HieraRuntimeError:
             raise
         except Exception as error:  # flatbuffers' reader raises struct.error, IndexError, ... on a damaged file
+            kind = type(error).__name__ if type(error).__module__ == "builtins" else \
+                f"{type(error).__module__}.{type(error).__name__}"  # struct's is called just "error"
             raise HieraRuntimeError(f"{path}: damaged TFLite model: its metadata table cannot be read "
-                                    f"({type(error).__name__})") from None
+                                    f"({kind}: {str(error).splitlines()[0] if str(error) else 'no detail'})") from None
 
 
 def _buffer(data: mmap.mmap, buffer, path: Path, name: str) -> str:
@@ -68,6 +72,9 @@ def _buffer(data: mmap.mmap, buffer, path: Path, name: str) -> str:
     size = buffer.DataLength() or buffer.Size()
     if size > MAX_ENTRY_BYTES:
         raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {name} holds {size} bytes")
+    if not buffer.DataLength() and buffer.Offset() + size > len(data):  # a slice past the end would read short
+        raise HieraRuntimeError(f"{path}: damaged Hiera metadata: {name}'s {size} bytes at offset {buffer.Offset()} "
+                                f"lie outside the file ({len(data)} bytes)")
     raw = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else data[buffer.Offset():buffer.Offset() + size]
     try:
         return raw.decode()

@@ -192,12 +192,11 @@ def connected(address: str | None):
         yield ray
         return
     if address not in (None, "auto"):
-        host, _, port = address.removeprefix("ray://").rpartition(":")
+        host, port = cluster_address(address)
         try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
-        except (OSError, ValueError) as error:
-            reason = "give it as HOST:PORT" if isinstance(error, ValueError) else (error.strerror or str(error))
-            raise HieraRuntimeError(f"Ray cluster {address}: does not answer ({reason})") from None
+            socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+        except OSError as error:
+            raise HieraRuntimeError(f"Ray cluster {address}: does not answer ({error.strerror or error})") from None
     # Ray's own lines would drown the command's: its failures reach the command as exceptions, said in one line
     logging.getLogger("ray").setLevel(logging.ERROR)
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # it logs the stack of a failure it then raises
@@ -213,6 +212,22 @@ def connected(address: str | None):
         yield ray
     finally:
         ray.shutdown()
+
+
+def cluster_address(address: str) -> tuple[str, int]:
+    """The host and port of a Ray cluster's address, HOST:PORT or ray://HOST:PORT (Ray Client); one line for
+    anything else, before any connection: another scheme (a dashboard's http:// URL is the usual slip), no host,
+    or a port outside 1..65535."""
+    scheme, found, rest = address.partition("://")
+    if found and scheme != "ray":
+        raise HieraRuntimeError(f"Ray cluster {address}: a {scheme}:// URL; give HOST:PORT (what ray start --head "
+                                "printed) or ray://HOST:PORT")
+    host, _, port = (rest if found else address).rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 address in brackets
+    if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise HieraRuntimeError(f"Ray cluster {address}: give it as HOST:PORT or ray://HOST:PORT (a port from 1 to "
+                                "65535)")
+    return host, int(port)
 
 
 def _line(error: BaseException) -> str:

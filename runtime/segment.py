@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import HieraRuntimeError
-from .model import FeatureExtractor, MaskDecoder
+from .model import FeatureExtractor, MaskDecoder, load
 from .preprocess import MAX_PIXELS, load_image
 
 MAX_PROMPTS = 64  # prompts per image in one call (the decoder is traced for up to this many)
@@ -35,6 +35,9 @@ MAX_POINTS = 16  # tokens per prompt: points and a box's two corners
 USER_LABELS = {1: "positive", 0: "negative"}  # what a caller may give a point; 2, 3 are box corners, -1 padding
 BOX_LABELS = (2.0, 3.0)
 MASK_THRESHOLD = 0.0
+# One predict's masks at the image's size, one byte a pixel: 64 prompts x 3 masks of a 12-megapixel photo would be
+# 2.3 GB (and 18 GB of float64 logits resized at once, as this code did before), so they are bounded like images.
+MAX_MASK_PIXELS = 1 << 30
 OVERLAY_COLORS = np.array([(30, 144, 255), (255, 64, 64), (64, 200, 64), (255, 190, 0), (200, 64, 255),
                            (0, 210, 210)], np.float32)
 
@@ -204,6 +207,13 @@ class Segmenter:
         three masks per prompt. `mask_input`: low-resolution logits of an earlier answer ([h, w], the same for every
         prompt, or [prompts, h, w]), which SAM 2 refines."""
         coords, labels = self.prompts(points, boxes)
+        height, width = self.image.shape[:2]
+        count = len(coords) * (3 if multimask else 1)
+        pixels = count * height * width
+        if pixels > MAX_MASK_PIXELS:
+            raise HieraRuntimeError(f"{count} masks of {width} x {height} pixels are {pixels / 1e9:.1f} gigapixels, "
+                                    f"above the limit of {MAX_MASK_PIXELS / 1e9:.1f} for one call: give fewer prompts, "
+                                    "or a smaller image")
         side = 4 * self._embedding["image_embeddings"].shape[-1]  # the low-resolution masks' side
         has_mask = np.zeros(len(coords), np.float32)
         masks_in = np.zeros((len(coords), 1, side, side), np.float32)
@@ -222,17 +232,27 @@ class Segmenter:
         logits, scores = outputs["masks"][:, chosen], outputs["iou_scores"][:, chosen]
         if not (np.isfinite(logits).all() and np.isfinite(scores).all()):
             raise HieraRuntimeError(f"{self.decoder.session.path}: the decoder's outputs are not finite")
-        masks = upsample_logits(logits, self.image.shape[:2]) > MASK_THRESHOLD
+        masks = np.empty((*logits.shape[:2], height, width), bool)
+        for prompt, mask in np.ndindex(*logits.shape[:2]):  # one mask at a time: one image of float64, not P x M
+            masks[prompt, mask] = upsample_logits(logits[prompt, mask], (height, width)) > MASK_THRESHOLD
         return Segmentation(masks=masks, scores=scores, logits=logits)
 
 
 def load_segmenter(encoder, decoder, *, max_pixels: int = MAX_PIXELS, check: bool = True, allow_failed: bool = False,
                    **options) -> Segmenter:
     """A `Segmenter` from SAM 2's image encoder artifact and the mask decoder artifact exported from the same
-    checkpoint (refused in one line otherwise); `options` as for `runtime.load` (provider, threads, ...)."""
-    encoder_model = FeatureExtractor.load(encoder, max_pixels=max_pixels, check=check, allow_failed=allow_failed,
-                                          **options)
-    decoder_model = MaskDecoder.load(decoder, check=check, allow_failed=allow_failed, **options)
+    checkpoint (refused in one line otherwise); `options` as for `runtime.load` (provider, threads, ...).
+    Each is loaded as whatever its metadata says it is, so that a file given in the other's place (the two
+    swapped, a classifier) is refused with what it is and where it belongs, not with a class of the API. The
+    decoder, the smaller, is loaded first: a wrong one is refused before the encoder's session is built."""
+    decoder_model = load(decoder, check=check, allow_failed=allow_failed, **options)
+    if not isinstance(decoder_model, MaskDecoder):
+        raise HieraRuntimeError(f"{decoder_model.session.path}: a {decoder_model.info.task} model, not SAM 2's mask "
+                                "decoder (python -m export --task mask-decoder writes it)")
+    encoder_model = load(encoder, max_pixels=max_pixels, check=check, allow_failed=allow_failed, **options)
+    if encoder_model.info.task != "image-encoder":
+        raise HieraRuntimeError(f"{encoder_model.session.path}: a {encoder_model.info.task} model, not SAM 2's "
+                                "image encoder (the encoder comes first, then its mask decoder)")
     return Segmenter(encoder_model, decoder_model, max_pixels)
 
 
@@ -256,7 +276,7 @@ def _name(image) -> str:
 
 def command(args) -> int:
     """python -m runtime segment IMAGE... --model ENCODER --decoder DECODER --point X,Y[,LABEL]... --box
-    X0,Y0,X1,Y1...: every image is segmented before anything is written, then the folder --out is replaced whole."""
+    X0,Y0,X1,Y1...: every image is segmented into a staging folder, then the folder --out is replaced whole."""
     from .commit import replacing
     from .shell import say
 
@@ -268,22 +288,26 @@ def command(args) -> int:
     twice = next((stem for stem in stems if stems.count(stem) > 1), None)
     if twice is not None:
         raise HieraRuntimeError(f"two images named {twice}: their masks would have one name; segment them apart")
-    segmenter = load_segmenter(args.model, args.decoder, max_pixels=int(args.max_megapixels * 1e6),
-                               check=args.check, allow_failed=args.allow_failed, provider=args.provider,
-                               threads=args.threads, cache_dir=args.cache_dir,
-                               inference_precision=args.inference_precision)
+    try:  # nothing is written before `replacing` below: an interruption here leaves --out untouched, and says so
+        segmenter = load_segmenter(args.model, args.decoder, max_pixels=int(args.max_megapixels * 1e6),
+                                   check=args.check, allow_failed=args.allow_failed, provider=args.provider,
+                                   threads=args.threads, cache_dir=args.cache_dir,
+                                   inference_precision=args.inference_precision)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{args.out} is as it was: nothing was written") from None
     for warning in segmenter.warnings:
         say(f"warning: {warning}", sys.stderr)
-    answers = []
-    for image in args.images:
-        segmenter.set_image(image)
-        try:
-            answers.append((image, segmenter.image, segmenter.predict(args.point, args.box, args.multimask)))
-        except HieraRuntimeError as error:
-            raise HieraRuntimeError(f"{image}: {error}") from None
     documents = []
+    # Each image's masks go into the staging folder as soon as they are made (memory holds one image's, whatever
+    # the number of images); --out is replaced only when every image is done, and is as it was otherwise.
     with replacing(args.out, "python -m runtime segment") as folder:
-        for image, picture, answer in answers:
+        for image in args.images:
+            segmenter.set_image(image)
+            try:
+                answer = segmenter.predict(args.point, args.box, args.multimask)
+            except HieraRuntimeError as error:
+                raise HieraRuntimeError(f"{image}: {error}") from None
+            picture = segmenter.image
             document = {"image": str(image), "size": list(picture.shape[:2]), "masks": []}
             for prompt, (masks, scores) in enumerate(zip(answer.masks, answer.scores)):
                 for index, (mask, score) in enumerate(zip(masks, scores)):
@@ -296,11 +320,14 @@ def command(args) -> int:
                 chosen = answer.masks.reshape(-1, *answer.masks.shape[-2:])
                 overlay(picture, chosen).save(folder.staging / f"{image.stem}.overlay.png", format="PNG")
             documents.append(document)
-    for document in documents:
-        if args.json:
-            say(json.dumps(document, allow_nan=False))
-        else:
-            for entry in document["masks"]:
-                say(f"{document['image']}: prompt {entry['prompt']} mask {entry['mask']}: score {entry['score']:.4f}, "
-                    f"{entry['area']} pixels -> {args.out / entry['file']}")
+    try:
+        for document in documents:
+            if args.json:
+                say(json.dumps(document, allow_nan=False))
+            else:
+                for entry in document["masks"]:
+                    say(f"{document['image']}: prompt {entry['prompt']} mask {entry['mask']}: score "
+                        f"{entry['score']:.4f}, {entry['area']} pixels -> {args.out / entry['file']}")
+    except KeyboardInterrupt:  # the folder was committed whole before the first line
+        raise KeyboardInterrupt(f"{args.out} holds the new masks (not every line was printed)") from None
     return 0
