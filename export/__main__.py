@@ -45,8 +45,8 @@ def parse(argv):
     from runtime.artifact import MAX_SIDE
 
     from .onnx_export import MIN_OPSET, max_opset
-    from .options import (DECODER_TASKS, DEFAULT_PRECISIONS, MAX_BATCH, MAX_SEED, MAX_WORKSPACE_GB, PRECISIONS, Options,
-                          check)
+    from .options import (DECODER_PRECISIONS, DECODER_TASKS, DEFAULT_PRECISIONS, MAX_BATCH, MAX_SEED,
+                          MAX_WORKSPACE_GB, PRECISIONS, Options, check)
     from .tensorrt import ENGINE_PRECISIONS, EngineOptions
     from .trt_check import DEFAULT_TARGET
 
@@ -89,9 +89,9 @@ def parse(argv):
     batch.add_argument("--batch", type=Whole(1, MAX_BATCH), default=1, help=f"static batch size, 1 to {MAX_BATCH} "
                        "(default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help=f"make the batch axis dynamic (up to {MAX_BATCH})")
-    p.add_argument("--precision", nargs="+", default=list(DEFAULT_PRECISIONS), metavar="P",
-                   help=f"any of {' '.join(PRECISIONS)} (default: {' '.join(DEFAULT_PRECISIONS)}); qdq is static "
-                   "int8 for TensorRT and needs --calibration")
+    p.add_argument("--precision", nargs="+", metavar="P",
+                   help=f"any of {' '.join(PRECISIONS)} (default: {' '.join(DEFAULT_PRECISIONS)}; the mask decoder: "
+                   f"{' '.join(DECODER_PRECISIONS)}); qdq is static int8 for TensorRT and needs --calibration")
     p.add_argument("--calibration", type=Path, metavar="DIR", help="images like the ones the model will see (up "
                    "to 512, searched recursively), to set qdq's int8 scales")
     p.add_argument("--no-optimize", action="store_true", help="write the graph as traced, without fusions")
@@ -114,9 +114,10 @@ def parse(argv):
     trt.add_argument("--version-compatible", action="store_true", help="an engine later TensorRT releases of the "
                      "same major version can run")
     a = p.parse_args(argv)
+    default = DECODER_PRECISIONS if a.task == "mask-decoder" else DEFAULT_PRECISIONS
     options = Options(variant=a.variant, task=a.task, weights=a.weights, allow_unverified=a.allow_unverified,
                    out_dir=a.out, opset=a.opset, batch=None if a.dynamic_batch else a.batch,
-                   precisions=tuple(a.precision), calibration=a.calibration,
+                   precisions=tuple(a.precision or default), calibration=a.calibration,
                    out_features=tuple(a.out_features) if a.out_features else None, loss=a.loss,
                    image_size=tuple(a.image_size) if a.image_size else None, layout=a.layout,
                    optimize=not a.no_optimize, validate=not a.no_validate, seed=a.seed, trt_version=a.trt_version,

@@ -31,12 +31,12 @@ from . import artifact, convert, parity, trt_check
 from .errors import ExportError
 from .onnx_export import TRACE_OPSET, _quiet, to_opset_17
 from .optimize import max_rank, op_histogram
-from .options import Options
+from .options import DECODER_PRECISIONS, Options
 from .transaction import Transaction
 from .weights import load_weights
 
 TASK = "mask-decoder"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = DECODER_PRECISIONS
 MASK_IOU_BOUNDS = {"fp32": 0.99, "fp16": 0.98}  # the smallest IoU of a mask with PyTorch's (issue 26)
 MASK_LOGIT_TOLERANCE = 1e-3  # pixels whose PyTorch logit is within this of the threshold are left out, and counted
 NOISE_IMAGES = 1

@@ -23,6 +23,7 @@ MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1
 MAX_WORKSPACE_GB = 1024
 # SAM 2's prompt encoder and mask decoder (export/mask_decoder.py); with its encoder as one export (segmenter.py)
 DECODER_TASKS = ("mask-decoder", "segmenter")
+DECODER_PRECISIONS = ("fp32", "fp16")  # what SAM 2's mask decoder is exported in (export/mask_decoder.py)
 
 
 @dataclass(frozen=True)

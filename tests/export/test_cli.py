@@ -141,3 +141,10 @@ def test_no_arguments_print_usage_and_the_commands():
     result = run_cli()  # as python -m runtime: the help on stderr, exit 2
     assert result.returncode == 2 and result.stdout == "" and result.stderr.startswith("usage: python -m export")
     assert "check-trt" in result.stderr and "verify" in result.stderr and "16 to" in result.stderr
+
+
+def test_each_task_defaults_to_the_precisions_it_is_exported_in():
+    """The mask decoder is exported in fp32 and fp16 only: without --precision it takes those, where it took the
+    encoder's default (with int8) and refused itself (docs/segment.md's command)."""
+    assert cli.parse(["--task", "mask-decoder", "--weights", "sam2-folder"]).precisions == ("fp32", "fp16")
+    assert cli.parse(["--variant", "tiny"]).precisions == ("fp32", "fp16", "int8")
