@@ -34,7 +34,9 @@ def reference_outputs(model, pixel_values) -> dict[str, np.ndarray]:
     return {"last_hidden_state": out.last_hidden_state.numpy(), "pooler_output": out.pooler_output.numpy()}
 
 
-@pytest.mark.parametrize("name", ["tiny", "base"])
+# Hiera-T at full size. Hiera-B (82 s of CI) is a documented full-size check, not a test: `python -m export --variant
+# base --weights random` proves its parity in its report; `python -m tools.parity_report` prints the model's.
+@pytest.mark.parametrize("name", ["tiny"])
 def test_classifier_matches_transformers(name, transformers_checkpoint, tmp_path):
     directory, reference = transformers_checkpoint(name)
     report = run(Options(weights=str(directory), variant=name, out_dir=tmp_path, precisions=("fp32", "int8")))
