@@ -57,13 +57,17 @@ COMMANDS = {
 STATE = {"hiera-export": "the output folder is as it was", "hiera-export verify": "the output folder is as it was",
          "hiera-export check-trt": "the output folder is as it was",
          "hiera-export hub": "nothing was left half-written"}
+# What an interruption says it left, where the command knows better than its shell's state: segment names its --out
+# (the default here, `segments`) and whether the new masks were committed.
+INTERRUPTED_STATE = {"hiera-runtime segment": "segments is as it was: nothing was written"}
 DEBUG = "HIERA_DEBUG=1 shows the traceback"
 
 
 def expected(command: str, fault: str) -> tuple[str, int]:
     state = STATE.get(command)
-    return {"ctrl-c": (f"interrupted: {state}\n" if state else "interrupted\n", 130),
-            "sigterm": (f"interrupted: {state}\n" if state else "interrupted\n", 130),
+    stopped = INTERRUPTED_STATE.get(command, state)
+    return {"ctrl-c": (f"interrupted: {stopped}\n" if stopped else "interrupted\n", 130),
+            "sigterm": (f"interrupted: {stopped}\n" if stopped else "interrupted\n", 130),
             "broken pipe": ("", 141),
             "out of memory": (f"error: out of memory ({state})\n" if state else "error: out of memory\n", 2),
             "unexpected": ("error: internal error, ZeroDivisionError: boom\\x1b[2J (" + (f"{state}; " if state else "")
