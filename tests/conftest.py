@@ -64,6 +64,13 @@ def tampered(artifact, tmp_path, field: str, value, raw: str | None = None) -> P
     return path
 
 
+def decoder_of_another_encoder(decoder, tmp_path) -> Path:
+    """`decoder` as an export from another checkpoint would have written it: its `hiera.encoder` names other weights."""
+    props = {p.key: p.value for p in onnx.load(decoder).metadata_props}
+    weights = json.loads(props["hiera.encoder"])["weights"]
+    return tampered(decoder, tmp_path, "encoder.weights", {**weights, "sha256": "0" * 64})
+
+
 @pytest.fixture
 def private_lock(tmp_path, monkeypatch) -> Path:
     """A copy of models.lock that a test may change, made the one the package reads."""

@@ -26,7 +26,7 @@ from hiera_model.sam2_decoder import INPUT_NAMES, OUTPUT_NAMES
 from runtime import cli
 from runtime.preprocess import Preprocessing, load_image
 
-from ..conftest import failed_rows
+from ..conftest import decoder_of_another_encoder, failed_rows
 from ..sam2_reference import SIZE, sam2_checkpoint  # noqa: F401
 
 LOGIT_TOLERANCE = 1e-3  # fp32 logits (issue 26); a reference pixel this close to 0 is left out of the IoU, counted
@@ -147,14 +147,7 @@ def exit_code(args) -> int:
 
 def test_bad_input_is_one_line_and_writes_nothing(exported, tmp_path, capsys):
     out, encoder, decoder, _, photo = exported
-    other = tmp_path / "other_mask-decoder.onnx"  # a decoder exported from another checkpoint, as its metadata says
-    model = onnx.load(decoder)
-    for prop in model.metadata_props:
-        if prop.key == "hiera.encoder":
-            entry = json.loads(prop.value)
-            entry["weights"]["sha256"] = "0" * 64
-            prop.value = json.dumps(entry)
-    onnx.save(model, other)
+    other = decoder_of_another_encoder(decoder, tmp_path)
     target = tmp_path / "masks"
     too_many = [a for _ in range(65) for a in ("--box", "0,0,10,10")]
     cases = [(["--point", "700,150"], "point 700,150: x 700 is outside the image (0 to 640)"),

@@ -15,7 +15,7 @@ from runtime.tensorrt import make_sidecar, write_sidecar
 from runtime.triton import Options, write_repository
 from runtime.triton.repository import MANIFEST, MARKER, PYTHON_MODEL, quote
 
-from ..conftest import ROOT
+from ..conftest import ROOT, decoder_of_another_encoder
 
 try:  # Triton's own schema of config.pbtxt; without it the tests that parse configs skip, the others run
     from google.protobuf import text_format
@@ -285,16 +285,7 @@ def test_sam2_decoder_adds_the_prompt_and_one_shot_models(sam2_encoder, sam2_dec
 
 def test_a_decoder_of_another_encoder_is_refused_and_nothing_written(sam2_encoder, sam2_decoder, digits, tmp_path,
                                                                      capsys):
-    import onnx  # the test edits the decoder's metadata as another checkpoint's export would have written it
-
-    stranger = tmp_path / "other_mask-decoder.onnx"
-    model = onnx.load(sam2_decoder)
-    for prop in model.metadata_props:
-        if prop.key == "hiera.encoder":
-            entry = json.loads(prop.value)
-            entry["weights"]["sha256"] = "0" * 64
-            prop.value = json.dumps(entry)
-    onnx.save(model, stranger)
+    stranger = decoder_of_another_encoder(sam2_decoder, tmp_path)
     cases = {"another encoder's": ([sam2_encoder], stranger, "belongs to another encoder: its weights"),
              "no encoder": ([digits["classify"]], sam2_decoder, "give exactly one among MODEL (0 given)")}
     before = sorted(os.listdir(tmp_path))
