@@ -34,19 +34,16 @@ NO_TENSORRT = "TensorRT's libraries come only from NVIDIA's package index, which
 
 
 @pytest.fixture(scope="module")
-def exports(transformers_checkpoint, photo_directory, tmp_path_factory):
-    """Dynamic-batch exports of one checkpoint: default (optimized), standard-op, opset 16 for TensorRT 8.5, and
-    the calibrated qdq artifact for TensorRT's int8."""
+def exports(tensorrt_exports, transformers_checkpoint, photo_directory, tmp_path_factory):
+    """Dynamic-batch exports of one checkpoint: default (optimized), standard-op, opset 16 for TensorRT 8.5 (shared
+    with test_trt_check), and the calibrated qdq artifact for TensorRT's int8."""
     directory, _ = transformers_checkpoint("small_q_pool")
-    made = {}
-    for name, options in {"optimized": {}, "standard": {"optimize": False},
-                          "opset16": {"optimize": False, "opset": 16, "trt_version": "8.5"},
-                          "qdq": {"precisions": ("fp32", "qdq"), "calibration": photo_directory}}.items():
-        out = tmp_path_factory.mktemp(name)
-        report = run(Options(weights=str(directory), out_dir=out, batch=None, validate=False, **options))
-        files = {p: out / entry["file"] for p, entry in report["artifacts"].items()}
-        made[name] = files, {p: onnx.load(f) for p, f in files.items()}, report
-    return made
+    out = tmp_path_factory.mktemp("qdq")
+    report = run(Options(weights=str(directory), out_dir=out, batch=None, validate=False, precisions=("fp32", "qdq"),
+                         calibration=photo_directory))
+    made = {**tensorrt_exports, "qdq": ({p: out / entry["file"] for p, entry in report["artifacts"].items()}, report)}
+    return {name: (files, {p: onnx.load(f) for p, f in files.items()}, report)
+            for name, (files, report) in made.items()}
 
 
 def test_fp16_on_tensorrt_10_is_strongly_typed_from_the_mixed_precision_artifact(exports):

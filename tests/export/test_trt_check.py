@@ -10,26 +10,18 @@ import pytest
 from onnx import TensorProto, helper
 
 import hiera_model
-from export import Options, run
 from export.onnx_export import to_onnx, to_opset_16
 from export.trt_check import check
 
-from ..conftest import ROOT, failed_rows
+from ..conftest import ROOT
 from .test_parity import FP32_TOLERANCE, inputs, onnx_outputs, reference_outputs
 
 
 @pytest.fixture(scope="module")
-def graphs(transformers_checkpoint, tmp_path_factory):
+def graphs(tensorrt_exports, transformers_checkpoint):
     """The artifacts of one checkpoint: optimized (default), standard-op (--no-optimize), and at opset 16."""
-    directory, reference = transformers_checkpoint("small_q_pool")
-    made = {}
-    for name, options in {"optimized": {}, "standard": {"optimize": False},
-                          "opset16": {"optimize": False, "opset": 16}}.items():
-        out = tmp_path_factory.mktemp(name)
-        report = run(Options(weights=str(directory), out_dir=out, batch=None, **options))
-        assert report["passed"], failed_rows(report)
-        made[name] = {p: out / entry["file"] for p, entry in report["artifacts"].items()} | {"report": report}
-    return made, reference
+    _, reference = transformers_checkpoint("small_q_pool")
+    return {name: files | {"report": report} for name, (files, report) in tensorrt_exports.items()}, reference
 
 
 def test_standard_op_graphs_pass_for_tensorrt_8_6_and_10(graphs):
