@@ -191,7 +191,8 @@ def config_from_transformers(config, path) -> Sam2Config:
 
 def from_transformers(state: dict, path, layout: str = TRANSFORMERS) -> dict:
     """A checkpoint's weights (transformers' `Sam2Model`, or in `layout` FAIR's `SAM2Base` or timm's `HieraDet`)
-    in our names, the parts the encoder does not use dropped."""
+    in our names, the parts the encoder does not use dropped; in layout `FAIR_DECODER`, FAIR's prompt encoder and
+    mask decoder in the decoder's names, the rest dropped (`decoder_from_fair` completes them)."""
     names, unused, model = {TRANSFORMERS: (_NAMES, _UNUSED, "a transformers Sam2Model"),
                             FAIR: (_FAIR_NAMES, _FAIR_UNUSED, "FAIR's SAM 2 (SAM2Base)"),
                             TIMM: (_TIMM_NAMES, _TIMM_UNUSED, "timm's sam2_hiera backbone (HieraDet)"),
