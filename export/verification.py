@@ -5,7 +5,8 @@ says (its verdict follows from its own figures and today's thresholds), every fi
 recorded size and sha256, each artifact's metadata decodes and agrees with the report, and the folder
 holds no file of the export that the report does not describe. With weights: they must be the weights
 the export recorded (sha256, or the seed of random weights), and each artifact is run again against
-PyTorch on the same validation inputs, held to the same bounds.
+PyTorch on the same validation inputs, held to the same bounds (SAM 2's mask decoder on the same images and
+prompts, with its mask-IoU rows; in a segmenter family the encoder artifacts' mask-IoU rows too).
 
     result = export.verify(["artifacts/hiera_base_classify.onnx"], weights="random")
     assert result.ok, result.failures
@@ -16,12 +17,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from runtime import commit, files
 from runtime.artifact import EDGE_METADATA, from_metadata, read_metadata, read_sidecar
 from runtime.errors import HieraRuntimeError
 from runtime.tensorrt import ENGINE_SUFFIXES
 
-from . import artifact, parity, transaction
+from . import artifact, mask_decoder, parity, transaction
 from .errors import ExportError
 
 EDGE_SUFFIXES = (*EDGE_METADATA, ".mlpackage")  # LiteRT, ExecuTorch (the runtime reads them), Core ML (docs/edge.md)
@@ -130,11 +133,16 @@ def _verify_export(result: VerifyResult, report_file: Path, names: list[str], we
         result.add(folder, "files", False, f"an interrupted commit is pending in {waiting[0].name}: the next export "
                                            "into this folder completes it")
     if weights is not None:  # the artifacts; the Hub's copies of them are held to their sha256 above
+        ours = [name for name in names if artifact.in_family(name, stem)]
+        if report.get("task") == mask_decoder.TASK:  # its parity runs on encoder outputs and prompts
+            _decoder_parity(result, folder, ours, report, report, weights, allow_unverified, progress)
+            return
         second = {e.get("file") for e in report.get("artifacts", {}).values() if "task" in e}  # a family's decoder
+        _parity(result, folder, [name for name in ours if name not in second], report, weights, allow_unverified,
+                progress)
         if second:
-            progress("verify", f"not run again against PyTorch (a mask decoder's parity): {', '.join(sorted(second))}")
-        _parity(result, folder, [name for name in names if artifact.in_family(name, stem) and name not in second],
-                report, weights, allow_unverified, progress)
+            _decoder_parity(result, folder, ours, report, report.get("decoder") or {}, weights, allow_unverified,
+                            progress)
 
 
 def _inside(result: VerifyResult, folder: Path, name) -> bool:
@@ -222,9 +230,6 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
     recorded = report.get("weights") or {}
     source = str(recorded.get("source", ""))
     task, seed = report.get("task"), (report.get("validation") or {}).get("seed")
-    if task == "mask-decoder":  # its parity runs on encoder outputs and prompts (export/mask_decoder.py)
-        raise ExportError(f"{folder}: verify --weights does not run a mask decoder's parity again yet; verify its "
-                          "files without --weights, or export it again", "weights")
     if seed is None:
         result.add(folder, "parity", False, "the export did not validate its artifacts: nothing to run again")
         return
@@ -263,6 +268,83 @@ def _parity(result: VerifyResult, folder: Path, names: list[str], report: dict, 
         failed = parity.failures(precision, parity.compare(reference, got))
         result.add(path, "parity", not failed, f"within the {precision} bounds against PyTorch" if not failed else
                    "; ".join(failed))
+
+
+def _decoder_parity(result: VerifyResult, folder: Path, names: list[str], report: dict, section: dict, weights: str,
+                    allow_unverified, progress) -> None:
+    """SAM 2's mask decoder run again as its export validated it (`mask_decoder.prepare`: the checkpoint's encoder in
+    PyTorch on the recorded validation images, the decoder on the validation prompts), each decoder artifact of
+    `names` held to its precision's bounds and mask-IoU row; in a family (`--task segmenter`) each encoder artifact's
+    mask-IoU row through the fp32 decoder too. `section`: where the decoder's weights and validation are recorded
+    (the report, or a family's `decoder` part)."""
+    from . import segmenter
+    from .options import Options
+
+    recorded, inputs = section.get("weights") or {}, (section.get("validation") or {}).get("inputs") or []
+    # the noise images are named random:<seed>:<index>; the photographs by their names
+    seeds = {name.split(":")[1] for name in inputs if name.startswith("random:") and name.count(":") == 2}
+    if len(seeds) != 1 or not next(iter(seeds)).isdigit():
+        result.add(folder, "parity", False, "the export recorded no decoder validation inputs: nothing to run again")
+        return
+    if weights == "random":  # a decoder is exported from a checkpoint only
+        result.add(weights, "weights", False, f"not the weights of this export: it was made from "
+                                              f"{recorded.get('source')}")
+        return
+    prepared = mask_decoder.prepare(Options(weights=weights, task=mask_decoder.TASK, seed=int(next(iter(seeds))),
+                                            allow_unverified=allow_unverified), progress)
+    got = prepared.report["weights"]
+    if not result.add(weights, "weights", got.get("sha256") == recorded.get("sha256"), "the weights the export "
+                      "recorded (the mask decoder's)" if got.get("sha256") == recorded.get("sha256") else
+                      f"not the weights of this export's mask decoder (it recorded {recorded.get('source')}, sha256 "
+                      f"{recorded.get('sha256')}; these are {got.get('source')}, sha256 {got.get('sha256')})"):
+        return
+    if prepared.report["validation"]["inputs"] != inputs:
+        result.add(folder, "parity", False, f"the decoder's validation inputs are now "
+                   f"{prepared.report['validation']['inputs']}, the export's were {inputs}: not comparable")
+        return
+    entries = {e.get("file"): (key, e) for key, e in report.get("artifacts", {}).items()}
+    for name in names:
+        key, entry = entries.get(name, (None, {}))
+        path = folder / name
+        if key is None or Path(name).suffix != ".onnx":
+            continue
+        precision = entry.get("precision", key)
+        if entry.get("task", report.get("task")) == mask_decoder.TASK:
+            progress("validate", f"{name} against PyTorch on {len(prepared.reference['masks'])} prompts")
+            failed = _decoder_failures(path, prepared, precision)
+            result.add(path, "parity", not failed, f"within the {precision} bounds and mask IoU against PyTorch"
+                       if not failed else "; ".join(failed))
+        elif entry.get("mask_iou") is not None:  # a family's encoder artifact: its masks through the fp32 decoder
+            progress("validate", f"{name}: its outputs through the fp32 decoder, masks against PyTorch's")
+            try:
+                embeddings = parity.run_artifact(path, {"pixel_values": prepared.images})
+            except HieraRuntimeError as error:
+                result.add(path, "parity", False, str(error))
+                continue
+            row = segmenter.encoder_mask_row(prepared, embeddings, precision)
+            result.add(path, "parity", not row["failures"], f"masks through the fp32 decoder: min IoU "
+                       f"{row['min_mask_iou']:.4f} >= {row['bound']}" if not row["failures"] else
+                       "; ".join(row["failures"]))
+
+
+def _decoder_failures(path: Path, prepared, precision: str) -> list[str]:
+    """A decoder artifact on the validation calls against PyTorch's answers, as its export held it: the precision's
+    bounds on `masks` and `iou_scores`, and the masks' IoU (`mask_decoder.mask_iou`, `MASK_IOU_BOUNDS`)."""
+    from runtime.session import OnnxSession
+
+    try:
+        session = OnnxSession(path, provider="cpu", threads=2)
+        calls = [session.run(feed["image_embeddings"], **{k: v for k, v in feed.items() if k != "image_embeddings"})
+                 for feed in prepared.feeds]
+    except HieraRuntimeError as error:
+        return [str(error)]
+    got = {name: np.concatenate([call[name] for call in calls]) for name in calls[0]}
+    failed = parity.failures(precision, parity.compare(prepared.reference, got))
+    iou = mask_decoder.mask_iou(prepared.reference["masks"], got["masks"])[0] if "masks" in got else None
+    bound = mask_decoder.MASK_IOU_BOUNDS.get(precision)
+    if iou is None or bound is None or not iou >= bound:
+        failed.append(f"masks min IoU {iou if iou is None else f'{iou:.4f}'} < {bound}")
+    return failed
 
 
 def _info(path: Path):

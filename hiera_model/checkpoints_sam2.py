@@ -9,7 +9,8 @@ field by field (one line naming the file and the field) before the weights are r
 against models.lock, tensors read within the file's own size and all finite, names and shapes compared
 with the model built on the meta device before the weights are assigned. Only the image encoder's
 weights are kept (with conv_s0, conv_s1 and the no-memory embedding); the prompt encoder and the rest of
-the mask decoder are read, checked, and dropped.
+the mask decoder are read, checked, and dropped (`sam2_decoder.load` keeps those, with FAIR's names for them
+here: `decoder_from_fair`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,47 @@ _FAIR_NAMES = [
 _FAIR_UNUSED = re.compile(r"^(sam_prompt_encoder\.|sam_mask_decoder\.|memory_attention\.|memory_encoder\.|"
                           r"mask_downsample\.|obj_ptr_proj\.|obj_ptr_tpos_proj\.|maskmem_tpos_enc$|no_mem_pos_enc$|"
                           r"no_obj_ptr$|no_obj_embed_spatial$)")
+# FAIR's names for the prompt encoder and mask decoder (sam2.modeling.sam.prompt_encoder.PromptEncoder,
+# mask_decoder.MaskDecoder, transformer.TwoWayTransformer) -> sam2_decoder.Sam2MaskDecoderModel's. FAIR's MLPs are
+# `layers.0..n`: every published decoder's hypernetwork MLPs and IoU head have three (in, middle, out), its
+# transformer's MLPs two. The four point embeddings (`point_embed.N`) are stacked and the random-Fourier matrix is
+# shared by the two positional embeddings in `decoder_from_fair`.
+_FAIR_MLP3 = r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)"  # FAIR's three-layer MLPs in the decoder
+_FAIR_DECODER_NAMES = [
+    (r"^sam_prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$",
+     "shared_image_embedding.positional_embedding"),
+    (r"^sam_prompt_encoder\.point_embeddings\.(\d+)\.weight$", r"prompt_encoder.point_embed.\1"),
+    (r"^sam_prompt_encoder\.(not_a_point_embed|no_mask_embed)\.", r"prompt_encoder.\1."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
+    (r"^sam_mask_decoder\.(iou_token|mask_tokens|obj_score_token)\.", r"mask_decoder.\1."),
+    (r"^sam_mask_decoder\.transformer\.(layers\.\d+\.\w+|final_attn_token_to_image)\.out_proj\.",
+     r"mask_decoder.transformer.\1.o_proj."),
+    (r"^sam_mask_decoder\.transformer\.(layers\.\d+\.\w+|final_attn_token_to_image)\.(q_proj|k_proj|v_proj)\.",
+     r"mask_decoder.transformer.\1.\2."),
+    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.norm([1-4])\.",
+     r"mask_decoder.transformer.layers.\1.layer_norm\2."),
+    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.layers\.0\.",
+     r"mask_decoder.transformer.layers.\1.mlp.proj_in."),
+    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.layers\.1\.",
+     r"mask_decoder.transformer.layers.\1.mlp.proj_out."),
+    (r"^sam_mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
+    (r"^sam_mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
+    (r"^sam_mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
+    (r"^sam_mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
+    (rf"^sam_mask_decoder\.{_FAIR_MLP3}\.layers\.0\.", r"mask_decoder.\1.proj_in."),
+    (rf"^sam_mask_decoder\.{_FAIR_MLP3}\.layers\.1\.", r"mask_decoder.\1.layers.0."),
+    (rf"^sam_mask_decoder\.{_FAIR_MLP3}\.layers\.2\.", r"mask_decoder.\1.proj_out."),
+]
+# What the image predictor's prompt path does not use: the image encoder (with conv_s0, conv_s1 and the no-memory
+# embedding: `_FAIR_NAMES`), the object score head (video tracking) and the video model's modules.
+_FAIR_NOT_DECODER = re.compile(r"^(image_encoder\.|sam_mask_decoder\.(conv_s0|conv_s1|pred_obj_score_head)\.|"
+                               r"memory_attention\.|memory_encoder\.|mask_downsample\.|obj_ptr_proj\.|"
+                               r"obj_ptr_tpos_proj\.|maskmem_tpos_enc$|no_mem_embed$|no_mem_pos_enc$|no_obj_ptr$|"
+                               r"no_obj_embed_spatial$)")
 # timm's names (timm.models.hieradet_sam2.HieraDet) -> ours; its classifier head is not SAM 2's
 _TIMM_NAMES = [
     (r"^patch_embed\.proj\.", "patch_embed."),
@@ -71,6 +113,7 @@ _TIMM_NAMES = [
 ]
 _TIMM_UNUSED = re.compile(r"^head\.")
 TRANSFORMERS, FAIR, TIMM = "transformers", "FAIR", "timm"
+FAIR_DECODER = "FAIR decoder"  # FAIR's layout, read for the prompt encoder and mask decoder
 # timm's SAM 2 backbones: the same architectures as our SAM 2 variants of the same names
 TIMM_ARCHITECTURES = ("sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus", "sam2_hiera_large")
 
@@ -148,10 +191,12 @@ def config_from_transformers(config, path) -> Sam2Config:
 
 def from_transformers(state: dict, path, layout: str = TRANSFORMERS) -> dict:
     """A checkpoint's weights (transformers' `Sam2Model`, or in `layout` FAIR's `SAM2Base` or timm's `HieraDet`)
-    in our names, the parts the encoder does not use dropped."""
+    in our names, the parts the encoder does not use dropped; in layout `FAIR_DECODER`, FAIR's prompt encoder and
+    mask decoder in the decoder's names, the rest dropped (`decoder_from_fair` completes them)."""
     names, unused, model = {TRANSFORMERS: (_NAMES, _UNUSED, "a transformers Sam2Model"),
                             FAIR: (_FAIR_NAMES, _FAIR_UNUSED, "FAIR's SAM 2 (SAM2Base)"),
-                            TIMM: (_TIMM_NAMES, _TIMM_UNUSED, "timm's sam2_hiera backbone (HieraDet)")}[layout]
+                            TIMM: (_TIMM_NAMES, _TIMM_UNUSED, "timm's sam2_hiera backbone (HieraDet)"),
+                            FAIR_DECODER: (_FAIR_DECODER_NAMES, _FAIR_NOT_DECODER, "FAIR's SAM 2 (SAM2Base)")}[layout]
     mapped = {}
     for key, value in state.items():
         for pattern, replacement in names:
@@ -162,6 +207,25 @@ def from_transformers(state: dict, path, layout: str = TRANSFORMERS) -> dict:
             if not unused.match(key):
                 shown = key if len(key) <= 80 else key[:77] + "..."
                 raise HieraModelError(f"{path}: tensor {shown} is not part of {model}")
+    return mapped
+
+
+def decoder_from_fair(state: dict, path) -> dict:
+    """A FAIR checkpoint's prompt encoder and mask decoder in `sam2_decoder.Sam2MaskDecoderModel`'s names; the rest
+    dropped. FAIR keeps the point embeddings as four [1, dim] tables (ours: one [4, dim]) and the random-Fourier
+    matrix once (ours: in the image's and the prompts' positional embeddings, as transformers has it)."""
+    mapped = from_transformers(state, path, FAIR_DECODER)
+    points = sorted((int(k.rsplit(".", 1)[1]), k) for k in mapped if k.startswith("prompt_encoder.point_embed."))
+    if points:
+        tables = [mapped.pop(key) for _, key in points]
+        if [index for index, _ in points] != list(range(len(points))) or len({t.shape for t in tables}) != 1 \
+                or tables[0].dim() != 2 or tables[0].shape[0] != 1:
+            raise HieraModelError(f"{path}: sam_prompt_encoder.point_embeddings must be tables 0, 1, ... of one "
+                                  f"[1, dim] shape each (found {', '.join(str(i) for i, _ in points)})")
+        mapped["prompt_encoder.point_embed.weight"] = torch.cat(tables)
+    if "shared_image_embedding.positional_embedding" in mapped:
+        mapped["prompt_encoder.shared_embedding.positional_embedding"] = mapped[
+            "shared_image_embedding.positional_embedding"]
     return mapped
 
 

@@ -14,12 +14,18 @@ Written after transformers' `Sam2PromptEncoder` and `Sam2MaskDecoder` (the param
 - Both answers come out at once, with no data-dependent control flow: mask 0 is SAM 2's single-mask answer
   (with the dynamic fallback to the best multimask mask when the single mask is unstable, as transformers does
   it when `multimask_output=False`), masks 1..3 the multimask answer (`multimask_output=True`).
+
+`load` reads a transformers `Sam2Model` folder or FAIR's `sam2*_hiera_*.pt` (`checkpoints_sam2` owns FAIR's
+names); FAIR's files have no config: the decoder's widths and depths are read from its weights and the rest is
+what FAIR builds for every published config (`FAIR_SETTINGS`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -123,6 +129,57 @@ def config_from_transformers(config: dict, path) -> Sam2DecoderConfig:
         if not holds:
             raise HieraModelError(f"{path}: {rule}")
     return result
+
+
+# What FAIR's files do not say and FAIR builds the same for all eight published configs (SAM 2 and 2.1): SAM2Base's
+# _build_sam_heads (8 heads; backbone_stride 16 is the prompt frame's patch), build_sam2's apply_postprocessing
+# (the stability fallback). The yaml files also set iou_prediction_use_sigmoid (the IoU head ends in a sigmoid
+# here) and pred_obj_scores (the object-score token is always in this decoder; a file without it is refused).
+# tests/fixtures/reference/about.json records them from FAIR's own build of each config.
+FAIR_SETTINGS = {"patch_size": 16, "num_attention_heads": 8, "dynamic_multimask_via_stability": True,
+                 "dynamic_multimask_stability_delta": 0.05, "dynamic_multimask_stability_thresh": 0.98}
+
+
+def config_from_fair(state: dict, encoder, path) -> Sam2DecoderConfig:
+    """The decoder of a FAIR checkpoint (its weights in our names: `checkpoints_sam2.decoder_from_fair`): widths
+    and depths read from the weights, the input frame and width from the encoder's config (`Sam2Config`), the rest
+    `FAIR_SETTINGS`. A file without the decoder's weights is refused naming what is missing."""
+    def rows(key: str, what: str) -> int:
+        tensor = state.get(key)
+        if tensor is None or tensor.dim() < 1:
+            raise HieraModelError(f"{path}: FAIR's SAM 2 checkpoint has no {what} (sam_prompt_encoder.* and "
+                                  "sam_mask_decoder.* are SAM 2's prompt encoder and mask decoder): not a whole "
+                                  "SAM 2 model; its image encoder loads with task image-encoder")
+        return int(tensor.shape[0])
+
+    hidden = encoder.fpn_dim
+    height, width = encoder.input_size
+    if height != width:
+        raise HieraModelError(f"{path}: input size {height} x {width}: FAIR's SAM 2 takes a square image (image_size)")
+    block = re.compile(r"mask_decoder\.transformer\.layers\.(\d{1,6})\.")
+    layers = 1 + max((int(m[1]) for k in state if (m := block.match(k))), default=-1)
+    fields = dict(hidden_size=hidden, image_size=height, **FAIR_SETTINGS,
+                  mask_input_channels=rows("prompt_encoder.mask_embed.conv2.weight", "mask embedding"),
+                  mlp_dim=rows("mask_decoder.transformer.layers.0.mlp.proj_in.weight", "two-way transformer"),
+                  num_hidden_layers=layers,
+                  attention_downsample_rate=hidden // max(1, rows(
+                      "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight",
+                      "two-way transformer")),
+                  num_multimask_outputs=rows("mask_decoder.mask_tokens.weight", "mask tokens") - 1,
+                  iou_head_hidden_dim=rows("mask_decoder.iou_prediction_head.proj_in.weight", "IoU head"),
+                  iou_head_depth=3)  # the name table maps FAIR's three-layer heads, as every published one is
+    rows("mask_decoder.obj_score_token.weight", "object-score token (pred_obj_scores, which every published "
+         "config sets and this decoder always has)")
+    for name in ("mask_input_channels", "mlp_dim", "num_hidden_layers", "attention_downsample_rate",
+                 "num_multimask_outputs", "iou_head_hidden_dim"):
+        if not 1 <= fields[name] <= 16384:
+            raise HieraModelError(f"{path}: its weights give the mask decoder {name} {fields[name]}: not from 1 to "
+                                  "16384")
+    if hidden % (fields["num_attention_heads"] * fields["attention_downsample_rate"]) or hidden % 8:
+        heads, rate = fields["num_attention_heads"], fields["attention_downsample_rate"]
+        raise HieraModelError(f"{path}: a mask decoder {hidden} wide cannot have FAIR's {heads} heads at attention "
+                              f"downsample rate {rate}")
+    return Sam2DecoderConfig(**fields)
 
 
 class FeedForward(nn.Module):
@@ -378,15 +435,15 @@ _NOT_DECODER = ("vision_encoder.", "no_memory_embedding", "mask_decoder.conv_s0.
 _DECODER = ("shared_image_embedding.", "prompt_encoder.", "mask_decoder.")
 
 
-def load(path, *, allow_unverified: bool = False, lock_path=None) -> Sam2MaskDecoderModel:
-    """The prompt encoder and mask decoder of a transformers `Sam2Model` folder, with the encoder loader's trust
-    (`checkpoints_sam2`: files through runtime.files, the config checked field by field, the weights against
-    models.lock, tensors within the file's size and finite, names and shapes on the meta device first). The
-    model's `encoder` names the encoder it belongs to (the folder's config: its input size)."""
-    from pathlib import Path
-
+def load(path, variant=None, *, allow_unverified: bool = False, lock_path=None) -> Sam2MaskDecoderModel:
+    """The prompt encoder and mask decoder of a transformers `Sam2Model` folder or of FAIR's `sam2*_hiera_*.pt`,
+    with the encoder loader's trust (`checkpoints_sam2`: files through runtime.files, the config checked field by
+    field, the weights against models.lock, tensors within the file's size and finite, names and shapes on the
+    meta device first). FAIR's file has no config: `variant` (a SAM 2 variant name or a `Sam2Config`) gives the
+    encoder's, as for the encoder, else the published size its weights match. The model's `encoder_input_size`
+    is the encoder's input size it belongs to."""
     from . import lock as model_lock
-    from .checkpoints import _locate, _read_weights, misfits
+    from .checkpoints import _locate, _read_weights
     from .checkpoints_sam2 import config_from_transformers as encoder_config, is_sam2_config, is_sam2_state
     from .file_access import read_json
 
@@ -394,8 +451,8 @@ def load(path, *, allow_unverified: bool = False, lock_path=None) -> Sam2MaskDec
     weight_files, config_file = _locate(path)
     if config_file is None and path.is_file() and (path.parent / "config.json").exists():
         config_file = path.parent / "config.json"
-    if config_file is None:
-        raise HieraModelError(f"{path}: SAM 2's mask decoder needs the folder's config.json (transformers' Sam2Model)")
+    if config_file is None:  # FAIR's file, or weights without their config: the weights say which
+        return _load_fair(path, weight_files, variant, allow_unverified, lock_path)
     file_config = read_json(config_file)
     if not is_sam2_config(file_config):
         kind = file_config.get("model_type") if isinstance(file_config, dict) else None
@@ -412,12 +469,49 @@ def load(path, *, allow_unverified: bool = False, lock_path=None) -> Sam2MaskDec
     if not is_sam2_state(state):
         raise HieraModelError(f"{path}: not a SAM 2 checkpoint (no vision_encoder.backbone weights)")
     state = {k: v for k, v in state.items() if k.startswith(_DECODER) and not k.startswith(_NOT_DECODER)}
+    return _assign(state, config, provenance, encoder, str(config_file))
+
+
+def _load_fair(path: Path, weight_files, variant, allow_unverified: bool, lock_path) -> Sam2MaskDecoderModel:
+    """FAIR's `{"model": state dict}` (no config): the encoder's config from `variant` or the published size the
+    weights match, the decoder's from its weights (`config_from_fair`)."""
+    from . import lock as model_lock
+    from .checkpoints import _read_weights
+    from .checkpoints_sam2 import (FAIR, TIMM, TRANSFORMERS, decoder_from_fair, from_transformers, infer_config,
+                                   is_sam2_state, sam2_layout)
+    from .sam2_config import Sam2Config, get_sam2_variant
+
+    provenance = model_lock.verify_files(weight_files, allow_unverified=allow_unverified, lock_path=lock_path)
+    state = _read_weights(weight_files)
+    if not is_sam2_state(state):
+        raise HieraModelError(f"{path}: not a SAM 2 checkpoint (no image_encoder.trunk or vision_encoder.backbone "
+                              "weights): a Hiera checkpoint has no prompt encoder or mask decoder")
+    layout = sam2_layout(state)
+    if layout == TRANSFORMERS:
+        raise HieraModelError(f"{path}: transformers' Sam2Model weights without their config.json: give the folder")
+    if layout == TIMM:
+        raise HieraModelError(f"{path}: timm's sam2_hiera backbone is HieraDet alone: it has no prompt encoder or "
+                              "mask decoder")
+    if isinstance(variant, Sam2Config):
+        encoder = variant
+    elif variant is not None:
+        encoder = get_sam2_variant(variant).config
+    else:
+        encoder, _ = infer_config(from_transformers(state, path, FAIR), path)
+    state = decoder_from_fair(state, path)
+    return _assign(state, config_from_fair(state, encoder, path), provenance, encoder, str(path))
+
+
+def _assign(state: dict, config: Sam2DecoderConfig, provenance: dict, encoder, where: str) -> Sam2MaskDecoderModel:
+    """The decoder of `config` with `state`'s weights, once their names and shapes fit it on the meta device."""
+    from .checkpoints import misfits
+
     with torch.device("meta"):
         model = Sam2MaskDecoderModel(config)
     wanted = model.state_dict()
     misfit = misfits(state, wanted, wanted, shown=4)
     if misfit:
-        raise HieraModelError(f"{config_file}: the weights do not fit SAM 2's mask decoder (hidden_size "
+        raise HieraModelError(f"{where}: the weights do not fit SAM 2's mask decoder (hidden_size "
                               f"{config.hidden_size}): {misfit}")
     model.load_state_dict({k: state[k].to(torch.float32).contiguous() for k in wanted}, assign=True)
     model.provenance = provenance

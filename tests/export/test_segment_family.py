@@ -5,11 +5,16 @@ family: a tampered or stray decoder file fails it. The small checkpoint of tests
 
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
-from export import Options, mask_decoder, parity, read_artifact, segmenter
+from export import Options, artifact, mask_decoder, parity, read_artifact, segmenter
 from export.verification import verify
+from runtime import files
 
 from ..conftest import failed_rows
 from ..sam2_reference import sam2_checkpoint  # noqa: F401
@@ -133,3 +138,31 @@ def test_bad_options_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], (args, code, err)
         assert not (tmp_path / "x").exists()
+
+
+def test_verify_with_weights_runs_every_row_again(family, sam2_checkpoint, tmp_path):  # noqa: F811
+    """`verify --weights` on the family: the encoder's parity, each encoder artifact's mask-IoU row through the fp32
+    decoder and the decoder's own rows, against PyTorch on the checkpoint. A decoder whose weights were changed
+    after the export (its sha256 and the report sealed again, so that only its figures can tell) fails its row."""
+    out, report, stem = family
+    directory, _ = sam2_checkpoint
+    result = verify([out / f"{stem}.report.json"], weights=str(directory))
+    assert result.ok, failed_checks(result)
+    rows = sorted(Path(check.subject).name for check in result.checks if check.name == "parity")
+    encoders = [report["artifacts"][precision]["file"] for precision in PRECISIONS]
+    decoders = [report["artifacts"][f"decoder-{precision}"]["file"] for precision in mask_decoder.PRECISIONS]
+    assert rows == sorted([*encoders, *encoders, *decoders]), rows  # the encoder's parity and mask-IoU rows
+
+    folder, report_file, _ = copied(family, tmp_path)
+    name = f"{stem}.decoder.onnx"
+    model = onnx.load(folder / name)
+    largest = max(model.graph.initializer, key=lambda tensor: np.prod(tensor.dims))
+    largest.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(largest), largest.name))
+    onnx.save(model, folder / name)
+    edited = json.loads(report_file.read_text())
+    recorded = {"bytes": (folder / name).stat().st_size, "sha256": files.sha256(folder / name)}
+    edited["files"][name] = recorded
+    edited["artifacts"]["decoder-fp32"].update(recorded)
+    report_file.write_text(json.dumps(artifact.seal(edited)))
+    failed = failed_checks(verify([folder / name], weights=str(directory)))  # that file alone
+    assert len(failed) == 1 and failed[0].startswith(f"parity {folder / name}: ") and "masks" in failed[0], failed
