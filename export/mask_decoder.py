@@ -125,7 +125,8 @@ def prepare(o: Options, progress) -> Prepared:
     started = time.perf_counter()
     progress("weights", f"loading {o.weights}")
     encoder, name, path = load_weights(o.weights, o.variant, "image-encoder", o.seed, o.allow_unverified)
-    decoder = sam2_decoder.load(path, allow_unverified=o.allow_unverified)
+    # FAIR's file has no config: the encoder's, as its loader resolved it, is the decoder's too
+    decoder = sam2_decoder.load(path, variant=encoder.config, allow_unverified=o.allow_unverified)
     size = encoder.config.input_size
     preprocessing = Preprocessing.for_sam2(size)
     encoder_entry = {"variant": name, "weights": dict(encoder.provenance), "input_size": list(size)}
