@@ -18,10 +18,16 @@ the way transformers.js expects (`onnx/model.onnx_data`); the data itself is lin
 `layout(...)` is a pure description, `{relative path: source file or bytes}`; `write` puts it into a
 folder (the export's staging folder); `publish` builds it in a staging folder beside the target and
 renames it into place whole, which is what `python -m export hub ARTIFACT.onnx --out DIR` does.
+
+SAM 2 (a `--task segmenter` export: the image encoder and its mask decoder) has transformers.js' SAM 2 layout
+instead (`sam2_layout`): `onnx/vision_encoder{suffix}.onnx` and `onnx/prompt_encoder_mask_decoder{suffix}.onnx`,
+copies of the artifacts whose tensors carry transformers.js' names, the decoder wrapped in the prompt interface
+transformers.js calls (docs/hub.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -29,6 +35,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from hiera_model import SAM2_VARIANTS, VARIANTS, HieraConfig, HieraModelError
@@ -53,23 +60,31 @@ ARCHITECTURES = {"classify": "HieraForImageClassification", "features": "HieraMo
 # PIL's enum values, as transformers stores them
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 NEEDS_FP32 = "the hub layout needs the fp32 artifact: optimum and transformers.js load model.onnx by default"
+NEEDS_FP32_SAM2 = ("the hub layout of SAM 2 needs the encoder's and the decoder's fp32 artifacts: transformers.js "
+                   "loads onnx/vision_encoder.onnx and onnx/prompt_encoder_mask_decoder.onnx by default")
 
 
-# Why SAM 2 has no Hub folder here: transformers.js' Sam2Model (and transformers' Sam2Model) is one model of two
-# ONNX sessions, both loaded at from_pretrained: onnx/vision_encoder*.onnx (outputs image_embeddings.0, .1, .2) and
-# onnx/prompt_encoder_mask_decoder*.onnx, which this export does not make (issue 26). A folder with the encoder
-# alone would be one that no Hugging Face tool loads.
-SAM2_NO_HUB = ("the hub layout has no place for SAM 2's {what}: transformers.js' Sam2Model loads two ONNX files "
-               "together, onnx/vision_encoder.onnx (outputs image_embeddings.0, .1, .2) and "
-               "onnx/prompt_encoder_mask_decoder.onnx, and the mask decoder is not exported here (docs/sam2.md); "
-               "serve the encoder with python -m runtime or python -m runtime triton")
+# transformers.js' Sam2Model is one model of two ONNX sessions, both loaded at from_pretrained: the image encoder
+# and the prompt encoder with the mask decoder. Only a segmenter export (export/segmenter.py) has both.
+SAM2_FAMILY = "segmenter"  # export/segmenter.py: TASK (not imported: segmenter imports pipeline, which imports this)
+SAM2_NO_HUB = {
+    "image-encoder": "the hub layout has no place for SAM 2's image encoder: transformers.js' Sam2Model loads two ONNX "
+                     "files together, onnx/vision_encoder.onnx and onnx/prompt_encoder_mask_decoder.onnx; export the "
+                     "encoder and its mask decoder as one with --task segmenter --layout hub (docs/hub.md)",
+    "backbone": "the hub layout has no place for SAM 2's HieraDet backbone: no transformers.js model takes HieraDet's "
+                "stage maps; run it with python -m runtime"}
 
 
 def check(task: str, video: bool, precisions, sam2: bool = False) -> None:
     """Raise `ExportError` when an export of this kind cannot have the Hugging Face layout: call it before
-    exporting, so that a refusal costs nothing. `sam2`: a SAM 2 model (whose backbone task is Hiera's name)."""
+    exporting, so that a refusal costs nothing. `sam2`: a SAM 2 model (whose backbone task is Hiera's name);
+    task `segmenter`: SAM 2's encoder and decoder exported as one (`precisions`: the encoder's)."""
+    if task == SAM2_FAMILY:
+        if "fp32" not in precisions:
+            raise ExportError(NEEDS_FP32_SAM2)
+        return
     if task == "image-encoder" or sam2:
-        raise ExportError(SAM2_NO_HUB.format(what="image encoder" if task == "image-encoder" else "HieraDet backbone"))
+        raise ExportError(SAM2_NO_HUB["image-encoder" if task == "image-encoder" else "backbone"])
     if video:
         raise ExportError("the hub layout is for image models: transformers has no video Hiera (no config.json a "
                           "Hugging Face tool reads can describe one) and no processor that makes clips; run the video "
@@ -92,12 +107,14 @@ def layout(artifacts: Mapping[str, Path], report: Path, checkpoint: Path | None 
     (`runtime.bench.summarize` figures plus `threads`), for the model card.
     """
     artifacts = {precision: Path(path) for precision, path in artifacts.items()}
+    summary = artifact.read_report(report)
+    if summary.get("family") == SAM2_FAMILY:
+        return sam2_layout(artifacts, Path(report), summary, checkpoint, speed)
     unknown = sorted(set(artifacts) - set(ONNX_FILES))
     if unknown:
         raise ExportError(f"the hub layout has no file name for precision {', '.join(unknown)}")
     if "fp32" not in artifacts:
         raise ExportError(NEEDS_FP32)
-    summary = artifact.read_report(report)
     meta = _metadata(artifacts, summary, report)
     check(meta["task"], len(meta["input_size"]) == 3, artifacts, sam2=meta["variant"] in SAM2_VARIANTS)
     out: dict[str, Path | bytes] = {}
@@ -348,11 +365,15 @@ def hub_command(argv) -> int:
     a = p.parse_args(argv)
     report = report_for(a.artifact)
     summary = artifact.read_report(report)
-    artifacts = {precision: report.with_name(entry["file"]) for precision, entry in summary["artifacts"].items()
-                 if precision in ONNX_FILES}  # the OpenVINO artifact has no place in the Hub's layout
-    first = _metadata(artifacts, summary, report)
-    check(first["task"], len(first["input_size"]) == 3, artifacts)
-    speed = measure(artifacts, a.bench_runs) if a.bench_runs else None
+    artifacts = artifacts_of(summary, report.parent)  # the OpenVINO artifact has no place in the Hub's layout
+    timed = artifacts
+    if summary.get("family") == SAM2_FAMILY:
+        timed = _sam2_parts(artifacts)[0]  # the encoder's files: the decoder takes prompts, not pixels
+        check(SAM2_FAMILY, False, timed)
+    else:
+        first = _metadata(artifacts, summary, report)
+        check(first["task"], len(first["input_size"]) == 3, artifacts)
+    speed = measure(timed, a.bench_runs) if a.bench_runs else None
     out = publish(layout(artifacts, report, a.checkpoint, speed=speed), a.out)
     say(f"wrote {out}")
     for relative in sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()):
@@ -404,13 +425,26 @@ def measure(artifacts: Mapping[str, Path], runs: int, threads: int = 2) -> dict[
     return speed
 
 
+def artifacts_of(report: dict, folder: Path, leave_out=()) -> dict[str, Path]:
+    """The artifacts a Hub folder can hold of an export's `report` (read, not trusted), as files of `folder`, by
+    the report's keys: each precision with a Hub file name, and a segmenter family's decoder (`decoder-<precision>`);
+    `leave_out`: keys not to take (the artifacts that failed)."""
+    keys = set(ONNX_FILES)
+    if report.get("family") == SAM2_FAMILY:
+        keys |= {_decoder_key(precision) for precision in DECODER_HUB_PRECISIONS}
+    return {key: Path(folder) / entry["file"] for key, entry in report["artifacts"].items()
+            if key in keys and key not in leave_out and isinstance(entry, dict)
+            and isinstance(entry.get("file"), str) and Path(entry["file"]).name == entry["file"]}
+
+
 def _metadata(artifacts: Mapping[str, Path], report: dict, report_path: Path) -> dict:
     """The `hiera.*` metadata the artifacts share, after checking that the report describes exactly these files."""
     shared = None
-    for precision, path in artifacts.items():
-        entry = report["artifacts"].get(precision)
+    for key, path in artifacts.items():
+        entry = report["artifacts"].get(key)
         if not isinstance(entry, dict) or entry.get("file") != path.name:
-            raise ExportError(f"{report_path}: does not list {path.name} as the {precision} artifact")
+            raise ExportError(f"{report_path}: does not list {path.name} as the {key} artifact")
+        precision = entry.get("precision", key)  # a family's decoder: its key is decoder-<precision>
         if entry.get("passed") is False:
             raise ExportError(f"{path}: its export report says it FAILED ({'; '.join(entry.get('failures') or [])}): "
                               "a Hub folder would publish it; publish an export whose artifacts passed")
@@ -549,3 +583,353 @@ def _json(data: dict) -> bytes:
 
 def _size(input_size) -> str:
     return " x ".join(str(n) for n in input_size)
+
+
+# SAM 2: transformers.js' layout (@huggingface/transformers 4.3.1, the reference: models/sam2/modeling_sam2.js,
+# models/session_config.js (MaskGeneration), models/sam/image_processing_sam.js, utils/dtypes.js).
+# Sam2Model's sessions: `model` from onnx/vision_encoder{suffix}.onnx (pixel_values in, image_embeddings.0/.1/.2
+# out: the high-resolution maps first) and `prompt_encoder_mask_decoder` from
+# onnx/prompt_encoder_mask_decoder{suffix}.onnx, fed by input name: image_embeddings.0/.1/.2, input_points
+# [B, point_batch, points, 2] float32 (pixels of the processor's resized frame), input_labels [B, point_batch,
+# points] int64, input_boxes [B, boxes, 4] float32; when only boxes are given it feeds input_points [B, 1, 0, 2]
+# and input_labels [B, boxes, 0], when only points input_boxes [B, 0, 4]. It reads iou_scores [B, point_batch, 3]
+# and pred_masks [B, point_batch, 3, h, w] (transformers' multimask answer) and, if present, object_score_logits.
+SAM2_FILES = {"encoder": "vision_encoder", "decoder": "prompt_encoder_mask_decoder"}
+SAM2_ENCODER_OUTPUTS = {"high_res_feats_0": "image_embeddings.0", "high_res_feats_1": "image_embeddings.1",
+                        "image_embeddings": "image_embeddings.2"}  # ours -> transformers.js'
+DECODER_HUB_PRECISIONS = tuple(ONNX_FILES)  # the decoder's precisions a Hub file name exists for
+_DECODER_INPUTS = {"image_embeddings", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels",
+                   "mask_input", "has_mask_input"}  # hiera_model/sam2_decoder.py: INPUT_NAMES, OUTPUT_NAMES
+_DECODER_OUTPUTS = {"masks", "iou_scores"}
+_WRAP = "transformers_js/"  # the prefix of every tensor and node the decoder's wrapper adds
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _decoder_key(precision: str) -> str:
+    from .segmenter import decoder_key  # the family's key of its decoder's report entries
+
+    return decoder_key(precision)
+
+
+def sam2_file(part: str, precision: str) -> str:
+    """The file transformers.js' Sam2Model loads for `part` ("encoder" or "decoder") at a precision: the Hiera
+    folder's `model{suffix}.onnx` with SAM 2's session name in place of `model`."""
+    return f"onnx/{SAM2_FILES[part]}{Path(ONNX_FILES[precision]).stem.removeprefix('model')}.onnx"
+
+
+def _sam2_parts(artifacts: Mapping[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """A family's artifacts by report key, split into the encoder's and the decoder's, each by precision."""
+    decoder = {p: artifacts[_decoder_key(p)] for p in DECODER_HUB_PRECISIONS if _decoder_key(p) in artifacts}
+    encoder = {key: path for key, path in artifacts.items() if key not in {_decoder_key(p) for p in decoder}}
+    return encoder, decoder
+
+
+def sam2_layout(artifacts: Mapping[str, Path], report: Path, summary: dict, checkpoint: Path | None = None,
+                speed: Mapping[str, dict] | None = None) -> dict[str, Path | bytes]:
+    """The Hub folder of a segmenter export (`layout` calls it for one) in transformers.js' SAM 2 layout.
+
+    `artifacts` by the report's keys: the encoder's precisions and the decoder's `decoder-<precision>`, fp32 of
+    both required. Each file is a copy of the artifact with transformers.js' names (`_sam2_encoder`,
+    `_sam2_decoder`), our `hiera.*` metadata kept (the encoder's probe under the new output names, so
+    `python -m runtime check` still proves it); config.json is the checkpoint's own Sam2Config where given."""
+    encoder, decoder = _sam2_parts(artifacts)
+    unknown = sorted(key for key in encoder if key not in ONNX_FILES)
+    if unknown:
+        raise ExportError(f"the hub layout has no file name for {', '.join(unknown)}")
+    if "fp32" not in encoder or "fp32" not in decoder:
+        raise ExportError(NEEDS_FP32_SAM2)
+    meta = _metadata(encoder, summary, report)
+    decoder_meta = _metadata({_decoder_key(p): path for p, path in decoder.items()}, summary, report)
+    if meta.get("task") != "image-encoder" or decoder_meta.get("task") != "mask-decoder":
+        raise ExportError(f"{report}: not SAM 2's image encoder and mask decoder (tasks {meta.get('task')!r}, "
+                          f"{decoder_meta.get('task')!r})")
+    out: dict[str, Path | bytes] = {}
+    for part, group, copy in (("encoder", encoder, _sam2_encoder), ("decoder", decoder, _sam2_decoder)):
+        for precision, path in group.items():
+            if path.with_name(path.name + ".data").exists():  # SAM 2's largest encoder is 0.9 GB in fp32
+                raise ExportError(f"{path}: its weights are in an external data file; the hub layout of SAM 2 "
+                                  "writes graphs of under 2 GB only")
+            out[sam2_file(part, precision)] = copy(path)
+    out["config.json"] = _json(_sam2_config(meta, checkpoint, encoder))
+    out["preprocessor_config.json"] = _json(sam2_preprocessor_config(meta["preprocessing"]))
+    out[Path(report).name] = Path(report)
+    out["README.md"] = sam2_model_card(meta, summary, out, speed).encode()
+    return out
+
+
+def sam2_preprocessor_config(preprocessing: Mapping) -> dict:
+    """transformers' `Sam2ImageProcessorFast` settings for SAM 2's preprocessing (the whole image resized to the
+    input size, aspect ratio not kept, rescale, normalize); transformers.js reads it as its Sam2ImageProcessor (a
+    fixed height and width resize, `size` also the frame its post_process_masks upsamples into) and, through
+    `processor_class`, `AutoProcessor` gives its Sam2Processor."""
+    if preprocessing.get("keep_aspect_ratio", True):
+        raise ExportError("the hub layout of SAM 2 takes SAM 2's preprocessing (resize to the input size, aspect "
+                          "ratio not kept); this export's keeps the aspect ratio")
+    height, width = (int(side) for side in preprocessing["crop_size"])
+    return {
+        "image_processor_type": "Sam2ImageProcessorFast",
+        "processor_class": "Sam2Processor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": height, "width": width},
+        "resample": PIL_RESAMPLE[preprocessing["resample"]],
+        "do_rescale": True,
+        "rescale_factor": float(preprocessing.get("rescale_factor", 1 / 255)),
+        "do_normalize": True,
+        "image_mean": [float(x) for x in preprocessing["mean"]],
+        "image_std": [float(x) for x in preprocessing["std"]],
+        "do_pad": False,
+        "mask_size": {"height": height // 4, "width": width // 4},
+    }
+
+
+def _sam2_config(meta: dict, checkpoint: Path | None, encoder: Mapping[str, Path]) -> dict:
+    """config.json: the checkpoint's own transformers `Sam2Config` where it is given, else the fields transformers.js
+    reads (model_type, vision_config.num_feature_levels) and the input size; plus transformers.js' defaults: dtype
+    per session (the decoder has no int8 file, so a plain `q8` would ask for one)."""
+    own = _checkpoint_config(checkpoint)
+    if own is not None and own.get("model_type") == "sam2":
+        result = dict(own)
+    else:
+        size = int(meta["input_size"][-1])
+        result = {"model_type": "sam2", "architectures": ["Sam2Model"],
+                  "vision_config": {"model_type": "sam2_vision_model", "num_feature_levels": len(SAM2_ENCODER_OUTPUTS),
+                                    "backbone_feature_sizes": [[size // 4] * 2, [size // 8] * 2, [size // 16] * 2]},
+                  "prompt_encoder_config": {"model_type": "sam2_prompt_encoder", "image_size": size}}
+    vision = result.get("vision_config")
+    levels = vision.get("num_feature_levels", len(SAM2_ENCODER_OUTPUTS)) if isinstance(vision, dict) else None
+    if levels != len(SAM2_ENCODER_OUTPUTS):
+        raise ExportError(f"{checkpoint}/config.json: vision_config.num_feature_levels {levels!r}: SAM 2's encoder "
+                          f"artifact gives {len(SAM2_ENCODER_OUTPUTS)} feature levels")
+    result["vision_config"] = {**vision, "num_feature_levels": levels}
+    wasm = "q8" if "int8" in encoder else "fp32"
+    result["transformers.js_config"] = {
+        "dtype": {SAM2_FILES["encoder"]: "fp32", SAM2_FILES["decoder"]: "fp32"},
+        "device_config": {"wasm": {"dtype": {SAM2_FILES["encoder"]: wasm, SAM2_FILES["decoder"]: "fp32"}}}}
+    return result
+
+
+def _rename(graph: onnx.GraphProto, names: Mapping[str, str], where: Path) -> None:
+    """Rename tensors everywhere `graph` (and any subgraph) mentions them; a new name already taken is refused."""
+    taken = {name for node in graph.node for name in (*node.input, *node.output)}
+    taken |= {v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+    clash = sorted(set(names.values()) & (taken - set(names)))
+    if clash:
+        raise ExportError(f"{where}: already has a tensor named {clash[0]}, transformers.js' name for another")
+
+    def visit(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            node.input[:] = [names.get(name, name) for name in node.input]
+            node.output[:] = [names.get(name, name) for name in node.output]
+            for attribute in node.attribute:
+                for sub in (attribute.g,) if attribute.HasField("g") else tuple(attribute.graphs):
+                    visit(sub)
+        for value in (*g.input, *g.output, *g.value_info):
+            value.name = names.get(value.name, value.name)
+
+    visit(graph)
+
+
+def _load_graph(path: Path, inputs: set, outputs: set, what: str) -> onnx.ModelProto:
+    """An artifact's graph, refused in one line unless its inputs and outputs are `what`'s."""
+    try:
+        model = onnx.load(path)
+    except Exception as error:  # onnx and protobuf raise many types: all mean this
+        raise ExportError(f"{path}: not a readable ONNX file ({type(error).__name__})") from None
+    given_in, given_out = {i.name for i in model.graph.input}, {o.name for o in model.graph.output}
+    if not inputs <= given_in or given_out != outputs:
+        raise ExportError(f"{path}: inputs {sorted(given_in)} and outputs {sorted(given_out)} are not {what}'s")
+    return model
+
+
+def _sam2_encoder(path: Path) -> bytes:
+    """The encoder artifact with its outputs under transformers.js' names (`SAM2_ENCODER_OUTPUTS`), in its order;
+    the probe's recorded outputs renamed alike, so the runtime's probe still compares each with its own."""
+    model = _load_graph(path, {"pixel_values"}, set(SAM2_ENCODER_OUTPUTS), "SAM 2's image encoder")
+    _rename(model.graph, SAM2_ENCODER_OUTPUTS, path)
+    ordered = sorted(model.graph.output, key=lambda output: output.name)
+    model.graph.ClearField("output")
+    model.graph.output.extend(ordered)
+    for entry in model.metadata_props:
+        if entry.key == "hiera.probe":
+            probe = files.loads(entry.value)  # JSON: `_metadata` decoded it
+            for part in (probe.get(name) for name in ("reference", "engine")) if isinstance(probe, dict) else ():
+                if isinstance(part, dict) and isinstance(part.get("outputs"), dict):  # else the runtime says damaged
+                    part["outputs"] = {SAM2_ENCODER_OUTPUTS.get(name, name): value
+                                       for name, value in part["outputs"].items()}
+            entry.value = json.dumps(probe, allow_nan=False)
+    return model.SerializeToString()
+
+
+def _sam2_decoder(path: Path) -> bytes:
+    """The decoder artifact in the interface transformers.js' Sam2Model calls: our graph, whole and unchanged, with
+    nodes before it that make its inputs of transformers.js' and nodes after it that take transformers.js' outputs.
+
+    - image_embeddings.0/.1/.2 are our high_res_feats_0, high_res_feats_1, image_embeddings (renamed).
+    - input_points [1, P, N, 2] and input_labels [1, P, N] (int64) are the prompts' points (our point_coords,
+      point_labels: the same pixel frame and labels); input_boxes [1, B, 4] adds each box's corners after the
+      points with labels 2 and 3, as transformers does: B = 1 box for every prompt, B = P boxes one each, or none
+      (B = 0); with boxes alone transformers.js gives points [1, 1, 0, 2], which are broadcast to the B prompts.
+      One image per call (axis 0 of 1), as our decoder takes it.
+    - No mask prompt (transformers.js has none): mask_input zeros, has_mask_input 0.
+    - pred_masks [1, P, 3, h, w] and iou_scores [1, P, 3]: our masks and iou_scores 1..3, the multimask answer,
+      which is what transformers' Sam2Model gives by default. No object_score_logits (our decoder has no such
+      head; transformers.js only passes it on)."""
+    model = _load_graph(path, _DECODER_INPUTS, _DECODER_OUTPUTS, "SAM 2's mask decoder")
+    graph = model.graph
+    declared = {value.name: value for value in graph.input}
+    side = declared["mask_input"].type.tensor_type.shape.dim[-1].dim_value  # the low-resolution masks' side
+    answers = next(o for o in graph.output if o.name == "masks").type.tensor_type.shape.dim[1].dim_value
+    if not side or answers != 4:
+        raise ExportError(f"{path}: its mask_input side ({side or 'dynamic'}) and masks per prompt ({answers}) are "
+                          "not SAM 2's decoder's (static, 4)")
+    _rename(graph, {**SAM2_ENCODER_OUTPUTS, "masks": f"{_WRAP}masks", "iou_scores": f"{_WRAP}iou_scores"}, path)
+    embeddings = [value for value in graph.input if value.name in SAM2_ENCODER_OUTPUTS.values()]
+    graph.ClearField("input")
+    float_, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    graph.input.extend([*sorted(embeddings, key=lambda value: value.name),
+                        onnx.helper.make_tensor_value_info("input_points", float_, [1, "point_batch", "points", 2]),
+                        onnx.helper.make_tensor_value_info("input_labels", int64, [1, "label_batch", "points"]),
+                        onnx.helper.make_tensor_value_info("input_boxes", float_, [1, "boxes", 4])])
+    constants = {"zero": [0], "one": [1], "two": [2], "axis0": [0], "axis1": [1], "end": [_INT64_MAX],
+                 "flat_corners": [-1, 2, 2], "side": [side]}
+    for name, values in constants.items():
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(values, np.int64), f"{_WRAP}{name}"))
+    graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 4), np.float32), f"{_WRAP}no_box"))
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([[2.0, 3.0]], np.float32),
+                                                          f"{_WRAP}corner_labels"))
+    zero_float = onnx.helper.make_tensor("value", float_, [1], [0.0])
+
+    def op(kind, inputs, output, **attributes):
+        t = lambda name: name if name in ("input_points", "input_labels", "input_boxes") or name in _DECODER_INPUTS \
+            else f"{_WRAP}{name}"  # noqa: E731
+        return onnx.helper.make_node(kind, [t(name) for name in inputs], [t(output)], name=f"{_WRAP}{output}",
+                                     **attributes)
+
+    before = [
+        op("Squeeze", ["input_points", "axis0"], "points"),  # [P, N, 2]: one image
+        op("Squeeze", ["input_labels", "axis0"], "labels_int"),
+        op("Cast", ["labels_int"], "labels", to=float_),  # our decoder takes its labels as float32 values
+        op("Squeeze", ["input_boxes", "axis0"], "boxes"),  # [B, 4]
+        op("Shape", ["points"], "points_shape"),
+        op("Slice", ["points_shape", "zero", "one"], "point_prompts"),
+        op("Slice", ["points_shape", "one", "two"], "point_count"),
+        op("Shape", ["labels"], "labels_shape"),
+        op("Slice", ["labels_shape", "zero", "one"], "label_prompts"),
+        op("Shape", ["boxes"], "boxes_shape"),
+        op("Slice", ["boxes_shape", "zero", "one"], "box_count"),
+        op("Max", ["point_prompts", "label_prompts", "box_count"], "prompts"),  # P: 1 and 0 broadcast
+        op("Concat", ["prompts", "point_count", "two"], "coords_shape", axis=0),
+        op("Expand", ["points", "coords_shape"], "coords"),
+        op("Concat", ["prompts", "point_count"], "labels_shape_out", axis=0),
+        op("Expand", ["labels", "labels_shape_out"], "point_labels_only"),
+        # a box's corners for each prompt, or none: the boxes with a zero row below (so there is a first row to
+        # broadcast when B = 0), broadcast to [P, 2, 2], then cut to the first 2 x min(B, 1) corners
+        op("Concat", ["boxes", "no_box"], "boxes_padded", axis=0),
+        op("Max", ["box_count", "one"], "box_rows"),
+        op("Slice", ["boxes_padded", "zero", "box_rows", "axis0"], "box_rows_taken"),
+        op("Reshape", ["box_rows_taken", "flat_corners"], "corners_each"),
+        op("Concat", ["prompts", "two", "two"], "corners_shape", axis=0),
+        op("Expand", ["corners_each", "corners_shape"], "corners_all"),
+        op("Min", ["box_count", "one"], "has_box"),
+        op("Mul", ["has_box", "two"], "corner_count"),
+        op("Slice", ["corners_all", "zero", "corner_count", "axis1"], "corners"),
+        op("Concat", ["prompts", "two"], "corner_labels_shape", axis=0),
+        op("Expand", ["corner_labels", "corner_labels_shape"], "corner_labels_all"),
+        op("Slice", ["corner_labels_all", "zero", "corner_count", "axis1"], "box_labels"),
+        op("Concat", ["coords", "corners"], "point_coords", axis=1),
+        op("Concat", ["point_labels_only", "box_labels"], "point_labels", axis=1),
+        op("Concat", ["prompts", "one", "side", "side"], "mask_shape", axis=0),
+        op("ConstantOfShape", ["mask_shape"], "mask_input", value=zero_float),
+        op("ConstantOfShape", ["prompts"], "has_mask_input", value=zero_float),
+    ]
+    after = [
+        op("Slice", ["masks", "one", "end", "axis1"], "multimask"),
+        onnx.helper.make_node("Unsqueeze", [f"{_WRAP}multimask", f"{_WRAP}axis0"], ["pred_masks"],
+                              name=f"{_WRAP}pred_masks"),
+        op("Slice", ["iou_scores", "one", "end", "axis1"], "multimask_iou"),
+        onnx.helper.make_node("Unsqueeze", [f"{_WRAP}multimask_iou", f"{_WRAP}axis0"], ["iou_scores"],
+                              name=f"{_WRAP}iou_scores_out"),
+    ]
+    nodes = [*before, *graph.node, *after]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.ClearField("output")
+    graph.output.extend([
+        onnx.helper.make_tensor_value_info("pred_masks", float_, [1, "point_batch", answers - 1, side, side]),
+        onnx.helper.make_tensor_value_info("iou_scores", float_, [1, "point_batch", answers - 1])])
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"{path}: its transformers.js interface is not a valid graph ({str(error)[:200]})") from None
+    return model.SerializeToString()
+
+
+def sam2_model_card(meta: dict, report: dict, out: Mapping[str, Path | bytes], speed: Mapping[str, dict] | None) -> str:
+    """README.md of a SAM 2 folder: what was exported, the weights, each file with its parity figures and the
+    artifact it was made from, speed, and how transformers.js runs it."""
+    weights = report.get("weights") or {}
+    source = str(weights.get("source", "unknown"))
+    size = _size(meta["input_size"])
+    lines = ["---", "library_name: transformers.js", "pipeline_tag: mask-generation", "tags:", "- sam2", "- onnx",
+             "- hiera-deploy", "---", "", f"# SAM 2 {meta['variant']} (image encoder and mask decoder), ONNX", "",
+             f"SAM 2's image encoder and its prompt encoder and mask decoder, exported with hiera-deploy (`python -m "
+             f"export --task segmenter`): input {size}, ONNX opset {meta['opset']}, in transformers.js' SAM 2 layout.",
+             ""]
+    if source.startswith("random:"):
+        lines += ["**Random weights** (`" + source + "`): the graphs and their speed are real, the masks mean nothing.",
+                  ""]
+    lines += ["## Weights", "", f"- source: `{source}`", f"- sha256: `{weights.get('sha256') or '-'}`",
+              f"- verified against hiera-deploy's models.lock: {'yes' if weights.get('verified') else 'no'}", "",
+              "## Files", "", "Each file is a copy of the export's artifact (named in the table, with its sha256 in "
+              "the report) whose inputs and outputs carry transformers.js' names: the encoder's outputs renamed "
+              "(`image_embeddings.0`, `.1`, `.2` are our `high_res_feats_0`, `high_res_feats_1`, "
+              "`image_embeddings`), the decoder wrapped in the prompt interface transformers.js calls (`input_points`, "
+              "`input_labels`, `input_boxes` in; `pred_masks`, `iou_scores`: SAM 2's three masks out). Our `hiera.*` "
+              "metadata stays in them. Parity: against PyTorch fp32 with the same weights, as the export measured it "
+              "(masks: mask IoU through the fp32 decoder).", "",
+              "| file | made from | precision | MB | parity | min mask IoU |", "| --- | --- | --- | --- | --- | --- |"]
+    for part, key in (("encoder", lambda p: p), ("decoder", _decoder_key)):
+        for precision in ONNX_FILES:
+            target, entry = sam2_file(part, precision), report["artifacts"].get(key(precision))
+            if target not in out or entry is None:
+                continue
+            name, figures = next(iter((entry.get("parity") or {"-": {}}).items()))
+            parity = ", ".join(f"{figure} {figures[figure]:.2e}" if figure == "max_abs" else
+                               f"{figure} {figures[figure]:.6f}" for figure in ("max_abs", "cosine")
+                               if isinstance(figures.get(figure), (int, float)))
+            iou = (entry.get("mask_iou") or figures).get("min_mask_iou")
+            lines.append(f"| `{target}` | `{entry['file']}` | {precision} | {len(out[target]) / 1e6:.1f} | "
+                         f"{name}: {parity or 'not checked'} | {f'{iou:.4f}' if isinstance(iou, float) else '-'} |")
+    lines += ["", f"The export's own report: `{next(name for name in out if name.endswith('.report.json'))}`.", "",
+              "## Speed", ""]
+    if speed:
+        first = next(iter(speed.values()))
+        lines += [f"The image encoder, onnxruntime CPU, batch {first['batch']}, {first.get('threads', '?')} threads, "
+                  f"on {cpu_name()} ({' '.join(cpu_isa()) or platform.machine()}; the machine that wrote this folder):",
+                  "", "| file | median ms | p90 ms |", "| --- | --- | --- |"]
+        lines += [f"| `{sam2_file('encoder', p)}` | {s['median_ms']:.1f} | {s['p90_ms']:.1f} |"
+                  for p, s in speed.items()]
+    else:
+        lines.append("Not measured here.")
+    int8 = sam2_file("encoder", "int8") in out
+    lines += ["", "## Use", "", "transformers.js (Node: onnxruntime-node; browsers: WASM or WebGPU):", "",
+              "```js", "import { env, AutoProcessor, RawImage, Sam2Model } from '@huggingface/transformers';",
+              *_JS_SETUP[2:], "const model = await Sam2Model.from_pretrained('FOLDER', { dtype: 'fp32' });",
+              "const processor = await AutoProcessor.from_pretrained('FOLDER');",
+              "const image = await RawImage.read('photo.jpg');",
+              "const inputs = await processor(image, { input_points: [[[200, 150]]], input_labels: [[1]] });",
+              "const { pred_masks, iou_scores } = await model(inputs);  // 3 masks per prompt",
+              "const masks = await processor.post_process_masks(pred_masks, inputs.original_sizes, "
+              "inputs.reshaped_input_sizes);", "```", "",
+              "Boxes: `{ input_boxes: [[[x0, y0, x1, y1]]] }` (with points: one box for all of them). The decoder has "
+              "fp32 and fp16 files only: give a per-file dtype for the others, e.g. `dtype: { vision_encoder: "
+              + ("'q8'" if int8 else "'fp16'") + ", prompt_encoder_mask_decoder: 'fp32' }`; this config.json makes "
+              "fp32 the default" + (", and the int8 encoder on WASM." if int8 else "."), "",
+              "One image per call (the decoder takes one image's embeddings); no mask prompt. transformers.js resizes "
+              "the image itself (sharp in Node, a canvas in browsers), which differs a little from Pillow's resize "
+              "(and so from transformers' and hiera-deploy's): give it `pixel_values` made by Python where the last "
+              "digit matters.", "",
+              "hiera-deploy's runtime runs the export's own artifacts (numpy, Pillow, onnxruntime; no torch): "
+              "`python -m runtime segment photo.jpg --model ENCODER.onnx --decoder DECODER.onnx --point 200,150`.", ""]
+    return "\n".join(lines)

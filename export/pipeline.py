@@ -78,6 +78,7 @@ class Run:
     config: object = None  # the model's HieraConfig
     probe_pixels: np.ndarray | None = None  # the probe's photographs, cropped: uint8 [N, H, W, 3]
     probe_reference: dict | None = None  # PyTorch fp32's outputs on them
+    family: str | None = None  # a family's task (export/segmenter.py): the Hub layout's check is the family's
 
 
 def run(options: Options, progress=lambda step, message: None, family=None) -> dict:
@@ -86,7 +87,7 @@ def run(options: Options, progress=lambda step, message: None, family=None) -> d
     parity does not raise: the artifacts are written, the report's `passed` is False and says why.
     `family` adds a second model to the export (`export/segmenter.py`): its `task` names the files' stem, and
     `family(r, report)`, run after the stages, writes its files into `r.staging` and returns its part of the report."""
-    r = Run(check(options), progress)
+    r = Run(check(options), progress, family=family.task if family is not None else None)
     report = {"report_version": artifact.REPORT_VERSION, "stages": {}}
     _stage(r, report, "weights", _weights)
     if family is not None:
@@ -117,7 +118,7 @@ def _weights(r: Run) -> dict:
                                                  out_features=o.out_features, with_loss=o.loss, input_size=o.image_size)
     r.config = model.config
     if o.layout == "hub":  # refused now rather than after the work
-        hub.check(o.task, model.config.is_video, o.precisions, sam2=is_sam2_model(model))
+        hub.check(r.family or o.task, model.config.is_video, o.precisions, sam2=is_sam2_model(model))
     size = "x".join(map(str, dict.fromkeys(o.image_size))) if o.image_size else None  # 448, or 224x448
     r.model, r.stem = model, artifact.family(f"{r.name}_{size}" if size else r.name, o.task)
     r.preprocessing = preprocessing_for(r.weights_path, model.config.input_size, o.task,
@@ -351,12 +352,12 @@ def _hub_folder(r: Run, report_file: Path, report: dict) -> list[str]:
               if entry.get("passed") is False}
     for precision, failures in failed.items():
         r.progress("hub", f"{precision} left out of the Hub folder: it FAILED ({'; '.join(failures)})")
-    if "fp32" in failed:
-        r.progress("hub", "no Hub folder: its fp32 artifact FAILED")
-        return []
+    for needed in ("fp32", "decoder-fp32"):  # decoder-fp32: a segmenter family's (export/segmenter.py)
+        if needed in failed:
+            r.progress("hub", f"no Hub folder: its {needed} artifact FAILED")
+            return []
     r.progress("hub", "config.json, preprocessor_config.json, model card, ONNX files under the Hub's names")
-    artifacts = {precision: path for precision, path in r.files.items()
-                 if precision in hub.ONNX_FILES and precision not in failed}
+    artifacts = hub.artifacts_of(report, r.staging, leave_out=failed)  # a family's decoder too
     tree = hub.layout(artifacts, report_file, r.weights_path, config=r.config)
     tree.pop(report_file.name)  # the report is already there, under its own name
     hub.write(tree, r.staging)

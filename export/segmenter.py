@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.formats import FORMATS
 
-from . import mask_decoder, parity, pipeline
+from . import hub, mask_decoder, parity, pipeline
 from .errors import ExportError
 from .options import Options
 
@@ -34,17 +34,17 @@ def decoder_key(precision: str) -> str:
 
 def check(o: Options) -> None:
     """What the family refuses, before anything is loaded: another input size (the decoder's prompt frame is the
-    checkpoint's), the Hub layout (no Hub layout holds two models yet), an export without validation (the mask-IoU
-    rows are the point), and what the decoder's own export refuses (weights that are not a Sam2Model folder)."""
+    checkpoint's), a Hub layout without fp32 (`hub.check`: transformers.js' SAM 2 layout, export/hub.py), an export
+    without validation (the mask-IoU rows are the point), and what the decoder's own export refuses (weights that
+    are not a Sam2Model folder)."""
     if o.image_size is not None:
         raise ExportError("image_size: not an option of task segmenter (the decoder's prompts are in the "
                           "checkpoint's input frame)", "image_size")
-    if o.layout != "files":
-        raise ExportError("layout hub: not for task segmenter (export the encoder with --task image-encoder for the "
-                          "Hub folder)", "layout")
+    if o.layout == "hub":
+        hub.check(TASK, False, o.precisions)
     if not o.validate:
         raise ExportError("validate: task segmenter always validates (its mask-IoU rows)", "validate")
-    mask_decoder.check(replace(o, precisions=mask_decoder.PRECISIONS, build_engine=False))
+    mask_decoder.check(replace(o, precisions=mask_decoder.PRECISIONS, build_engine=False, layout="files"))
 
 
 def run(options: Options, progress=lambda step, message: None) -> dict:

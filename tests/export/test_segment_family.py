@@ -130,7 +130,8 @@ def test_bad_options_are_one_line(tmp_path, capsys):
 
     for args, expected in ((["--weights", "random", "--variant", "sam2.1_hiera_tiny"], "give the transformers "
                             "Sam2Model folder"),
-                           (["--weights", str(tmp_path), "--layout", "hub"], "layout hub: not for task segmenter"),
+                           (["--weights", str(tmp_path), "--layout", "hub", "--precision", "int8"], "the hub layout "
+                            "of SAM 2 needs the encoder's and the decoder's fp32"),
                            (["--weights", str(tmp_path), "--image-size", "256"], "image_size: not an option of task "
                             "segmenter"),
                            (["--weights", str(tmp_path), "--no-validate"], "always validates")):
