@@ -54,3 +54,23 @@ def sam2_checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sam2-small")
     model.save_pretrained(directory)
     return directory, model
+
+
+# The encoder's precisions of the shared family export; the decoder's are fp32 and fp16
+FAMILY_PRECISIONS = ("fp32", "fp16", "int8")
+# What its Hub layout adds to the folder: transformers.js' SAM 2 files (docs/hub.md)
+FAMILY_HUB_FILES = {"onnx/vision_encoder.onnx", "onnx/vision_encoder_fp16.onnx", "onnx/vision_encoder_quantized.onnx",
+                    "onnx/prompt_encoder_mask_decoder.onnx", "onnx/prompt_encoder_mask_decoder_fp16.onnx",
+                    "config.json", "preprocessor_config.json", "README.md"}
+
+
+@pytest.fixture(scope="session")
+def segmenter_family(sam2_checkpoint, tmp_path_factory):  # noqa: F811  (the fixture above)
+    """(folder, report, stem): the small checkpoint's encoder and decoder as one export (`--task segmenter`) with
+    the Hub layout beside it, made once for test_segment_family and tests/hub/test_sam2_hub."""
+    from export import Options, segmenter
+
+    out = tmp_path_factory.mktemp("segmenter-family")
+    report = segmenter.run(Options(weights=str(sam2_checkpoint[0]), task="segmenter", batch=None, out_dir=out,
+                                   precisions=FAMILY_PRECISIONS, layout="hub"))
+    return out, report, report["artifacts"]["fp32"]["file"].removesuffix(".onnx")

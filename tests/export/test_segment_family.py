@@ -17,21 +17,18 @@ from export.verification import verify
 from runtime import files
 
 from ..conftest import failed_rows
-from ..sam2_reference import sam2_checkpoint  # noqa: F401
+from ..sam2_reference import FAMILY_HUB_FILES
+from ..sam2_reference import FAMILY_PRECISIONS as PRECISIONS
+from ..sam2_reference import sam2_checkpoint, segmenter_family  # noqa: F401
 
-PRECISIONS = ("fp32", "fp16", "int8")  # the encoder's; the decoder's are fp32 and fp16
 # The bounds of issue 26 (fp32, fp16), and int8's chosen for random weights (measured 0.960 here; docs/segment.md)
 MASK_IOU_BOUNDS = {"fp32": 0.99, "fp16": 0.98, "int8": 0.9}
 
 
 @pytest.fixture(scope="module")
-def family(sam2_checkpoint, tmp_path_factory):  # noqa: F811
-    """(folder, report, stem): the encoder and decoder of the small checkpoint as one export."""
-    directory, _ = sam2_checkpoint
-    out = tmp_path_factory.mktemp("segment-family")
-    report = segmenter.run(Options(weights=str(directory), task="segmenter", batch=None, out_dir=out,
-                                   precisions=PRECISIONS))
-    return out, report, report["artifacts"]["fp32"]["file"].removesuffix(".onnx")
+def family(segmenter_family):  # noqa: F811  (the fixture imported above)
+    """(folder, report, stem): the encoder and decoder of the small checkpoint as one export (with its Hub folder)."""
+    return segmenter_family
 
 
 def test_one_export_one_report_both_models(family):
@@ -41,10 +38,12 @@ def test_one_export_one_report_both_models(family):
     expected = {"fp32": f"{stem}.onnx", "fp16": f"{stem}.fp16.onnx", "int8": f"{stem}.int8.onnx",
                 "decoder-fp32": f"{stem}.decoder.onnx", "decoder-fp16": f"{stem}.decoder.fp16.onnx"}
     assert {key: entry["file"] for key, entry in report["artifacts"].items()} == expected
-    assert set(report["files"]) == set(expected.values())
-    # one commit: the folder holds the five artifacts, the report and the one kept manifest, nothing else
+    assert set(report["files"]) == set(expected.values()) | FAMILY_HUB_FILES
+    # one commit: the folder holds the five artifacts, the report, the one kept manifest and the Hub folder's files
+    # (tests/hub/test_sam2_hub.py), nothing else
     assert sorted(p.name for p in out.iterdir()) == sorted([*expected.values(), f"{stem}.report.json",
-                                                            f".hiera-manifest.{stem}.json"])
+                                                            f".hiera-manifest.{stem}.json",
+                                                            *{name.split("/")[0] for name in FAMILY_HUB_FILES}])
     for precision in PRECISIONS:  # the encoder's own rows and its mask-IoU row through the fp32 decoder
         entry = report["artifacts"][precision]
         row = entry["mask_iou"]

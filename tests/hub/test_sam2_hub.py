@@ -17,20 +17,18 @@ import pytest
 from PIL import Image
 
 import runtime
-from export import Options, hub, segmenter
+from export import hub
 from export.mask_decoder import MASK_LOGIT_TOLERANCE, mask_iou
 from export.__main__ import main as export_main
 from export.verification import verify
 from runtime.segment import upsample_logits
 
 from ..conftest import failed_rows
-from ..sam2_reference import SIZE, sam2_checkpoint  # noqa: F401
+from ..sam2_reference import FAMILY_HUB_FILES as FILES
+from ..sam2_reference import FAMILY_PRECISIONS as PRECISIONS
+from ..sam2_reference import SIZE, sam2_checkpoint, segmenter_family  # noqa: F401
 from .clients import load, run_node, save
 
-PRECISIONS = ("fp32", "fp16", "int8")  # the encoder's; the decoder's are fp32 and fp16
-FILES = {"onnx/vision_encoder.onnx", "onnx/vision_encoder_fp16.onnx", "onnx/vision_encoder_quantized.onnx",
-         "onnx/prompt_encoder_mask_decoder.onnx", "onnx/prompt_encoder_mask_decoder_fp16.onnx", "config.json",
-         "preprocessor_config.json", "README.md"}
 # transformers.js dtypes and the artifacts (encoder, decoder) each one loads: q8 has no decoder file, so per file
 DTYPES = {"fp32": ("fp32", ("", "")), "fp16": ("fp16", (".fp16", ".fp16")),
           "q8": ({"vision_encoder": "q8", "prompt_encoder_mask_decoder": "fp32"}, (".int8", ""))}
@@ -43,13 +41,9 @@ MASK_IOU = 0.99
 
 
 @pytest.fixture(scope="module")
-def family(sam2_checkpoint, tmp_path_factory):  # noqa: F811
+def family(segmenter_family):  # noqa: F811  (the fixture imported above)
     """(folder, report, stem): the encoder and decoder of the small checkpoint as one export with --layout hub."""
-    directory, _ = sam2_checkpoint
-    out = tmp_path_factory.mktemp("sam2-hub")
-    report = segmenter.run(Options(weights=str(directory), task="segmenter", batch=None, out_dir=out,
-                                   precisions=PRECISIONS, layout="hub"))
-    return out, report, report["artifacts"]["fp32"]["file"].removesuffix(".onnx")
+    return segmenter_family
 
 
 @pytest.fixture(scope="module")
