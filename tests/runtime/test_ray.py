@@ -65,14 +65,18 @@ class Cluster:
         self._thread.start()
 
     def _start(self):
-        common = ["--node-ip-address=127.0.0.1", f"--temp-dir={self.temp}", "--disable-usage-stats",
-                  f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-                  f"--runtime-env-agent-port={free_port()}"]
+        common = ["--node-ip-address=127.0.0.1", f"--temp-dir={self.temp}", "--disable-usage-stats"]
+
+        def agents():  # each node's own: a worker given the head's ports exits at once (its runtime-env agent cannot
+            # bind), and a job whose actor was placed on it waits until the head declares the node dead (a minute)
+            return [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+                    f"--runtime-env-agent-port={free_port()}"]
+
         head = ["ray", "start", "--head", f"--port={self.address.split(':')[1]}", "--num-cpus=2",
                 "--include-dashboard=false", f"--dashboard-port={free_port()}",
                 f"--ray-client-server-port={free_port()}"]
         worker = ["ray", "start", f"--address={self.address}", "--num-cpus=1"]
-        for command in (head + common, worker + common):
+        for command in (head + common + agents(), worker + common + agents()):
             done = subprocess.run([str(Path(sys.executable).with_name("ray")), *command[1:]], env=self.env,
                                   capture_output=True, text=True, timeout=180)
             if done.returncode and command[2] != "--head" and "timed out during startup" in done.stderr:
@@ -190,7 +194,8 @@ def start_and_stop(env: dict, command: list, partial: Path, lines: int, how: sig
         if (partial / "journal").exists() and (partial / "journal").read_bytes().count(b"\n") > lines:
             break
         time.sleep(0.002)
-    os.killpg(driver.pid, how)
+    if driver.poll() is None:  # else it ended on its own: the assertions on what it left say how
+        os.killpg(driver.pid, how)
     stdout, stderr = driver.communicate(timeout=120)
     return driver.returncode, stdout, stderr
 
