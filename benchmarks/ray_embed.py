@@ -1,14 +1,14 @@
 """Images per second of `embed` on Ray (runtime/ray.py) against `embed` on one machine, same images, same artifact.
 
-For each model (the digits model, and a Hiera-T-size features model with random weights), in one process:
+For each model (the digits model, and Hiera-T and Hiera-B features models with random weights), in one process:
   runtime embed      runtime.embed.embed, what `python -m runtime embed` runs (8 images per call)
   ray, N actors      runtime.ray.embed on a local Ray cluster of this machine's CPUs, already started (its start,
                      paid once per run of the command, is timed on its own line)
 each writing a fresh output, so nothing is resumed. The table and the JSON (benchmarks/results/ray_embed.json)
-name the CPU.
+name the CPU and the load average before and after (on a shared machine, what else ran).
 
-    python -m benchmarks.ray_embed                        # about 3 minutes on 2 cores
-    python -m benchmarks.ray_embed --tiny-images 64 --actors 1 2 4
+    python -m benchmarks.ray_embed                        # about 10 minutes on 2 idle cores
+    python -m benchmarks.ray_embed --tiny-images 64 --base-images 32 --actors 1 2 4
 """
 
 from __future__ import annotations
@@ -58,22 +58,27 @@ def main() -> None:
                         nargs="+", default=[1, 2])
     parser.add_argument("--tiny-images", type=Whole(1, 100_000),
                         default=96, help="images for the Hiera-T model (default 96)")
+    parser.add_argument("--base-images", type=Whole(1, 100_000),
+                        default=48, help="images for the Hiera-B model (default 48)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "ray_embed.json")
     args = parser.parse_args()
 
     import ray
 
     results = {"cpu": cpu_name(), "isa": cpu_isa(), "cpus": os.cpu_count(), "python": platform.python_version(),
-               "ray": ray.__version__, "rows": []}
+               "ray": ray.__version__, "load_average_before": os.getloadavg(), "rows": []}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         digits_images = scratch / "digits"
         subprocess.run([sys.executable, "-m", "tools.digits", "images", digits_images], check=True,
                        capture_output=True, cwd=ROOT)
+        photos = photographs(scratch / "photos", max(args.tiny_images, args.base_images))
         cases = {"digits": (export(scratch / "d", weights=str(ROOT / "models" / "digits")),
                             sorted(digits_images.rglob("*.png"))),
                  "hiera-tiny (random weights)": (export(scratch / "t", variant="tiny", weights="random"),
-                                                 photographs(scratch / "photos", args.tiny_images))}
+                                                 photos[:args.tiny_images]),
+                 "hiera-base (random weights)": (export(scratch / "b", variant="base", weights="random"),
+                                                 photos[:args.base_images])}
         start = time.perf_counter()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level="error")
@@ -93,6 +98,7 @@ def main() -> None:
                                             "images_per_s": round(len(images) / seconds, 1)})
         finally:
             ray.shutdown()
+    results["load_average_after"] = os.getloadavg()
 
     print(f"{results['cpu']} ({' '.join(results['isa'])}), {results['cpus']} CPUs, Ray {results['ray']}")
     print(f"{'model':28s} {'run':16s} {'images':>6s} {'seconds':>8s} {'images/s':>9s}")
@@ -100,6 +106,8 @@ def main() -> None:
         print(f"{row['model']:28s} {row['run']:16s} {row['images']:6d} {row['seconds']:8.2f} "
               f"{row['images_per_s']:9.1f}")
     print(f"(starting the local Ray cluster, once per run of the command: {results['ray_start_s']:.1f} s)")
+    print("load average (1, 5, 15 min) before: {:.1f} {:.1f} {:.1f}, after: {:.1f} {:.1f} {:.1f}".format(
+        *results["load_average_before"], *results["load_average_after"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
 

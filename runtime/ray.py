@@ -23,8 +23,10 @@ output (rows on disk first, then the journal line with each row's sha256). A kil
 no line names, dropped when the run continues; a block Ray had not handed over is simply not there. The
 Parquet files and the index are written only at the end, from the journal, into a staging folder that replaces
 DIR whole (`runtime.commit.replacing`: DIR must be absent, empty, or a folder this command wrote). A run killed
-at any point and run again embeds only the images no intact journal row holds. The driver writing the files
-also means `--out` is a path on the driver's machine, as for every other command, on a cluster of any size.
+at any point and run again embeds only the images no intact journal row holds. A run that finds no journal but a
+finished output of the same model and outputs at DIR takes its finite rows, as `runtime embed` does with its
+file; with nothing left to embed it asks no cluster. The driver writing the files also means `--out` is a path on
+the driver's machine, as for every other command, on a cluster of any size.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,11 +204,15 @@ def connected(address: str | None):
     # Ray's own lines would drown the command's: its failures reach the command as exceptions, said in one line
     logging.getLogger("ray").setLevel(logging.ERROR)
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # it logs the stack of a failure it then raises
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address or "local", include_dashboard=False if address is None else None,
                  log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise HieraRuntimeError(f"Ray cluster {address or '(local)'}: cannot connect ({_line(error)})") from None
+    finally:  # ray.init makes SIGTERM exit at once (status 15, no line); it stays an interruption, as Ctrl-C is
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
     context = DataContext.get_current()
     context.enable_progress_bars = context.enable_operator_progress_bars = False
     context.enable_auto_log_stats = False
@@ -275,12 +283,16 @@ def embed(model: FeatureExtractor, images, out, *, address: str | None = None, a
           on_image: Callable[[str, str | None], None] | None = None) -> Embedding:
     """`runtime.embed.embed` on a Ray cluster (`connected(address)`), into the folder `out` (see the module's
     docstring). `model`: the artifact as the driver loaded it (its checks, outputs and sha256); the actors load
-    the same file with `load_options` (`runtime.load`'s; threads default to `plan`'s)."""
+    the same file with `load_options` (`runtime.load`'s; threads default to `plan`'s). As `runtime.embed.embed`
+    does, a run continues an unfinished run's journal, or else takes the finite rows a finished output of the
+    same model and outputs holds at `out`; with nothing left to embed it does not connect to a cluster."""
     out = Path(os.path.abspath(out))
     if out.suffix in SUFFIXES:
         raise HieraRuntimeError(f"{out}: on Ray the output is a folder (Parquet files and their index); name a folder")
     if model.info.preprocessing.frames:
         raise HieraRuntimeError(f"{model.session.path}: a video model; embedding on Ray takes images, not clips")
+    if address not in (None, "auto"):
+        cluster_address(address)  # its form, before anything else; whether it answers, once there is work for it
     shapes = _shapes(model, list(outputs or default_outputs(model)), out)
     identity = {"model": model.session.path.name, "model_sha256": files.sha256(model.session.path),
                 "outputs": {name: list(shape) for name, shape in shapes.items()}}
@@ -288,40 +300,36 @@ def embed(model: FeatureExtractor, images, out, *, address: str | None = None, a
     if not images:
         raise HieraRuntimeError("no images given")
     row_floats = sum(end - begin for begin, end in _offsets(shapes).values())
-    # The folder first: a refusal costs no cluster start, and a cluster that does not answer leaves nothing behind.
-    with commit.replacing(out, WRITTEN_BY) as replacement, connected(address) as ray:
+    # The folder first: a refusal costs no cluster start; the cluster before the journal: a cluster that does not
+    # answer leaves nothing behind.
+    with commit.replacing(out, WRITTEN_BY) as replacement:
         partial = out.with_name(f".{out.name}.partial")
         journal = commit.Journal(partial, row_floats * 4, f"remove {partial} to start {out.name} over")
         try:
-            done = _open_partial(partial, journal, identity, row_floats)
-            earlier = len(done)
-            for path in images if on_image else ():
-                if path in done:
-                    on_image(path, None)
+            done = _resume(partial, journal, identity, row_floats)
+            earlier, earlier_rows = _earlier(out, identity, images) if done is None and replacement.replaced \
+                else ({}, None)
+            have = earlier if done is None else done
             failed = {path: f"{path}: its name is not valid UTF-8, which Arrow cannot record"
-                      for path in images if path not in done and not _utf8(path)}
-            for path in failed if on_image else ():
-                on_image(path, failed[path])
-            todo = [path for path in images if path not in done and path not in failed]
-            if todo:
-                resources = cluster_plan(ray, actors)
-                options = {"threads": resources.threads, **(load_options or {})}
-                embedder = {"model": str(model.session.path), "sha256": identity["model_sha256"],
-                            "outputs": list(shapes), "batch_size": batch_size, "root": os.getcwd(), **options}
-                wanted = set(todo)
-                for attempt in range(1, ATTEMPTS + 1):  # each try runs what the ones before did not return
-                    try:
-                        _collect(_stream(ray, [path for path in todo if path in wanted], embedder,
-                                         model.batch_size(batch_size), resources), wanted, shapes, journal, done,
-                                 failed, on_image)
-                        break
-                    except _JobFailed:
-                        if attempt == ATTEMPTS:
-                            raise
-                for path in [path for path in todo if path in wanted]:  # never silently missing from the output
-                    failed[path] = f"{path}: the Ray job returned no row for it"
-                    if on_image:
+                      for path in images if path not in have and not _utf8(path)}
+            todo = [path for path in images if path not in have and path not in failed]
+            with (connected(address) if todo else contextlib.nullcontext()) as ray:
+                if done is None:
+                    done = _start(partial, journal, identity)
+                    reusable = list(earlier)
+                    for first in range(0, len(reusable), ROWS_PER_WRITE):  # journalled as the rows embedded here are
+                        paths = reusable[first:first + ROWS_PER_WRITE]
+                        picked = earlier_rows[[earlier[path] for path in paths]]
+                        done.update(journal.append(paths, np.ascontiguousarray(picked, "<f4").tobytes()))
+                reused = sum(path in done for path in images)
+                for path in images if on_image else ():
+                    if path in done:
+                        on_image(path, None)
+                    elif path in failed:
                         on_image(path, failed[path])
+                if todo:
+                    _run(ray, model, todo, shapes, journal, done, failed, on_image, actors, batch_size, load_options,
+                         identity["model_sha256"])
             index = {"format": FORMAT, "format_version": FORMAT_VERSION, **identity,
                      "images": [path for path in images if path in done],
                      "failed": [{"image": path, "error": failed[path]} for path in images if path in failed],
@@ -333,12 +341,38 @@ def embed(model: FeatureExtractor, images, out, *, address: str | None = None, a
             if isinstance(error, commit.Interrupted):
                 raise
             shutil.rmtree(replacement.staging, ignore_errors=True)
-            raise commit.Interrupted(f"{out} is as it was; the rows done so far are kept in {partial.name} to "
-                                     "continue from") from None
+            kept = f"; the rows done so far are kept in {partial.name} to continue from" if partial.exists() else ""
+            raise commit.Interrupted(f"{out} is as it was{kept}") from None
         finally:
             journal.close()
     shutil.rmtree(partial, ignore_errors=True)  # committed: a kill before this only makes the next run commit again
-    return dataclasses.replace(read(out), reused=earlier)
+    return dataclasses.replace(read(out), reused=reused)
+
+
+def _run(ray, model: FeatureExtractor, todo: list[str], shapes: dict, journal, done: dict[str, int],
+         failed: dict[str, str], on_image, actors: int | None, batch_size: int | None, load_options: dict | None,
+         sha256: str) -> None:
+    """Embed `todo` on the cluster, journalling the rows; an image Ray returns no row for is failed."""
+    resources = cluster_plan(ray, actors)
+    options = {"threads": resources.threads, **(load_options or {})}
+    embedder = {"model": str(model.session.path), "sha256": sha256, "outputs": list(shapes), "batch_size": batch_size,
+                "root": os.getcwd(), **options}
+    wanted = set(todo)
+    for attempt in range(1, ATTEMPTS + 1):  # each try runs what the ones before did not return
+        try:
+            # closed before Ray is shut down, however the loop ends (Ctrl-C while a block is journalled): Ray Data's
+            # executor, left to the garbage collector, calls Ray after the shutdown, which starts Ray again
+            with contextlib.closing(_stream(ray, [path for path in todo if path in wanted], embedder,
+                                            model.batch_size(batch_size), resources)) as tables:
+                _collect(tables, wanted, shapes, journal, done, failed, on_image)
+            break
+        except _JobFailed:
+            if attempt == ATTEMPTS:
+                raise
+    for path in [path for path in todo if path in wanted]:  # never silently missing from the output
+        failed[path] = f"{path}: the Ray job returned no row for it"
+        if on_image:
+            on_image(path, failed[path])
 
 
 def _collect(tables, wanted: set[str], shapes: dict, journal, done: dict[str, int], failed: dict[str, str],
@@ -359,24 +393,44 @@ def _collect(tables, wanted: set[str], shapes: dict, journal, done: dict[str, in
                     on_image(path, error)
 
 
-def _open_partial(partial: Path, journal, identity: dict, row_floats: int) -> dict[str, int]:
-    """The rows an earlier run of this model and these outputs journalled, intact and finite, by image path; an
-    empty journal if there was none."""
+def _resume(partial: Path, journal, identity: dict, row_floats: int) -> dict[str, int] | None:
+    """The rows an unfinished run of this model and these outputs journalled, intact and finite, by image path;
+    None when there is no unfinished run."""
     about = partial / "about.json"
-    if about.exists():
-        if files.read_json(about, 1 << 20) != identity:
-            raise HieraRuntimeError(f"{partial}: an unfinished run of another model or other outputs; remove it to "
-                                    "start over")
-        intact = journal.resume()
-        rows = _journal_rows(journal, row_floats)
-        return {path: row for path, row in intact.items() if np.isfinite(rows[row]).all()}  # others run again
+    if not about.exists():
+        return None
+    if files.read_json(about, 1 << 20) != identity:
+        raise HieraRuntimeError(f"{partial}: an unfinished run of another model or other outputs; remove it to "
+                                "start over")
+    intact = journal.resume()
+    rows = _journal_rows(journal, row_floats)
+    return {path: row for path, row in intact.items() if np.isfinite(rows[row]).all()}  # others run again
+
+
+def _start(partial: Path, journal, identity: dict) -> dict[str, int]:
+    """An empty journal for this run."""
     try:
         partial.mkdir(exist_ok=True)
         journal.start()
-        files.write_json(about, identity)  # last: a folder without it is started over
+        files.write_json(partial / "about.json", identity)  # last: a folder without it is started over
     except OSError as error:
         raise HieraRuntimeError(f"{partial}: cannot write ({error.strerror or error})") from None
     return {}
+
+
+def _earlier(out: Path, identity: dict, images: list[str]) -> tuple[dict[str, int], np.ndarray | None]:
+    """The finished output at `out`, if it holds what this run writes (else one line, as `runtime embed` says of
+    its file): the rows of `images` it holds that are finite, by path, and its rows [n, floats of every output]."""
+    earlier = read(out)
+    same = {"model_sha256": earlier.model_sha256,
+            "outputs": {name: list(array.shape[1:]) for name, array in earlier.arrays.items()}}
+    if same != {key: identity[key] for key in same}:
+        raise HieraRuntimeError(f"{out}: holds other features (another model, or other outputs); choose another "
+                                "folder, or remove it to write it anew")
+    parts = [earlier.arrays[name].reshape(len(earlier.images), -1) for name in identity["outputs"]]
+    rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    finite, wanted = np.isfinite(rows).all(axis=1), set(images)
+    return {path: row for row, path in enumerate(earlier.images) if finite[row] and path in wanted}, rows
 
 
 def _journal_rows(journal, row_floats: int) -> np.ndarray:
