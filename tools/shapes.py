@@ -439,6 +439,8 @@ def evaluate(args) -> None:
     from export.quantize import to_int8
     import onnx
 
+    if not (args.checkpoint / "config.json").is_file():  # before anything is written
+        raise HieraModelError(f"{args.checkpoint}: no config.json (give a folder that tools.shapes train saved)")
     torch.set_num_threads(1)
     started = time.time()
     calibration = args.out / "calibration"
@@ -519,7 +521,9 @@ def run(argv) -> int:
 
 
 def main(argv=None) -> int:
-    return run_command(run, argv, errors=(HieraModelError, HieraRuntimeError, OSError))
+    from export.errors import ExportError
+
+    return run_command(run, argv, errors=(HieraModelError, HieraRuntimeError, ExportError, OSError))
 
 
 if __name__ == "__main__":
