@@ -25,11 +25,15 @@ SMALL = HieraConfig(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 2, 2, 1), i
 def test_the_lock_lists_every_published_checkpoint():
     entries = lock.read(ROOT / "models.lock")
     assert len({(e.source, e.file) for e in entries}) == len(entries)
-    shipped = [e for e in entries if e.source == "hiera-deploy/digits"]  # tools/digits.py's model, in models/
-    assert len(shipped) == 1 and shipped[0].sha256 == lock.sha256(ROOT / "models" / "digits" / "model.safetensors")
+    # the models this project trained and ships in models/: tools/digits.py's Hiera, tools/shapes.py's SAM 2
+    shipped = {e.variant: e for e in entries if e.source.startswith("hiera-deploy/")}
+    assert {name: (e.source, e.task) for name, e in shipped.items()} == {
+        "digits": ("hiera-deploy/digits", "classify"), "shapes": ("hiera-deploy/shapes", "segmenter")}
+    for name, entry in shipped.items():
+        assert entry.sha256 == lock.sha256(ROOT / "models" / name / entry.file), name
     sam2 = [e for e in entries if e.variant in hiera_model.SAM2_VARIANTS]  # tests/hiera_model/test_sam2.py
-    for entry in [e for e in entries if e not in sam2]:
-        assert entry.variant in VARIANTS or entry in shipped
+    for entry in [e for e in entries if e not in sam2 and e.variant not in shipped]:
+        assert entry.variant in VARIANTS
         assert entry.task in hiera_model.TASKS
         assert entry.format in ("transformers", "fair", "timm")
         assert entry.sha256 is None or re.fullmatch("[0-9a-f]{64}", entry.sha256)
