@@ -34,7 +34,7 @@ from .errors import HieraModelError
 from .file_access import file_errors, read_json
 from .model import Hiera
 from .resize import resize_position_embeddings
-from .sam2_config import SAM2_TASKS, is_sam2
+from .sam2_config import SAM2_SHARED_TASKS, SAM2_TASKS, is_sam2
 from .state_dicts import read_state_dict
 from .variants import VARIANTS, HieraConfig, check_task, get_variant
 
@@ -69,7 +69,7 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
     elif config_file is not None:
         file_config = read_json(config_file)
         if is_sam2_config(file_config):
-            if task == "backbone":  # HieraDet's stage maps, from a SAM 2 folder
+            if task in SAM2_SHARED_TASKS:  # HieraDet's stage maps or pooled vector, from a SAM 2 folder
                 return load_sam2(path, None, task, allow_unverified=allow_unverified, lock_path=lock_path,
                                  out_features=out_features, with_loss=with_loss, input_size=input_size)
             raise HieraModelError(f"{config_file}: a SAM 2 checkpoint (Segment Anything 2's image encoder), not "
@@ -80,7 +80,7 @@ def load(path, variant: str | HieraConfig | None = None, task: str = "classify",
         check_options(config, task, out_features=out_features, with_loss=with_loss, input_size=input_size)
     provenance = model_lock.verify_files(weight_files, allow_unverified=allow_unverified, lock_path=lock_path)
     state = _read_weights(weight_files)
-    if task == "backbone" and variant is None and is_sam2_state(state):  # HieraDet's stage maps, read once
+    if task in SAM2_SHARED_TASKS and variant is None and is_sam2_state(state):  # HieraDet alone, read once
         return load_sam2(path, None, task, lock_path=lock_path, out_features=out_features, with_loss=with_loss,
                          input_size=input_size, read=(state, provenance))
     state = {TRANSFORMERS: from_transformers, FAIR: from_fair, TIMM: from_timm}[detect_layout(state, path)](state)

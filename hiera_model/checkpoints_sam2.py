@@ -2,7 +2,7 @@
 folders (config.json + model.safetensors, as its `save_pretrained` writes them and `facebook/sam2*-hiera-*`
 publishes them), FAIR's `sam2*_hiera_*.pt` (torch.save'd {"model": state dict}, names `image_encoder.trunk.*`,
 no config: the published size is told from the weights, or given), and timm's `sam2_hiera_*` backbones
-(HieraDet alone, for the "backbone" task; config.json as timm's `save_for_hf` writes it).
+(HieraDet alone, for the "backbone" and "features" tasks; config.json as timm's `save_for_hf` writes it).
 
 The same trust as Hiera's loader (`checkpoints`): every file through `runtime.files`, the config checked
 field by field (one line naming the file and the field) before the weights are read, the weight files
@@ -105,15 +105,18 @@ _FAIR_NOT_DECODER = re.compile(r"^(image_encoder\.|sam_mask_decoder\.(conv_s0|co
                                r"memory_attention\.|memory_encoder\.|mask_downsample\.|obj_ptr_proj\.|"
                                r"obj_ptr_tpos_proj\.|maskmem_tpos_enc$|no_mem_embed$|no_mem_pos_enc$|no_obj_ptr$|"
                                r"no_obj_embed_spatial$)")
-# timm's names (timm.models.hieradet_sam2.HieraDet) -> ours; its classifier head is not SAM 2's
+# timm's names (timm.models.hieradet_sam2.HieraDet) -> ours; its head's norm is the features task's, its
+# classifier (head.fc, absent with num_classes=0) is not SAM 2's
 _TIMM_NAMES = [
     (r"^patch_embed\.proj\.", "patch_embed."),
     (r"^(pos_embed|pos_embed_window)$", r"\1"),
     (r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|proj|mlp\.fc1|mlp\.fc2)\.", r"blocks.\1.\2."),
+    (r"^head\.norm\.", "norm."),
 ]
 _TIMM_UNUSED = re.compile(r"^head\.")
 TRANSFORMERS, FAIR, TIMM = "transformers", "FAIR", "timm"
 FAIR_DECODER = "FAIR decoder"  # FAIR's layout, read for the prompt encoder and mask decoder
+OWNERS = {TRANSFORMERS: "transformers'", FAIR: "FAIR's", TIMM: "timm's"}
 # timm's SAM 2 backbones: the same architectures as our SAM 2 variants of the same names
 TIMM_ARCHITECTURES = ("sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus", "sam2_hiera_large")
 
@@ -300,10 +303,11 @@ def infer_config(state: dict, path) -> tuple[Sam2Config, str]:
 def load(path, variant=None, task: str = "image-encoder", *, allow_unverified: bool = False, lock_path=None,
          input_size=None, read=None, **hiera_options) -> Sam2ImageEncoder:
     """A transformers `Sam2Model` folder (or its model.safetensors beside its config.json), FAIR's `sam2*.pt` or
-    timm's `sam2_hiera_*` folder as an eval-mode `Sam2ImageEncoder` for `task` ("image-encoder", or "backbone":
-    the four stage maps); `variant` (a SAM 2 variant name or a `Sam2Config`) overrides the file's config, and
-    `input_size` builds the encoder for another input (the position embedding is resized to it in forward,
-    as the references do). `read`: (state, provenance) where Hiera's loader has already read the files."""
+    timm's `sam2_hiera_*` folder as an eval-mode `Sam2ImageEncoder` for `task` ("image-encoder"; "backbone": the
+    four stage maps; "features", timm's folders only: the pooled vector); `variant` (a SAM 2 variant name or a
+    `Sam2Config`) overrides the file's config, and `input_size` builds the encoder for another input (the position
+    embedding is resized to it in forward, as the references do). `read`: (state, provenance) where Hiera's loader
+    has already read the files."""
     from .checkpoints import _locate, _read_weights, misfits  # one owner of paths, shards, reading, fitting
 
     path = Path(path)
@@ -340,17 +344,27 @@ def load(path, variant=None, task: str = "image-encoder", *, allow_unverified: b
         raise HieraModelError(f"{path}: not a SAM 2 checkpoint (no vision_encoder.backbone, image_encoder.trunk or "
                               "pos_embed_window weights); a Hiera checkpoint loads as Hiera, with a Hiera task")
     layout = sam2_layout(state)
-    if layout == TIMM and task != "backbone":
+    if layout == TIMM and task == "image-encoder":
         raise HieraModelError(f"{path}: timm's sam2_hiera backbone is HieraDet alone (no FPN neck, conv_s0, conv_s1 "
                               "or no-memory embedding); load it with {option}", option="task", value="backbone")
+    if layout != TIMM and task == "features":
+        raise HieraModelError(f"{path}: task 'features' is timm's pooled vector, whose norm (timm's head.norm) only "
+                              f"timm's sam2_hiera folders hold, not {OWNERS[layout]} SAM 2 checkpoint; load this one "
+                              "with {option} (or 'backbone': HieraDet's stage maps)", option="task",
+                              value="image-encoder")
     state = from_transformers(state, path, layout)
+    # The model that wrote the file: the whole encoder, or timm's HieraDet with its head's norm or without it
+    # (a model saved after timm's reset_classifier(0, reset_other=True))
+    stored_task = "image-encoder" if layout != TIMM else "features" if "norm.weight" in state else "backbone"
+    if task == "features" and stored_task != "features":
+        raise HieraModelError(f"{path}: timm's sam2_hiera folder has no head.norm (saved without its head), which "
+                              "task 'features' pools through; load it with {option}", option="task", value="backbone")
     if config is None:
         config, where = infer_config(state, path)
     target = config.at_size(tuple(input_size)) if input_size is not None else config
     with torch.device("meta"):  # names and shapes only
         model = Sam2ImageEncoder(target, task)
-        # the model that wrote the file: the whole encoder, but for timm's backbone
-        stored = model if layout == TIMM or task == "image-encoder" else Sam2ImageEncoder(target)
+        stored = model if task == stored_task else Sam2ImageEncoder(target, stored_task)
     wanted = model.state_dict()
     misfit = misfits(state, stored.state_dict(), wanted, shown=4)
     if misfit:

@@ -158,7 +158,11 @@ class Sam2ImageEncoder(nn.Module):
     Make it with `hiera_model.create` or `hiera_model.load` (a SAM 2 variant, config or checkpoint).
 
     With task "backbone" it is HieraDet alone: `stage1` ... `stage4` [batch, stage width, height, width], each
-    stage's last block's output (timm's `sam2_hiera_*` features), without the neck and the predictor's parts."""
+    stage's last block's output (timm's `sam2_hiera_*` features), without the neck and the predictor's parts.
+    With task "features" it is HieraDet and the head of timm's `sam2_hiera_*` model with num_classes=0:
+    `last_hidden_state` [batch, tokens, width], the last block's tokens in row-major grid order (timm's
+    `forward_features`, NHWC, flattened), and `pooler_output` [batch, width], their mean through a LayerNorm
+    (`norm`, timm's `head.norm`)."""
 
     def __init__(self, config: Sam2Config, task: str = "image-encoder"):
         super().__init__()
@@ -188,7 +192,9 @@ class Sam2ImageEncoder(nn.Module):
                                              q_stride))
                 dim, grid = dims[stage], grids[stage]
             self.stage_ends.append(len(self.blocks) - 1)
-        if task == "backbone":
+        if task == "features":  # timm's ClNormMlpClassifierHead without its classifier: average, then norm
+            self.norm = nn.LayerNorm(dims[-1], eps=config.layer_norm_eps)
+        if task != "image-encoder":
             return
         # The neck's lateral 1x1 convolutions, coarsest stage first (FAIR's and transformers' order).
         self.neck = nn.ModuleList(nn.Conv2d(d, config.fpn_dim, 1) for d in reversed(dims))
@@ -210,6 +216,8 @@ class Sam2ImageEncoder(nn.Module):
     def output_names(self) -> list[str]:
         if self.task == "backbone":
             return [f"stage{stage}" for stage in range(1, len(self.config.depths) + 1)]
+        if self.task == "features":
+            return ["last_hidden_state", "pooler_output"]
         return ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
 
     def position_embedding(self) -> torch.Tensor:
@@ -223,17 +231,21 @@ class Sam2ImageEncoder(nn.Module):
         tiles = torch.cat([self.pos_embed_window] * (height // window), dim=2)
         return background + torch.cat([tiles] * (width // window), dim=3)
 
-    def forward_stages(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """Each stage's output map [batch, dim, height, width]."""
+    def forward_stages(self, pixel_values: torch.Tensor, maps: bool = True):
+        """Each stage's output map [batch, dim, height, width]; without `maps`, the last block's tokens [batch,
+        tokens, dim] in row-major grid order."""
         x = (self.patch_embed(pixel_values) + self.position_embedding()).flatten(2).transpose(1, 2)
-        maps = []
+        stage_maps = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in self.stage_ends:
-                maps.append(x.transpose(1, 2).unflatten(2, self.config.stage_grids[len(maps)]))
-        return maps
+            if maps and i in self.stage_ends:
+                stage_maps.append(x.transpose(1, 2).unflatten(2, self.config.stage_grids[len(stage_maps)]))
+        return stage_maps if maps else x
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.task == "features":
+            tokens = self.forward_stages(pixel_values, maps=False)
+            return {"last_hidden_state": tokens, "pooler_output": self.norm(tokens.mean(dim=1))}
         maps = self.forward_stages(pixel_values)
         if self.task == "backbone":
             return dict(zip(self.output_names, maps))
@@ -255,8 +267,8 @@ class Sam2ImageEncoder(nn.Module):
 def check_sam2_options(task: str, out_features=None, with_loss: bool = False) -> None:
     """SAM 2's encoder has its tasks and none of Hiera's task options."""
     if task not in SAM2_MODEL_TASKS:
-        raise HieraModelError(f"a SAM 2 image encoder has task 'image-encoder', not {task!r} (or 'backbone': "
-                              "HieraDet's stage maps alone)", option="task")
+        raise HieraModelError(f"a SAM 2 image encoder has task 'image-encoder', not {task!r} (or HieraDet alone: "
+                              "'backbone', its stage maps, or 'features', its pooled vector)", option="task")
     if out_features is not None or with_loss:
         option = "out_features" if out_features is not None else "with_loss"
         raise HieraModelError("{option} is an option of Hiera's tasks; SAM 2's image encoder has none",

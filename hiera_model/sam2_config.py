@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from .errors import HieraModelError
 
 SAM2_TASKS = ("image-encoder",)  # the tasks only SAM 2 has
-# What a SAM 2 model can be built for: its image encoder, or HieraDet alone ("backbone": the four stage maps, as
-# timm's features_only model gives them); "backbone" is Hiera's task name too, so it routes to SAM 2 by the
-# variant or the checkpoint, not by the task.
-SAM2_MODEL_TASKS = ("image-encoder", "backbone")
+# What a SAM 2 model can be built for: its image encoder, or HieraDet alone: "backbone" (the four stage maps, as
+# timm's features_only model gives them) or "features" (the last stage's tokens and the pooled vector timm's
+# `sam2_hiera_*` model gives with num_classes=0). Those two are Hiera's task names too (SAM2_SHARED_TASKS), so
+# they route to SAM 2 by the variant or the checkpoint, not by the task.
+SAM2_MODEL_TASKS = ("image-encoder", "backbone", "features")
+SAM2_SHARED_TASKS = tuple(task for task in SAM2_MODEL_TASKS if task not in SAM2_TASKS)
 SAM2_LICENSE = "Apache-2.0"  # FAIR's SAM 2 and SAM 2.1 weights (their code and checkpoints)
 
 MAX_STAGES = 8

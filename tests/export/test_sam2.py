@@ -17,6 +17,7 @@ from runtime import cli as runtime_cli
 from runtime.preprocess import Preprocessing
 
 from ..conftest import FIXTURES, failed_rows
+from ..hiera_model.test_sam2 import timm_features, timm_features_folder
 from ..sam2_reference import OUTPUTS, SIZE, reference_embeddings, sam2_checkpoint  # noqa: F401
 from .test_cli import one_error_line, run_cli
 from .test_parity import FP32_TOLERANCE, onnx_outputs
@@ -130,3 +131,39 @@ def test_sam2_backbone_from_timm_exports_its_stage_maps(tmp_path):
     got = onnx_outputs(tmp_path / entry["file"], expected["pixel_values"].numpy())
     diffs = {name: float(np.abs(got[name] - expected[f"timm_{name}"].numpy()).max()) for name in stages}
     assert max(diffs.values()) <= FP32_TOLERANCE, diffs
+
+
+@torch.no_grad()
+def test_sam2_features_from_timm_export_and_embed(tmp_path):
+    """`--task features` on timm's sam2_hiera folder (the fixture, head.norm redrawn): the artifact gives timm's
+    tokens and pooled vector (tests/hiera_model/test_sam2.py: timm_features), and `runtime embed` takes it."""
+    import hiera_model
+
+    folder, state = timm_features_folder(tmp_path)
+    out = tmp_path / "artifacts"
+    report = run(Options(weights=str(folder), task="features", batch=None, out_dir=out, precisions=("fp32",)))
+    assert report["passed"], failed_rows(report)
+    entry = report["artifacts"]["fp32"]
+    outputs = ["last_hidden_state", "pooler_output"]
+    assert list(entry["parity"]) == outputs and entry["max_rank"] == 4
+    artifact = out / entry["file"]
+    meta = read_artifact(artifact)
+    assert meta["task"] == "features" and meta["outputs"] == outputs
+    assert Preprocessing.from_dict(meta["preprocessing"]) == Preprocessing.for_sam2((96, 96))
+    maps = safetensors.torch.load_file(FIXTURES / "reference" / "expected_sam2.safetensors")
+    expected = timm_features(maps["timm_stage4"], state)
+    got = onnx_outputs(artifact, maps["pixel_values"].numpy())
+    diffs = {name: float(np.abs(got[name] - expected[name].numpy()).max()) for name in outputs}
+    assert max(diffs.values()) <= FP32_TOLERANCE, diffs
+    # embed writes one pooled vector per image: the PyTorch model's on the runtime's preprocessing
+    images = []
+    for index, shape in enumerate([(80, 112, 3), (130, 90, 3)]):
+        images.append(tmp_path / f"{index}.png")
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, shape, dtype=np.uint8)).save(images[-1])
+    assert runtime_cli.main(["embed", *map(str, images), "--model", str(artifact), "--out",
+                             str(tmp_path / "pooled.npy")]) == 0
+    pooled = np.load(tmp_path / "pooled.npy")
+    preprocessing = Preprocessing.for_sam2((96, 96))
+    pixel_values = torch.from_numpy(np.stack([preprocessing(Image.open(path)) for path in images]))
+    reference = hiera_model.load(folder, task="features")(pixel_values)["pooler_output"].numpy()
+    assert pooled.shape == (2, 48) and np.abs(pooled - reference).max() <= FP32_TOLERANCE

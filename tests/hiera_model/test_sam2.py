@@ -5,17 +5,20 @@ import json
 import shutil
 
 import pytest
+import safetensors.torch
 import torch
 import transformers
+from torch.nn import functional as F
 
 import hiera_model
 from hiera_model import HieraModelError, Sam2Config, VerificationError, lock
 from hiera_model.sam2 import pool_order, window_layout
 
-from ..conftest import ROOT
+from ..conftest import FIXTURES, ROOT
 from ..sam2_reference import OTHER_SIZE, OUTPUTS, SIZE, reference_embeddings, sam2_checkpoint  # noqa: F401
 
 TOLERANCE = 1e-4  # max abs diff; outputs here reach about 12
+TIMM_FOLDER = FIXTURES / "reference" / "sam2_timm_hub"  # timm 1.0.31's sam2_hiera, saved with save_for_hf
 
 
 def max_diffs(ours: dict, reference: dict) -> dict[str, float]:
@@ -140,7 +143,10 @@ def test_a_tampered_config_file_is_one_line_before_the_weights_are_read(sam2_che
 def test_sam2_and_hiera_checkpoints_say_which_model_they_are(sam2_checkpoint, tmp_path):  # noqa: F811
     directory, _ = sam2_checkpoint
     with pytest.raises(HieraModelError, match="a SAM 2 checkpoint .* not Hiera; load it with task='image-encoder'"):
-        hiera_model.load(directory, task="features")
+        hiera_model.load(directory, task="classify")
+    with pytest.raises(HieraModelError, match="task 'features' is timm's pooled vector, .* not transformers' SAM 2 "
+                                              "checkpoint; load this one with task='image-encoder'"):
+        hiera_model.load(directory, task="features")  # Hiera's task name, which SAM 2 has for timm's folders
     shutil.copy(directory / "model.safetensors", tmp_path / "sam2.safetensors")  # no config: the keys tell
     with pytest.raises(HieraModelError, match="a SAM 2 checkpoint .* not Hiera"):
         hiera_model.load(tmp_path / "sam2.safetensors")
@@ -222,3 +228,59 @@ def test_random_weights_are_seeded():
         first, again = (hiera_model.create(config, "image-encoder", seed=1)(pixel_values) for _ in range(2))
         other = hiera_model.create(config, "image-encoder", seed=2)(pixel_values)
     assert all(torch.equal(first[n], again[n]) and not torch.equal(first[n], other[n]) for n in OUTPUTS)
+
+
+def timm_features_folder(directory):
+    """The timm fixture's folder in `directory` with its head.norm redrawn: the fixture's is timm's init (ones and
+    zeros), which a head without the norm's affine would pass too. Returns the folder and the state it holds."""
+    folder = directory / "sam2_hiera_timm"
+    shutil.copytree(TIMM_FOLDER, folder)
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    for name in ("head.norm.weight", "head.norm.bias"):
+        state[name] = torch.randn(state[name].shape, generator=generator)
+    safetensors.torch.save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder, state
+
+
+def timm_features(stage4: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
+    """What timm 1.0.31's `sam2_hiera_*` model with num_classes=0 gives, from its last block's output (the last map of
+    `forward_intermediates`, NCHW): `forward_features` is that map as NHWC, and `forward_head` is its
+    ClNormMlpClassifierHead (pool 'avg', no hidden layer, no classifier): the mean over height and width, then
+    head.norm (timm's LayerNorm, eps 1e-6)."""
+    pooled = F.layer_norm(stage4.mean(dim=(2, 3)), stage4.shape[1:2], state["head.norm.weight"],
+                          state["head.norm.bias"], eps=1e-6)
+    return {"last_hidden_state": stage4.flatten(2).transpose(1, 2), "pooler_output": pooled}
+
+
+@torch.no_grad()
+def test_features_from_timm_equal_timms_pooled_vector(tmp_path):
+    folder, state = timm_features_folder(tmp_path)
+    expected_maps = safetensors.torch.load_file(FIXTURES / "reference" / "expected_sam2.safetensors")
+    expected = timm_features(expected_maps["timm_stage4"], state)
+    model = hiera_model.load(folder, task="features")
+    assert model.output_names == ["last_hidden_state", "pooler_output"]
+    got = model(expected_maps["pixel_values"])
+    assert {k: tuple(v.shape) for k, v in got.items()} == {"last_hidden_state": (1, 9, 48), "pooler_output": (1, 48)}
+    diffs = {name: (got[name] - expected[name]).abs().max().item() for name in expected}
+    assert max(diffs.values()) <= 1e-5, diffs
+    # the same folder as a backbone: its head's norm is read, checked and left out
+    assert hiera_model.load(folder, task="backbone").output_names == ["stage1", "stage2", "stage3", "stage4"]
+
+
+def test_features_need_timms_head_norm(tmp_path):
+    headless = tmp_path / "headless"  # as timm saves a model after reset_classifier(0, reset_other=True)
+    shutil.copytree(TIMM_FOLDER, headless)
+    state = safetensors.torch.load_file(headless / "model.safetensors")
+    safetensors.torch.save_file({k: v for k, v in state.items() if not k.startswith("head.")},
+                                headless / "model.safetensors", metadata={"format": "pt"})
+    cases = {headless: "timm's sam2_hiera folder has no head.norm (saved without its head), which task 'features' "
+                       "pools through; load it with task='backbone'",
+             FIXTURES / "reference" / "sam2_fair_small.pt": "task 'features' is timm's pooled vector, whose norm "
+                                                             "(timm's head.norm) only timm's sam2_hiera folders hold, "
+                                                             "not FAIR's SAM 2 checkpoint"}
+    for path, rule in cases.items():
+        with pytest.raises(HieraModelError) as error:
+            hiera_model.load(path, task="features", allow_unverified=True)
+        assert rule in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert hiera_model.load(headless, task="backbone").output_names[-1] == "stage4"
