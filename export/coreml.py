@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from runtime import files
+
 from .errors import ExportError
 
 PACKAGE, EXTRA = "coremltools", "coreml"  # what export/options.py checks before anything is written
@@ -99,6 +101,18 @@ def read_metadata(path) -> dict[str, str]:
     except Exception as error:  # noqa: BLE001 (a damaged package: protobuf's and coremltools' errors alike)
         raise ExportError(f"{path}: not a readable Core ML package ({type(error).__name__}: {error})") from None
     return dict(spec.description.metadata.userDefined)
+
+
+def append_metadata(path, metadata: dict[str, str]) -> None:
+    """Add entries (the probe) to the package's user-defined metadata: its model spec (the package's root model file)
+    written again, atomically; the weights and the manifest stay as they are."""
+    import coremltools as ct
+    from coremltools.libmodelpackage import ModelPackage
+
+    spec_file = Path(ModelPackage(str(path)).getRootModel().path())
+    spec = ct.utils.load_spec(str(path))
+    spec.description.metadata.userDefined.update(metadata)
+    files.write_bytes(spec_file, spec.SerializeToString())
 
 
 @contextlib.contextmanager

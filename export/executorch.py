@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.executorch import write_sidecar
+from runtime.executorch import read_metadata, write_sidecar
 
 from .errors import ExportError
 
@@ -63,6 +63,12 @@ def convert(model, example: dict, path: Path, metadata: dict[str, str]) -> dict:
     write_sidecar(Path(path), metadata)
     return {"file": Path(path).name, "max_rank": ranks, "backend": "XNNPACK",
             "delegated_calls": delegated, "undelegated_ops": len(calls) - delegated}
+
+
+def append_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Add entries (the probe) to the program's metadata: its sidecar, written again whole (atomically); the program
+    itself is unchanged."""
+    write_sidecar(Path(path), {**read_metadata(path), **metadata})
 
 
 def max_rank(program) -> int:

@@ -55,7 +55,7 @@ CONVERSIONS = {name: (kind.source, getattr(convert, kind.converter) if kind.conv
                for name, kind in FORMATS.items() if kind.source != "pytorch"}
 # Core ML runs only on Apple systems: its artifacts are checked by the converter (conversion, ranks, operators), and
 # validation records why they were not run, as it does for a TensorRT engine without a GPU.
-NOT_RUN_HERE = {".mlpackage": "not run: Core ML runs only on Apple systems (macOS, iOS)"}
+NOT_RUN_HERE = probe.NOT_RUN_HERE
 
 
 @dataclass
@@ -238,12 +238,16 @@ def _convert(r: Run) -> dict:
 def _attach_probe(r: Run, path: Path, precision: str, append=artifact.append_metadata) -> None:
     """Add the probe (`runtime.probe`) to the artifact just written: its photographs, PyTorch's outputs with the
     precision's bound, and this engine's own outputs (onnxruntime's CPU provider, as validation runs it; LiteRT
-    for a .tflite). `append` writes metadata into the artifact's kind of file."""
-    model = load(path, provider="cpu", threads=2, check=False)
-    outputs = model.run(**probe.inputs(r.probe_pixels, r.preprocessing, r.config.input_size, r.props["mae"]))
+    for a .tflite, ExecuTorch's for a .pte; none for a Core ML package, which nothing runs here). `append` writes
+    metadata into the artifact's kind of file."""
+    engine = outputs = None
+    if path.suffix not in NOT_RUN_HERE:
+        model = load(path, provider="cpu", threads=2, check=False)
+        outputs = model.run(**probe.inputs(r.probe_pixels, r.preprocessing, r.config.input_size, r.props["mae"]))
+        engine = probe.engine_name(model.session)
+        del model
     document = probe.make(r.probe_pixels, list(parity.photographs()), r.probe_reference,
-                          parity.THRESHOLDS[precision], probe.engine_name(model.session), outputs)
-    del model
+                          parity.THRESHOLDS[precision], engine, outputs)
     append(path, {"hiera.probe": json.dumps(document, allow_nan=False)})
 
 

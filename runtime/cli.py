@@ -182,7 +182,7 @@ def parse(argv) -> argparse.Namespace:
     check = commands.add_parser("check", help="run each artifact's probe on this device: one line each, the "
                                 "figures against their bounds (exit 1 if one fails)")
     check.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT", help="exported .onnx files (or "
-                       "engines with their sidecars)")
+                       "engines with their sidecars, .tflite, .pte)")
     check.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS, "openvino", "litert", "executorch"],
                        help="the engine to check them on (default: the one `predict` would take)")
     check.add_argument("--inference-precision", choices=PRECISIONS, help="OpenVINO: f32 (default) or bf16")
@@ -458,6 +458,8 @@ def check(args) -> int:
     worst = 0
     for path in args.artifacts:
         try:
+            if path.suffix in probe.NOT_RUN_HERE:  # a Core ML package: no engine here runs it, nor its probe
+                raise HieraRuntimeError(f"{path}: {probe.NOT_RUN_HERE[path.suffix]}")
             model = load(path, provider=args.provider, threads=args.threads,
                          inference_precision=args.inference_precision, check=False, allow_failed=True)
             rows = probe.check(model, model.info.probe) if model.info.probe else None

@@ -36,6 +36,9 @@ KEPT = 1024  # values per sample and output: whole up to this many, else this ma
 ENGINE_BOUND = {"cosine": 0.999}  # the exporting engine's outputs against this device's, same engine
 MAX_VALUES = 1 << 24  # in any one stored array: a probe is small; a larger one is not a probe
 DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64, "int64": np.int64, "bool": np.bool_}
+# Artifacts no engine of this runtime runs, by suffix, and why: the export writes their probe with PyTorch's outputs
+# only (no engine run to record), and neither its validation nor `check` runs them.
+NOT_RUN_HERE = {".mlpackage": "not run: Core ML runs only on Apple systems (macOS, iOS)"}
 
 
 def encode(array: np.ndarray) -> dict:
@@ -94,14 +97,17 @@ def inputs(pixels: np.ndarray, preprocessing, input_size, mae: dict | None) -> d
 
 
 def make(pixels: np.ndarray, photos: list[str], reference: dict[str, np.ndarray], bound: dict,
-         engine: str, engine_outputs: dict[str, np.ndarray]) -> dict:
+         engine: str | None, engine_outputs: dict[str, np.ndarray] | None) -> dict:
     """The probe document: the uint8 crops, PyTorch's outputs with the precision's bound, and the exporting
-    engine's with `ENGINE_BOUND`, each reduced."""
-    return {"version": PROBE_VERSION, "photos": photos, "pixels": encode(pixels),
-            "reference": {"name": "PyTorch fp32", "bound": bound,
-                          "outputs": {name: encode(reduce(value)) for name, value in reference.items()}},
-            "engine": {"name": engine, "cpu": " ".join(cpu_isa()) or "unknown", "bound": ENGINE_BOUND,
-                       "outputs": {name: encode(reduce(value)) for name, value in engine_outputs.items()}}}
+    engine's with `ENGINE_BOUND`, each reduced. `engine` None: no engine ran the artifact (`NOT_RUN_HERE`), so the
+    probe holds PyTorch's outputs only."""
+    document = {"version": PROBE_VERSION, "photos": photos, "pixels": encode(pixels),
+                "reference": {"name": "PyTorch fp32", "bound": bound,
+                              "outputs": {name: encode(reduce(value)) for name, value in reference.items()}}}
+    if engine is not None:
+        document["engine"] = {"name": engine, "cpu": " ".join(cpu_isa()) or "unknown", "bound": ENGINE_BOUND,
+                              "outputs": {name: encode(reduce(value)) for name, value in engine_outputs.items()}}
+    return document
 
 
 @dataclass(frozen=True)
@@ -159,8 +165,8 @@ def _check(model, probe: dict) -> list[Row]:
     if session.inference_precision == "bf16":
         bound = {"cosine": 0.999}
     rows = [_compare(got, reference["outputs"], bound, reference.get("name", "PyTorch fp32"))]
-    recorded = _part(probe, "engine")
-    if str(recorded.get("name", "")).split(" ")[0].lower() == engine.split(" ")[0].lower():
+    recorded = _part(probe, "engine") if "engine" in probe else {}  # none: no engine ran it at export
+    if recorded and str(recorded.get("name", "")).split(" ")[0].lower() == engine.split(" ")[0].lower():
         rows.append(_compare(got, recorded["outputs"], recorded["bound"],
                              f"{recorded['name']} on {recorded.get('cpu', 'unknown')} (the export's run)"))
     return rows

@@ -3,14 +3,18 @@ metadata, inputs, outputs and ranks are checked with coremltools' own reader; th
 export hashes, commits (a new export replaces and removes them whole) and `verify` checks, a changed byte inside
 failing it. The run itself needs an Apple system: the report records that it was not run, and why."""
 
+import base64
 import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
+import torch
 
 from export import Options, run, verify
 from runtime import commit, files
+from runtime.cli import main
 from runtime.errors import FileError
 
 from ..conftest import failed_rows
@@ -44,6 +48,31 @@ def test_the_packages_carry_our_metadata_and_stay_within_core_mls_ranks(exported
         assert json.loads(meta["hiera.precision"]) == ("fp16" if precision == "coreml-fp16" else "fp32")
         assert json.loads(meta["hiera.labels"]) == [model.config.id2label[i] for i in range(10)]
         assert json.loads(meta["hiera.input_size"]) == [64, 96] and json.loads(meta["hiera.task"]) == "classify"
+
+
+def test_the_package_carries_pytorchs_probe_and_check_says_it_is_not_run_here(exported, capsys):
+    """The probe in the package's metadata holds its photographs and PyTorch's outputs (transformers' logits on those
+    pixels, normalized here by hand) with fp16's bound, and no engine's run (nothing runs a package here); `check` on
+    a package is one line saying why it is not run, exit 2 as for any engine this machine cannot run."""
+    report, out, reference = exported
+    package = out / report["artifacts"]["coreml-fp16"]["file"]
+    meta = dict(ct.utils.load_spec(str(package)).description.metadata.userDefined)
+    document, pre = json.loads(meta["hiera.probe"]), json.loads(meta["hiera.preprocessing"])
+
+    def stored(array):
+        return np.frombuffer(base64.b64decode(array["data"]), array["dtype"]).reshape(array["shape"])
+
+    pixels = stored(document["pixels"]).astype(np.float32) * pre["rescale_factor"]
+    pixels = ((pixels - np.float32(pre["mean"])) / np.float32(pre["std"])).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(np.ascontiguousarray(pixels, np.float32))).logits.numpy()
+    got = stored(document["reference"]["outputs"]["logits"])
+    assert got.shape == want.shape == (2, 10) and np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
+    assert document["reference"]["bound"] == {"cosine": 0.999} and "engine" not in document, document.keys()
+    assert main(["check", str(package)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == f"error: {package}: not run: Core ML runs only on Apple systems " \
+                                                "(macOS, iOS)\n", printed
 
 
 def test_a_package_is_hashed_as_its_files(exported):

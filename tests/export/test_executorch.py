@@ -2,6 +2,8 @@
 program gives transformers' logits, its metadata sidecar is checked by `verify`, and a `.pte` without one is refused
 in one line with exit 2."""
 
+import base64
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import torch
 from export import Options, options, run, verify
 from export.errors import ExportError
 from runtime import load
+from runtime.cli import main
 
 from ..conftest import ROOT, failed_rows
 
@@ -68,6 +71,60 @@ def test_verify_checks_the_program_and_its_sidecar(exported, tmp_path):
     failures = verify([copy / report["report_file"].rsplit("/", 1)[1]]).failures
     assert sorted((f.name, os.path.basename(f.subject)) for f in failures) == [
         ("metadata", sidecar.name.removesuffix(".json")), ("sha256", sidecar.name)], failures
+
+
+def stored(array: dict) -> np.ndarray:
+    """An array of the probe document, read with numpy alone (dtype, shape, base64 of its bytes)."""
+    return np.frombuffer(base64.b64decode(array["data"]), array["dtype"]).reshape(array["shape"])
+
+
+def test_the_probe_holds_transformers_outputs_and_check_runs_it_through_executorch(exported, capsys):
+    """The sidecar's probe: its photographs, normalized by hand with the sidecar's own mean and std, give transformers'
+    logits within fp32's bound; `check` runs it through ExecuTorch's runtime, comparing with ExecuTorch's own run."""
+    report, out, reference = exported
+    program = out / report["artifacts"]["executorch"]["file"]
+    metadata = json.loads((out / (program.name + ".json")).read_text())["metadata"]
+    document, pre = json.loads(metadata["hiera.probe"]), json.loads(metadata["hiera.preprocessing"])
+    pixels = stored(document["pixels"]).astype(np.float32) * pre["rescale_factor"]
+    pixels = ((pixels - np.float32(pre["mean"])) / np.float32(pre["std"])).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(np.ascontiguousarray(pixels, np.float32))).logits.numpy()
+    got = stored(document["reference"]["outputs"]["logits"])
+    assert got.shape == want.shape == (2, 10) and np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
+    assert document["engine"]["name"].startswith("ExecuTorch"), document["engine"]["name"]
+    assert main(["check", str(program)]) == 0
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and line.startswith(f"{program}: ok: PyTorch fp32: max abs "), line
+    assert "; ExecuTorch XNNPACK on " in line, line  # the engine's row: the same engine ran it at export
+
+
+def test_a_tampered_probe_or_program_fails_check_in_one_line_naming_it(exported, tmp_path, capsys):
+    report, out, _ = exported
+    name = report["artifacts"]["executorch"]["file"]
+    for folder in ("probe", "program"):
+        (tmp_path / folder).mkdir()
+        for file in (name, name + ".json"):
+            shutil.copy(out / file, tmp_path / folder / file)
+    sidecar_file = tmp_path / "probe" / (name + ".json")
+    sidecar = json.loads(sidecar_file.read_text())
+    document = json.loads(sidecar["metadata"]["hiera.probe"])
+    logits = stored(document["reference"]["outputs"]["logits"]).copy()
+    logits[0, 3] += 0.5
+    document["reference"]["outputs"]["logits"]["data"] = base64.b64encode(logits.tobytes()).decode()
+    sidecar["metadata"]["hiera.probe"] = json.dumps(document)
+    sidecar_file.write_text(json.dumps(sidecar))
+    assert main(["check", str(tmp_path / "probe" / name)]) == 1
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1, line
+    assert line.startswith(f"{tmp_path / 'probe' / name}: FAILED: PyTorch fp32: max abs 0.5 > 0.0001; "), line
+    program = tmp_path / "program" / name
+    data = bytearray(program.read_bytes())
+    data[len(data) // 2] ^= 1
+    program.write_bytes(bytes(data))
+    assert main(["check", str(program)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1, printed
+    assert printed.err.startswith(f"error: {program}: not the program its sidecar"), printed.err
 
 
 def test_a_program_without_its_sidecar_is_one_line_and_exit_2(exported, photo_files, tmp_path):
