@@ -1,8 +1,10 @@
+import base64
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -42,6 +44,22 @@ def failed_rows(report: dict) -> str:
     if (report.get("tensorrt") or {}).get("passed") is False:
         rows.append(f"tensorrt engine: {'; '.join(report['tensorrt']['failures'])}")
     return f"failed on {cpu_flags()}: " + (" | ".join(rows) or f"no failing row (passed = {report.get('passed')})")
+
+
+def stored(array: dict) -> np.ndarray:
+    """An array of a probe document, read with numpy alone (dtype, shape, base64 of its bytes), not with the
+    runtime.probe code under test."""
+    return np.frombuffer(base64.b64decode(array["data"]), array["dtype"]).reshape(array["shape"])
+
+
+def probe_logits(document: dict, preprocessing: dict, model) -> tuple[np.ndarray, np.ndarray]:
+    """(the probe's stored PyTorch logits, a transformers classifier's logits on the probe's own pixels normalized by
+    hand with the artifact's rescale factor, mean and std)."""
+    pixels = stored(document["pixels"]).astype(np.float32) * preprocessing["rescale_factor"]
+    pixels = ((pixels - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        want = model(torch.from_numpy(np.ascontiguousarray(pixels, np.float32))).logits.numpy()
+    return stored(document["reference"]["outputs"]["logits"]), want
 
 
 def tampered(artifact, tmp_path, field: str, value, raw: str | None = None) -> Path:

@@ -3,21 +3,19 @@ metadata, inputs, outputs and ranks are checked with coremltools' own reader; th
 export hashes, commits (a new export replaces and removes them whole) and `verify` checks, a changed byte inside
 failing it. The run itself needs an Apple system: the report records that it was not run, and why."""
 
-import base64
 import hashlib
 import json
 import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from export import Options, run, verify
 from runtime import commit, files
 from runtime.cli import main
 from runtime.errors import FileError
 
-from ..conftest import failed_rows
+from ..conftest import failed_rows, probe_logits
 
 ct = pytest.importorskip("coremltools", reason="the coreml extra is not installed")
 
@@ -59,14 +57,7 @@ def test_the_package_carries_pytorchs_probe_and_check_says_it_is_not_run_here(ex
     meta = dict(ct.utils.load_spec(str(package)).description.metadata.userDefined)
     document, pre = json.loads(meta["hiera.probe"]), json.loads(meta["hiera.preprocessing"])
 
-    def stored(array):
-        return np.frombuffer(base64.b64decode(array["data"]), array["dtype"]).reshape(array["shape"])
-
-    pixels = stored(document["pixels"]).astype(np.float32) * pre["rescale_factor"]
-    pixels = ((pixels - np.float32(pre["mean"])) / np.float32(pre["std"])).transpose(0, 3, 1, 2)
-    with torch.no_grad():
-        want = reference(torch.from_numpy(np.ascontiguousarray(pixels, np.float32))).logits.numpy()
-    got = stored(document["reference"]["outputs"]["logits"])
+    got, want = probe_logits(document, pre, reference)
     assert got.shape == want.shape == (2, 10) and np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
     assert document["reference"]["bound"] == {"cosine": 0.999} and "engine" not in document, document.keys()
     assert main(["check", str(package)]) == 2

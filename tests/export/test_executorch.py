@@ -18,7 +18,7 @@ from export.errors import ExportError
 from runtime import load
 from runtime.cli import main
 
-from ..conftest import ROOT, failed_rows
+from ..conftest import ROOT, failed_rows, probe_logits, stored
 
 pytest.importorskip("executorch", reason="the executorch extra is not installed")
 
@@ -73,11 +73,6 @@ def test_verify_checks_the_program_and_its_sidecar(exported, tmp_path):
         ("metadata", sidecar.name.removesuffix(".json")), ("sha256", sidecar.name)], failures
 
 
-def stored(array: dict) -> np.ndarray:
-    """An array of the probe document, read with numpy alone (dtype, shape, base64 of its bytes)."""
-    return np.frombuffer(base64.b64decode(array["data"]), array["dtype"]).reshape(array["shape"])
-
-
 def test_the_probe_holds_transformers_outputs_and_check_runs_it_through_executorch(exported, capsys):
     """The sidecar's probe: its photographs, normalized by hand with the sidecar's own mean and std, give transformers'
     logits within fp32's bound; `check` runs it through ExecuTorch's runtime, comparing with ExecuTorch's own run."""
@@ -85,11 +80,7 @@ def test_the_probe_holds_transformers_outputs_and_check_runs_it_through_executor
     program = out / report["artifacts"]["executorch"]["file"]
     metadata = json.loads((out / (program.name + ".json")).read_text())["metadata"]
     document, pre = json.loads(metadata["hiera.probe"]), json.loads(metadata["hiera.preprocessing"])
-    pixels = stored(document["pixels"]).astype(np.float32) * pre["rescale_factor"]
-    pixels = ((pixels - np.float32(pre["mean"])) / np.float32(pre["std"])).transpose(0, 3, 1, 2)
-    with torch.no_grad():
-        want = reference(torch.from_numpy(np.ascontiguousarray(pixels, np.float32))).logits.numpy()
-    got = stored(document["reference"]["outputs"]["logits"])
+    got, want = probe_logits(document, pre, reference)
     assert got.shape == want.shape == (2, 10) and np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
     assert document["engine"]["name"].startswith("ExecuTorch"), document["engine"]["name"]
     assert main(["check", str(program)]) == 0

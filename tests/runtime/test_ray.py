@@ -4,6 +4,7 @@ each once, bad images listed; a finished output run again does no work; the call
 resource plan that cannot starve Ray Data's read task. One cluster, one artifact and one chain of runs for the module
 (each run of the command pays Ray's start of its actors)."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -110,10 +111,12 @@ class Cluster:
                 continue  # not ours to read, or gone
         ours = list(ours.values())
         for process in ours:
-            process.terminate()
+            with contextlib.suppress(psutil.NoSuchProcess):  # one may end between being found and being ended
+                process.terminate()
         _, alive = psutil.wait_procs(ours, timeout=1)  # a test cluster, removed whole: no need to wait long
         for process in alive:
-            process.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
