@@ -220,6 +220,38 @@ def _writing(out: Path, staged: Path):
         raise FileError(f"{out}: cannot write ({error.strerror or error})") from None
 
 
+def earlier_output(out: Path, identity: dict, instead: str) -> Embedding:
+    """The finished output already at `out` (`runtime embed`'s file, or `--ray`'s folder), if it holds what a run
+    of `identity` (model sha256, outputs and their shapes) writes; else one line ending in `instead`."""
+    earlier = read(out)
+    same = {"model_sha256": earlier.model_sha256,
+            "outputs": {name: list(array.shape[1:]) for name, array in earlier.arrays.items()}}
+    if same != {key: identity[key] for key in same}:
+        raise HieraRuntimeError(f"{out}: holds other features (another model, or other outputs); {instead}")
+    return earlier
+
+
+def finite_rows(earlier: Embedding, images: list[str], names: list[str]):
+    """The rows `earlier` holds for `images` (each once) whose values are all finite, `ROWS_PER_WRITE` at a time:
+    (paths, rows [paths, floats of the outputs `names` in order]). The others are for a run to embed again."""
+    position = {image: row for row, image in enumerate(earlier.images)}
+    wanted = [image for image in dict.fromkeys(images) if image in position]
+    for first in range(0, len(wanted), ROWS_PER_WRITE):
+        chunk = wanted[first:first + ROWS_PER_WRITE]
+        picked = [position[image] for image in chunk]
+        rows = np.concatenate([np.asarray(earlier.arrays[name][picked]).reshape(len(chunk), -1) for name in names],
+                              axis=1)
+        finite = np.isfinite(rows).all(axis=1)
+        yield [image for image, good in zip(chunk, finite) if good], rows[finite]
+
+
+def journal_rows(journal: commit.Journal, row_floats: int) -> np.ndarray:
+    """Every row a journal of `row_floats` float32 values per row holds, [rows, floats] (memory-mapped)."""
+    if not journal.count:
+        return np.zeros((0, row_floats), np.float32)
+    return np.memmap(journal.rows_file, "<f4", "r", shape=(journal.count, row_floats))
+
+
 def read(path) -> Embedding:
     """A finished embedding (from `embed` or `python -m runtime embed`), checked: arrays memory-mapped (a folder of
     Parquet files, from `embed --ray`: read into memory)."""
@@ -339,27 +371,13 @@ class _Partial:
 
     def _earlier(self) -> Embedding:
         """The finished output already at `out`, if it holds what this run writes."""
-        earlier = read(self.out)
-        same = {"model_sha256": earlier.model_sha256,
-                "outputs": {name: list(array.shape[1:]) for name, array in earlier.arrays.items()}}
-        if same != {key: self.identity[key] for key in same}:
-            raise HieraRuntimeError(f"{self.out}: holds other features (another model, or other outputs); choose "
-                                    "another output file, or remove it to write it anew")
-        return earlier
+        return earlier_output(self.out, self.identity, "choose another output file, or remove it to write it anew")
 
     def _reuse(self, earlier: Embedding, images: list[str]) -> dict[str, int]:
         """The finite rows `earlier` holds for these images, copied in (the others are embedded again)."""
-        position = {image: row for row, image in enumerate(earlier.images)}
-        wanted = [image for image in dict.fromkeys(images) if image in position]
-        names = list(self.identity["outputs"])
         reused = {}
-        for first in range(0, len(wanted), ROWS_PER_WRITE):
-            chunk = wanted[first:first + ROWS_PER_WRITE]
-            picked = [position[image] for image in chunk]
-            rows = np.concatenate([np.asarray(earlier.arrays[name][picked]).reshape(len(chunk), -1) for name in names],
-                                  axis=1)
-            finite = np.isfinite(rows).all(axis=1)
-            reused.update(self.append([image for image, good in zip(chunk, finite) if good], list(rows[finite])))
+        for paths, rows in finite_rows(earlier, images, list(self.identity["outputs"])):
+            reused.update(self.append(paths, rows))
         return reused
 
     def append(self, paths: list[str], rows: list[np.ndarray]) -> dict[str, int]:
@@ -367,9 +385,7 @@ class _Partial:
 
     def rows(self) -> np.ndarray:
         """Every journalled row, [rows, floats] (memory-mapped)."""
-        if not self.journal.count:
-            return np.zeros((0, self.row_floats), np.float32)
-        return np.memmap(self.journal.rows_file, "<f4", "r", shape=(self.journal.count, self.row_floats))
+        return journal_rows(self.journal, self.row_floats)
 
     def remove(self):
         self.journal.close()

@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from . import commit, files
-from .embed import FORMAT, FORMAT_VERSION, ROWS_PER_WRITE, SUFFIXES, Embedding, _shapes, _utf8, default_outputs, read
+from .embed import (FORMAT, FORMAT_VERSION, ROWS_PER_WRITE, SUFFIXES, Embedding, _shapes, _utf8, default_outputs,
+                    earlier_output, finite_rows, journal_rows, read)
 from .errors import HieraRuntimeError
 from .model import FeatureExtractor, load
 from .preprocess import MAX_PIXELS, open_image, to_rgb
@@ -307,20 +308,19 @@ def embed(model: FeatureExtractor, images, out, *, address: str | None = None, a
         journal = commit.Journal(partial, row_floats * 4, f"remove {partial} to start {out.name} over")
         try:
             done = _resume(partial, journal, identity, row_floats)
-            earlier, earlier_rows = _earlier(out, identity, images) if done is None and replacement.replaced \
-                else ({}, None)
-            have = earlier if done is None else done
+            earlier = earlier_output(out, identity, "choose another folder, or remove it to write it anew") \
+                if done is None and replacement.replaced else None
+            reusable = list(finite_rows(earlier, images, list(identity["outputs"]))) if earlier else []
+            have = {path for paths, _ in reusable for path in paths} if done is None else done
             failed = {path: f"{path}: its name is not valid UTF-8, which Arrow cannot record"
                       for path in images if path not in have and not _utf8(path)}
             todo = [path for path in images if path not in have and path not in failed]
             with (connected(address) if todo else contextlib.nullcontext()) as ray:
                 if done is None:
                     done = _start(partial, journal, identity)
-                    reusable = list(earlier)
-                    for first in range(0, len(reusable), ROWS_PER_WRITE):  # journalled as the rows embedded here are
-                        paths = reusable[first:first + ROWS_PER_WRITE]
-                        picked = earlier_rows[[earlier[path] for path in paths]]
-                        done.update(journal.append(paths, np.ascontiguousarray(picked, "<f4").tobytes()))
+                    for paths, rows in reusable:  # journalled as the rows embedded here are
+                        if paths:
+                            done.update(journal.append(paths, np.ascontiguousarray(rows, "<f4").tobytes()))
                 reused = sum(path in done for path in images)
                 for path in images if on_image else ():
                     if path in done:
@@ -403,7 +403,7 @@ def _resume(partial: Path, journal, identity: dict, row_floats: int) -> dict[str
         raise HieraRuntimeError(f"{partial}: an unfinished run of another model or other outputs; remove it to "
                                 "start over")
     intact = journal.resume()
-    rows = _journal_rows(journal, row_floats)
+    rows = journal_rows(journal, row_floats)
     return {path: row for path, row in intact.items() if np.isfinite(rows[row]).all()}  # others run again
 
 
@@ -418,34 +418,13 @@ def _start(partial: Path, journal, identity: dict) -> dict[str, int]:
     return {}
 
 
-def _earlier(out: Path, identity: dict, images: list[str]) -> tuple[dict[str, int], np.ndarray | None]:
-    """The finished output at `out`, if it holds what this run writes (else one line, as `runtime embed` says of
-    its file): the rows of `images` it holds that are finite, by path, and its rows [n, floats of every output]."""
-    earlier = read(out)
-    same = {"model_sha256": earlier.model_sha256,
-            "outputs": {name: list(array.shape[1:]) for name, array in earlier.arrays.items()}}
-    if same != {key: identity[key] for key in same}:
-        raise HieraRuntimeError(f"{out}: holds other features (another model, or other outputs); choose another "
-                                "folder, or remove it to write it anew")
-    parts = [earlier.arrays[name].reshape(len(earlier.images), -1) for name in identity["outputs"]]
-    rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-    finite, wanted = np.isfinite(rows).all(axis=1), set(images)
-    return {path: row for row, path in enumerate(earlier.images) if finite[row] and path in wanted}, rows
-
-
-def _journal_rows(journal, row_floats: int) -> np.ndarray:
-    if not journal.count:
-        return np.zeros((0, row_floats), np.float32)
-    return np.memmap(journal.rows_file, "<f4", "r", shape=(journal.count, row_floats))
-
-
 def _write_parquet(staging: Path, images: list[str], done: dict[str, int], failed: dict[str, str], journal,
                    row_floats: int, shapes: dict) -> list[dict]:
     """The Parquet files in `staging`: every image done or failed, in the order given (a name that is not UTF-8
     is only in the index's `failed`); returns each file's name, rows and sha256."""
     import pyarrow.parquet as pq
 
-    rows = _journal_rows(journal, row_floats)
+    rows = journal_rows(journal, row_floats)
     order = [path for path in images if path in done or (path in failed and _utf8(path))]
     written = []
     for number, first in enumerate(range(0, max(len(order), 1), ROWS_PER_FILE)):
