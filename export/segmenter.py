@@ -88,14 +88,16 @@ class _Family:
 def encoder_mask_row(prepared: mask_decoder.Prepared, embeddings: dict[str, np.ndarray], precision: str) -> dict:
     """An encoder artifact's mask-IoU row: `embeddings` (its outputs on `prepared.images`) through the PyTorch
     decoder with the validation prompts, against `prepared.reference` (PyTorch's encoder outputs through it), by
-    `mask_decoder.mask_iou`'s rule; its bound is `parity.ENCODER_MASK_IOU_BOUNDS` of what the artifact computes.
+    `mask_decoder.compare_masks`' rule; its bound is `parity.ENCODER_MASK_IOU_BOUNDS` of what the artifact computes.
     The row's `failures` says why it fails (empty when it passes)."""
-    reference = prepared.reference["masks"]
-    calls = mask_decoder.prompt_calls(embeddings, prepared.report["input_size"][0], reference.shape[-1])
-    iou, left_out = mask_decoder.mask_iou(reference, mask_decoder.run_decoder(prepared.decoder, calls)["masks"])
-    bound = parity.ENCODER_MASK_IOU_BOUNDS[FORMATS[precision].computes]
-    row = {"min_mask_iou": iou, "pixels_left_out": left_out, "pixels": int(reference.size), "bound": bound,
-           "through": "the fp32 decoder (PyTorch), on the decoder's validation prompts"}
-    row["failures"] = [] if np.isfinite(iou) and iou >= bound else [
-        f"masks through the fp32 decoder: min IoU {iou:.4f} < {bound}"]
+    reference = prepared.reference
+    calls = mask_decoder.prompt_calls(embeddings, prepared.report["input_size"][0], reference["masks"].shape[-1])
+    computes = FORMATS[precision].computes
+    row = mask_decoder.compare_masks(reference, mask_decoder.run_decoder(prepared.decoder, calls), prepared.stability,
+                                     computes)
+    iou = row["min_mask_iou"]
+    bound = parity.ENCODER_MASK_IOU_BOUNDS[computes]
+    row.update(bound=bound, through="the fp32 decoder (PyTorch), on the decoder's validation prompts")
+    row["failures"] = [] if iou is not None and iou >= bound else [
+        f"masks through the fp32 decoder: min IoU {'n/a (no mask counts)' if iou is None else f'{iou:.4f}'} < {bound}"]
     return row

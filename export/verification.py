@@ -329,7 +329,7 @@ def _decoder_parity(result: VerifyResult, folder: Path, names: list[str], report
 
 def _decoder_failures(path: Path, prepared, precision: str) -> list[str]:
     """A decoder artifact on the validation calls against PyTorch's answers, as its export held it: the precision's
-    bounds on `masks` and `iou_scores`, and the masks' IoU (`mask_decoder.mask_iou`, `MASK_IOU_BOUNDS`)."""
+    bounds on `masks` and `iou_scores`, and the masks' IoU (`mask_decoder.compare_masks`, `MASK_IOU_BOUNDS`)."""
     from runtime.session import OnnxSession
 
     try:
@@ -340,7 +340,8 @@ def _decoder_failures(path: Path, prepared, precision: str) -> list[str]:
         return [str(error)]
     got = {name: np.concatenate([call[name] for call in calls]) for name in calls[0]}
     failed = parity.failures(precision, parity.compare(prepared.reference, got))
-    iou = mask_decoder.mask_iou(prepared.reference["masks"], got["masks"])[0] if "masks" in got else None
+    iou = mask_decoder.compare_masks(prepared.reference, got, prepared.stability, precision)["min_mask_iou"] \
+        if "masks" in got and "iou_scores" in got else None
     bound = mask_decoder.MASK_IOU_BOUNDS.get(precision)
     if iou is None or bound is None or not iou >= bound:
         failed.append(f"masks min IoU {iou if iou is None else f'{iou:.4f}'} < {bound}")
