@@ -11,10 +11,15 @@ counted, a mask counted where PyTorch's covers 5% to 95% of it, and SAM 2's own 
 (the stability fallback, the best of three masks) left out and counted as the pixels at theirs are.
 
 Precisions: fp32 (the traced graph, standard operators: onnxruntime, OpenVINO, TensorRT all take it) and fp16.
+
+Each artifact carries a probe (`runtime.probe`, format 2): its inputs generated from each channel's mean and std of
+PyTorch's encoder outputs on the validation photographs (`probe_inputs`), the prompts of `PROBE_CALLS`, PyTorch's
+outputs on them and onnxruntime CPU's.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,7 @@ import numpy as np
 import onnx
 import torch
 
-from runtime import files
+from runtime import files, probe
 from runtime.artifact import to_metadata
 from runtime.preprocess import Preprocessing
 from runtime.segment import MAX_POINTS, MAX_PROMPTS
@@ -67,6 +72,16 @@ PROMPT_GROUPS = {
     "box": [[(0.1, 0.2, 2), (0.6, 0.9, 3)]],
     "point and box": [[(0.4, 0.5, 1), (0.2, 0.3, 2), (0.7, 0.8, 3)]],
 }
+
+# The probe's calls, in fractions of the input frame: (x, y, label) per token, and has_mask_input for all of the
+# call's prompts. Every label kind: positive, positive and negative, a box's corners, a point with padding; and a
+# prompt with a (generated) mask input.
+PROBE_CALLS = (
+    ([[(0.3, 0.4, 1), (0.55, 0.6, 1)], [(0.35, 0.45, 1), (0.8, 0.75, 0)], [(0.15, 0.2, 2), (0.7, 0.85, 3)],
+      [(0.6, 0.3, 1), (0.0, 0.0, -10)]], 0),
+    ([[(0.45, 0.55, 1)]], 1),
+)
+PROBE_MASK_STD = 4.0  # the generated mask input's std: logits of about an answer's size
 
 
 def check(o: Options) -> None:
@@ -267,6 +282,24 @@ def prompt_calls(embeddings: dict[str, np.ndarray], size: int, low_res_size: int
     return calls
 
 
+def probe_inputs(p: Prepared) -> dict:
+    """The stored inputs of the decoder's probe (`runtime.probe.decoder_inputs`): each embedding's shape and
+    per-channel mean and std over PyTorch's encoder outputs on the validation photographs (the noise image left
+    out: its statistics are not a photograph's), and `PROBE_CALLS` in pixels of the input frame."""
+    per_image = p.feeds[::len(PROMPT_GROUPS)]  # `prompt_calls`: each image's groups in turn
+    photographs = per_image[NOISE_IMAGES:]
+    statistics = {}
+    for name in probe.EMBEDDINGS:
+        values = np.concatenate([feed[name] for feed in photographs]).astype(np.float64)
+        statistics[name] = ([1, *values.shape[1:]], values.mean(axis=(0, 2, 3)), values.std(axis=(0, 2, 3)))
+    height, width = p.report["input_size"]
+    calls = [(np.array([[(x * width, y * height) for x, y, _ in prompt] for prompt in prompts], np.float32),
+              np.array([[label for _, _, label in prompt] for prompt in prompts], np.float32),
+              np.full(len(prompts), has_mask, np.float32)) for prompts, has_mask in PROBE_CALLS]
+    of = p.report["validation"]["inputs"][NOISE_IMAGES:]
+    return probe.decoder_inputs(statistics, of, calls, p.feeds[0]["mask_input"].shape[-1], PROBE_MASK_STD)
+
+
 @torch.no_grad()
 def run_decoder(decoder, calls: list[dict]) -> dict[str, np.ndarray]:
     """The PyTorch decoder's outputs on `calls`, concatenated along the prompts."""
@@ -276,10 +309,12 @@ def run_decoder(decoder, calls: list[dict]) -> dict[str, np.ndarray]:
 
 def build(p: Prepared, staging: Path, stem: str, o: Options, progress) -> None:
     """Trace the decoder, write each precision's artifact as `artifact_name(stem, precision)` into `staging` and
-    validate it on `p.feeds`; its rows go into `p.report` (graphs, artifacts, files, passed, tensorrt). The torch
-    decoder is freed once traced."""
+    validate it on `p.feeds`, and add its probe; its rows go into `p.report` (graphs, artifacts, files, passed,
+    tensorrt). The torch decoder is freed once traced."""
     report, reference, feeds = p.report, p.reference, p.feeds
     started = time.perf_counter()
+    probed = probe_inputs(p)
+    probe_reference = run_decoder(p.decoder, probe.decoder_calls(probed))
     traced = staging / f".traced.{stem}.onnx"
     progress("export", f"tracing SAM 2's mask decoder to ONNX opset {o.opset}")
     _trace(p.decoder, o.opset, traced)
@@ -311,7 +346,8 @@ def build(p: Prepared, staging: Path, stem: str, o: Options, progress) -> None:
         if iou is None or not iou >= MASK_IOU_BOUNDS[precision]:
             failed.append(f"masks min IoU {'n/a (no mask counts)' if iou is None else f'{iou:.4f}'} < "
                           f"{MASK_IOU_BOUNDS[precision]}")
-        sha = files.sha256(target)
+        _attach_probe(target, session, probed, probe_reference, precision)
+        sha = files.sha256(target)  # after the probe: the report's sha256 covers it
         entry.update(parity=result, passed=not failed, failures=failed, bytes=target.stat().st_size, sha256=sha)
         report["artifacts"][precision] = entry
         report["files"][target.name] = {"bytes": entry["bytes"], "sha256": sha}
@@ -322,6 +358,15 @@ def build(p: Prepared, staging: Path, stem: str, o: Options, progress) -> None:
                           "written yet (its graph is checked against the parser: tensorrt_check)"}
     report["stages"]["total"] = {"seconds": round(time.perf_counter() - started + report["stages"]["reference"]
                                                   ["seconds"], 2)}
+
+
+def _attach_probe(target: Path, session: OnnxSession, inputs: dict, reference: dict[str, np.ndarray],
+                  precision: str) -> None:
+    """Append the probe to the written artifact: PyTorch fp32's outputs on the probe's inputs under the precision's
+    bound (as its validation holds it), and this onnxruntime CPU session's own."""
+    document = probe.make_generated(inputs, reference, parity.THRESHOLDS[precision], probe.engine_name(session),
+                                    probe.decoder_outputs(session, inputs))
+    artifact.append_metadata(target, {"hiera.probe": json.dumps(document, allow_nan=False)})
 
 
 def _trace(decoder, opset: int, path: Path) -> None:

@@ -474,8 +474,10 @@ def check(args) -> int:
         if args.json:
             say(json.dumps({"artifact": str(path), "status": status, "engine": engine, "device": device,
                             "rows": [row.to_dict() for row in rows or []]}, allow_nan=False))
-        elif rows is None:
-            say(f"{path}: no probe (metadata format {model.info.format_version}, made by an older export): "
+        elif rows is None:  # "older" only where the format predates the probe: today's exports write none for some
+            made = "made by an older export" if model.info.format_version < probe.PROBE_FORMAT else \
+                "its export wrote none"
+            say(f"{path}: no probe (metadata format {model.info.format_version}, {made}): "
                 f"nothing to run on this device; checked only its metadata ({engine}, {device})")
         else:
             say(f"{path}: {status}: {'; '.join(row.describe() for row in rows)} ({engine}, {device})")

@@ -13,6 +13,10 @@ The probe holds
 Outputs larger than `KEPT` values per sample are stored reduced (`reduce`): `KEPT` fixed projections, computed
 the same way on both sides.
 
+A mask decoder's probe (format 2, `make_generated`) cannot store its inputs: they are its encoder's outputs, megabytes
+of floats. It stores how to make them (`inputs`: each channel's mean and std of the encoder's outputs on the export's
+validation photographs, and the prompts), and `generated` makes them alike on every machine, without a generator.
+
 `check(model, probe)` runs the probe on a loaded model and returns its rows; `python -m runtime check` prints them
 and `runtime.load` runs them once per artifact and device (see `verdicts`).
 """
@@ -31,7 +35,10 @@ from . import files
 from .device import cpu_isa, cpu_name
 from .errors import HieraRuntimeError
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # the newest probe format this runtime reads: 1 stores photographs, 2 generated inputs
+PHOTOGRAPHS_VERSION = 1  # what `make` writes: runtimes that read format 1 only keep reading every other probe
+GENERATED_VERSION = 2  # what `make_generated` writes (a mask decoder's)
+PROBE_FORMAT = 2  # the metadata format (`hiera.format_version`) from which exports write `hiera.probe`
 KEPT = 1024  # values per sample and output: whole up to this many, else this many projections (`reduce`)
 ENGINE_BOUND = {"cosine": 0.999}  # the exporting engine's outputs against this device's, same engine
 MAX_VALUES = 1 << 24  # in any one stored array: a probe is small; a larger one is not a probe
@@ -39,6 +46,11 @@ DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64, "int6
 # Artifacts no engine of this runtime runs, by suffix, and why: the export writes their probe with PyTorch's outputs
 # only (no engine run to record), and neither its validation nor `check` runs them.
 NOT_RUN_HERE = {".mlpackage": "not run: Core ML runs only on Apple systems (macOS, iOS)"}
+GENERATED = "generated embeddings"  # `inputs.kind` of a mask decoder's probe
+EMBEDDINGS = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")  # a decoder's inputs from its encoder
+GOLDEN = (5 ** 0.5 - 1) / 2
+SEQUENCE_STRIDE = MAX_VALUES  # each generated input's run of the sequence starts this far after the last one's
+MAX_CALLS = 16  # decoder calls in one probe
 
 
 def encode(array: np.ndarray) -> dict:
@@ -101,13 +113,113 @@ def make(pixels: np.ndarray, photos: list[str], reference: dict[str, np.ndarray]
     """The probe document: the uint8 crops, PyTorch's outputs with the precision's bound, and the exporting
     engine's with `ENGINE_BOUND`, each reduced. `engine` None: no engine ran the artifact (`NOT_RUN_HERE`), so the
     probe holds PyTorch's outputs only."""
-    document = {"version": PROBE_VERSION, "photos": photos, "pixels": encode(pixels),
-                "reference": {"name": "PyTorch fp32", "bound": bound,
-                              "outputs": {name: encode(reduce(value)) for name, value in reference.items()}}}
+    document = {"version": PHOTOGRAPHS_VERSION, "photos": photos, "pixels": encode(pixels)}
+    return _with_outputs(document, reference, bound, engine, engine_outputs)
+
+
+def make_generated(inputs: dict, reference: dict[str, np.ndarray], bound: dict, engine: str,
+                   engine_outputs: dict[str, np.ndarray]) -> dict:
+    """A mask decoder's probe document: its `inputs` (`decoder_inputs`), then outputs as `make` stores them."""
+    return _with_outputs({"version": GENERATED_VERSION, "inputs": inputs}, reference, bound, engine, engine_outputs)
+
+
+def _with_outputs(document: dict, reference: dict[str, np.ndarray], bound: dict, engine: str | None,
+                  engine_outputs: dict[str, np.ndarray] | None) -> dict:
+    document["reference"] = {"name": "PyTorch fp32", "bound": bound,
+                             "outputs": {name: encode(reduce(value)) for name, value in reference.items()}}
     if engine is not None:
         document["engine"] = {"name": engine, "cpu": " ".join(cpu_isa()) or "unknown", "bound": ENGINE_BOUND,
                               "outputs": {name: encode(reduce(value)) for name, value in engine_outputs.items()}}
     return document
+
+
+def generated(shape, mean, std, start: int) -> np.ndarray:
+    """float32 values of `shape` [N, C, ...] made without a random generator, alike on every machine (float64
+    arithmetic, each step correctly rounded): channel c (axis 1) holds mean[c] + std[c] * sqrt(3) * (2u - 1), u the
+    fractional part of (start + k) * the golden ratio, k the value's index in the flattened array. u is spread
+    evenly over [0, 1), so each channel has about that mean and std, and stays within sqrt(3) std of its mean."""
+    shape = tuple(int(d) for d in shape)
+    index = start + np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.float64)
+    unit = np.sqrt(3.0) * (2.0 * np.mod(index * GOLDEN, 1.0) - 1.0)
+    per_channel = (1, -1) + (1,) * (len(shape) - 2)
+    mean, std = (np.asarray(v, np.float64).reshape(per_channel) for v in (mean, std))
+    return (mean + std * unit.reshape(shape)).astype(np.float32)
+
+
+def decoder_inputs(statistics: dict[str, tuple[list, np.ndarray, np.ndarray]], of: list[str],
+                   calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]], mask_side: int, mask_std: float) -> dict:
+    """A mask decoder probe's `inputs`: per embedding (`EMBEDDINGS`) its shape and each channel's mean and std
+    (float64, measured on the images `of`); per call its point_coords [P, N, 2], point_labels [P, N] and
+    has_mask_input [P]; the mask input's side and std (its mean is 0)."""
+    return {"kind": GENERATED, "of": of,
+            "rule": "runtime.probe.generated: channel c holds mean[c] + std[c] * sqrt(3) * (2 frac((start + k) * "
+                    "golden ratio) - 1); start is the input's place (embeddings, then each call's mask_input) times "
+                    f"{SEQUENCE_STRIDE}; mask_input is that with mean 0 and std mask_std where has_mask_input is 1",
+            "embeddings": {name: {"shape": [int(d) for d in shape], "mean": encode(np.asarray(mean, np.float64)),
+                                  "std": encode(np.asarray(std, np.float64))}
+                           for name, (shape, mean, std) in statistics.items()},
+            "mask_input": {"side": int(mask_side), "std": float(mask_std)},
+            "calls": [{"point_coords": encode(np.asarray(coords, np.float32)),
+                       "point_labels": encode(np.asarray(labels, np.float32)),
+                       "has_mask_input": encode(np.asarray(has_mask, np.float32))}
+                      for coords, labels, has_mask in calls]}
+
+
+def decoder_calls(inputs) -> list[dict[str, np.ndarray]]:
+    """The decoder calls a mask decoder's probe describes (`inputs`, from `decoder_inputs`), checked: the embeddings
+    generated from their stored statistics (the same in every call), each call's prompts, and its mask input
+    generated where has_mask_input is 1 (zeros elsewhere)."""
+    if not isinstance(inputs, dict) or inputs.get("kind") != GENERATED:
+        raise HieraRuntimeError(f"damaged probe: a mask decoder's inputs are {GENERATED!r} (inputs.kind)")
+    stored = inputs.get("embeddings")
+    if not isinstance(stored, dict) or sorted(stored) != sorted(EMBEDDINGS):
+        raise HieraRuntimeError(f"damaged probe: inputs.embeddings does not hold {', '.join(EMBEDDINGS)}")
+    embeddings = {}
+    for place, name in enumerate(EMBEDDINGS):
+        entry = stored[name] if isinstance(stored[name], dict) else {}
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or len(shape) != 4 or shape[0] != 1 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_VALUES for d in shape) \
+                or np.prod(shape, dtype=np.int64) > MAX_VALUES:
+            raise HieraRuntimeError(f"damaged probe: inputs.embeddings.{name} has no shape [1, C, H, W]")
+        mean, std = (decode(entry.get(key), f"inputs.embeddings.{name}.{key}") for key in ("mean", "std"))
+        if any(v.shape != (shape[1],) or not np.isfinite(v).all() for v in (mean, std)) or (std < 0).any():
+            raise HieraRuntimeError(f"damaged probe: inputs.embeddings.{name}: mean and std are not {shape[1]} "
+                                    "finite values each (std >= 0)")
+        embeddings[name] = generated(shape, mean, std, place * SEQUENCE_STRIDE)
+    mask = inputs.get("mask_input")
+    side, mask_std = (mask.get("side"), mask.get("std")) if isinstance(mask, dict) else (None, None)
+    if not isinstance(side, int) or isinstance(side, bool) or not 0 < side <= 4096 \
+            or not isinstance(mask_std, (int, float)) or not 0 <= mask_std < 1e6:
+        raise HieraRuntimeError("damaged probe: inputs.mask_input has no side and std")
+    calls = inputs.get("calls")
+    if not isinstance(calls, list) or not 0 < len(calls) <= MAX_CALLS:
+        raise HieraRuntimeError(f"damaged probe: inputs.calls is not a list of 1 to {MAX_CALLS} calls")
+    feeds = []
+    for number, call in enumerate(calls):
+        call = call if isinstance(call, dict) else {}
+        what = f"inputs.calls[{number}]"
+        coords, labels, has_mask = (decode(call.get(key), f"{what}.{key}")
+                                    for key in ("point_coords", "point_labels", "has_mask_input"))
+        prompts = len(has_mask)
+        if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2] or has_mask.ndim != 1 \
+                or not 0 < prompts == len(coords) or prompts * side * side > MAX_VALUES \
+                or not all(v.dtype == np.float32 and np.isfinite(v).all() for v in (coords, labels, has_mask)):
+            raise HieraRuntimeError(f"damaged probe: {what}: point_coords [P, N, 2], point_labels [P, N] and "
+                                    "has_mask_input [P] are not of one P (finite float32)")
+        start = (len(EMBEDDINGS) + number) * SEQUENCE_STRIDE
+        mask_input = generated((prompts, 1, side, side), [0.0], [mask_std], start) * has_mask[:, None, None, None]
+        feeds.append({**embeddings, "point_coords": coords, "point_labels": labels, "mask_input": mask_input,
+                      "has_mask_input": has_mask})
+    return feeds
+
+
+def decoder_outputs(session, inputs) -> dict[str, np.ndarray]:
+    """`session` (a mask decoder's) on the calls of its probe's `inputs`, the outputs concatenated along the
+    prompts: what the probe stores and compares."""
+    outputs = [session.run(call["image_embeddings"], **{k: v for k, v in call.items() if k != "image_embeddings"})
+               for call in decoder_calls(inputs)]
+    return {name: np.concatenate([output[name] for output in outputs]) for name in outputs[0]}
 
 
 @dataclass(frozen=True)
@@ -154,11 +266,14 @@ def check(model, probe: dict) -> list[Row]:
 
 def _check(model, probe: dict) -> list[Row]:
     info, session = model.info, model.session
-    pixels = decode(probe.get("pixels"), "pixels")
-    if pixels.ndim != 4 or pixels.shape[1:] != (*info.input_size[-2:], 3) or pixels.dtype != np.uint8:
-        raise HieraRuntimeError(f"damaged probe: pixels {list(pixels.shape)} are not crops of the model's input "
-                                f"{list(info.input_size[-2:])}")
-    got = model.run(**inputs(pixels, info.preprocessing, info.input_size, info.mae))
+    if info.task == "mask-decoder":  # its inputs are generated (`decoder_calls`), its outputs per prompt
+        got = decoder_outputs(session, probe.get("inputs"))
+    else:
+        pixels = decode(probe.get("pixels"), "pixels")
+        if pixels.ndim != 4 or pixels.shape[1:] != (*info.input_size[-2:], 3) or pixels.dtype != np.uint8:
+            raise HieraRuntimeError(f"damaged probe: pixels {list(pixels.shape)} are not crops of the model's input "
+                                    f"{list(info.input_size[-2:])}")
+        got = model.run(**inputs(pixels, info.preprocessing, info.input_size, info.mae))
     engine = engine_name(session)
     reference = _part(probe, "reference")
     bound = reference["bound"]

@@ -7,6 +7,7 @@ IoU comparison count (issue 26's rule); pixels whose reference logit lies within
 out, and counted."""
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -23,11 +24,12 @@ from export import mask_decoder
 from export.optimize import max_rank
 from export.verification import verify
 from hiera_model.sam2_decoder import INPUT_NAMES, OUTPUT_NAMES
-from runtime import cli
+from export.parity import photographs
+from runtime import cli, probe
 from runtime.preprocess import Preprocessing, load_image
 
-from ..conftest import decoder_of_another_encoder, failed_rows
-from ..sam2_reference import SIZE, sam2_checkpoint  # noqa: F401
+from ..conftest import decoder_of_another_encoder, failed_rows, tampered
+from ..sam2_reference import SIZE, reference_embeddings, sam2_checkpoint  # noqa: F401
 
 LOGIT_TOLERANCE = 1e-3  # fp32 logits (issue 26); a reference pixel this close to 0 is left out of the IoU, counted
 
@@ -203,3 +205,120 @@ def test_fp16_keeps_softmax_norms_and_stability_areas_in_fp32(exported):
     assert not wrong, wrong
     assert any(types.get(v) == onnx.TensorProto.FLOAT16 for node in graph.graph.node if node.op_type == "MatMul"
                for v in node.input)
+
+
+# The decoder's probe (runtime.probe, format 2): generated inputs, PyTorch's and onnxruntime's outputs on them
+
+def stored_probe(path) -> dict:
+    return json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["hiera.probe"])
+
+
+def test_the_probes_generator_is_its_formula_and_the_same_on_every_call():
+    shape, mean, std, start = (1, 3, 4, 5), [0.5, -2.0, 10.0], [1.0, 0.25, 3.0], 2 * probe.SEQUENCE_STRIDE
+    values = probe.generated(shape, mean, std, start)
+    assert values.dtype == np.float32 and values.tobytes() == probe.generated(shape, mean, std, start).tobytes()
+    golden = (math.sqrt(5) - 1) / 2
+    for c, h, w in ((0, 0, 0), (1, 2, 3), (2, 3, 4), (2, 0, 1)):  # by hand: k the flat index, u frac((start + k) g)
+        u = ((start + (c * 4 + h) * 5 + w) * golden) % 1.0
+        assert values[0, c, h, w] == np.float32(mean[c] + std[c] * (math.sqrt(3) * (2 * u - 1))), (c, h, w)
+    big = probe.generated((1, 2, 64, 64), [1.0, -3.0], [2.0, 0.5], 0).astype(np.float64)
+    assert np.abs(big.mean(axis=(0, 2, 3)) - [1.0, -3.0]).max() <= 1e-2
+    assert np.abs(big.std(axis=(0, 2, 3)) / [2.0, 0.5] - 1).max() <= 1e-2
+    assert np.abs(big[0, 0] - 1.0).max() <= 2.0 * math.sqrt(3) + 1e-5  # bounded: sqrt(3) std from the mean
+
+
+@torch.no_grad()
+def test_the_decoders_probe_holds_pytorchs_outputs_on_generated_inputs(exported, sam2_checkpoint):  # noqa: F811
+    """Its statistics are those of transformers' encoder outputs on the photographs, and its reference outputs are
+    transformers' Sam2Model decoder on the inputs the stored statistics and prompts generate (single mask, then the
+    three multimask masks: our masks 0..3), reduced as the probe stores them."""
+    out, _, _, report, _ = exported
+    _, reference = sam2_checkpoint
+    pixels = torch.from_numpy(np.stack([Preprocessing.for_sam2((SIZE, SIZE))(image)
+                                        for image in photographs().values()]))
+    embeddings = {k: v.double().numpy() for k, v in reference_embeddings(reference, pixels).items()}
+    documents = {precision: stored_probe(out / entry["file"]) for precision, entry in report["artifacts"].items()}
+    assert {p: d["reference"]["bound"] for p, d in documents.items()} == {"fp32": {"max_abs": 1e-4},
+                                                                           "fp16": {"cosine": 0.999}}
+    inputs = documents["fp32"]["inputs"]
+    assert all(d["inputs"] == inputs and d["engine"]["name"].startswith("onnxruntime") for d in documents.values())
+    assert inputs["kind"] == "generated embeddings" and inputs["of"] == list(photographs())
+    for name, stats in inputs["embeddings"].items():
+        for key, expected in (("mean", embeddings[name].mean(axis=(0, 2, 3))),
+                              ("std", embeddings[name].std(axis=(0, 2, 3)))):
+            assert np.abs(probe.decode(stats[key], key) - expected).max() <= 1e-4, (name, key)
+    calls = probe.decoder_calls(inputs)
+    labels = np.concatenate([call["point_labels"].ravel() for call in calls])
+    coords = np.concatenate([call["point_coords"].reshape(-1, 2) for call in calls])
+    assert set(labels) == {1, 0, 2, 3, -10} and ((coords >= 0) & (coords <= SIZE)).all()
+    assert [call["has_mask_input"].tolist() for call in calls] == [[0, 0, 0, 0], [1]]
+    assert np.abs(calls[1]["mask_input"]).max() > 1 and not calls[0]["mask_input"].any()
+    masks, scores = [], []
+    for call in calls:
+        given = dict(image_embeddings=[torch.from_numpy(call[name]) for name in (*probe.EMBEDDINGS[1:],
+                                                                                     "image_embeddings")],
+                     input_points=torch.from_numpy(call["point_coords"])[None],
+                     input_labels=torch.from_numpy(call["point_labels"]).int()[None],
+                     input_masks=torch.from_numpy(call["mask_input"]) if call["has_mask_input"].any() else None)
+        single, multiple = (reference(**given, multimask_output=multimask) for multimask in (False, True))
+        masks.append(torch.cat([single.pred_masks[0], multiple.pred_masks[0]], dim=1).numpy())
+        scores.append(torch.cat([single.iou_scores[0], multiple.iou_scores[0]], dim=1).numpy())
+    stored = {name: probe.decode(value, name) for name, value in documents["fp32"]["reference"]["outputs"].items()}
+    assert np.abs(stored["masks"] - probe.reduce(np.concatenate(masks))).max() <= 1e-5
+    assert np.abs(stored["iou_scores"] - np.concatenate(scores)).max() <= 1e-5
+
+
+def check_command(capsys, *paths) -> tuple[int, list[str], list[str]]:
+    code = cli.main(["check", *map(str, paths), "--provider", "cpu"])
+    said = capsys.readouterr()
+    return code, said.out.splitlines(), said.err.splitlines()
+
+
+def test_runtime_check_runs_the_decoders_probe_and_refuses_a_tampered_one(exported, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out, encoder, decoder, report, _ = exported
+    paths = [out / entry["file"] for entry in report["artifacts"].values()]
+    code, lines, err = check_command(capsys, *paths)
+    assert code == 0 and len(lines) == 2 and not err, lines + err
+    for path, line, figure in zip(paths, lines, ("max abs", "cosine")):
+        assert line.startswith(f"{path}: ok: PyTorch fp32: {figure} ") and "(the export's run)" in line, line
+    document = stored_probe(decoder)
+    scores = probe.decode(document["reference"]["outputs"]["iou_scores"], "iou_scores")
+    scores[1, 2] *= 1.5
+    document["reference"]["outputs"]["iou_scores"] = probe.encode(scores)
+    path = tampered(decoder, tmp_path, "probe", document)
+    code, lines, err = check_command(capsys, path)
+    assert code == 1 and len(lines) == 1 and not err, lines + err
+    assert lines[0].startswith(f"{path}: FAILED: PyTorch fp32: max abs ") and "> 0.0001" in lines[0], lines[0]
+    with pytest.raises(runtime.HieraRuntimeError, match="fails its probe on this device.*PyTorch fp32: max abs"):
+        runtime.load_segmenter(encoder, path, provider="cpu")
+    assert runtime.load_segmenter(encoder, path, provider="cpu", check=False).decoder.info.probe == document
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda d: d["inputs"]["calls"][0]["point_labels"].update(data="!" * 44), "point_labels is not base64"),
+    (lambda d: d["inputs"]["embeddings"]["high_res_feats_0"].update(shape=[1, 32, 64]), "has no shape [1, C, H, W]"),
+    (lambda d: d["inputs"]["embeddings"]["image_embeddings"]["std"].update(shape=[3]), "std does not hold [3]"),
+    (lambda d: d["inputs"].update(kind="photographs"), "a mask decoder's inputs are 'generated embeddings'")])
+def test_a_damaged_decoder_probe_is_one_line(exported, tmp_path, capsys, damage, expected):
+    decoder = exported[2]
+    document = stored_probe(decoder)
+    damage(document)
+    path = tampered(decoder, tmp_path, "probe", document)
+    code, lines, err = check_command(capsys, path)
+    assert code == 2 and not lines and len(err) == 1, lines + err
+    assert err[0].startswith(f"error: {path}: damaged probe: ") and expected in err[0], err[0]
+
+
+def test_a_decoder_without_a_probe_says_why(exported, tmp_path, capsys):
+    decoder = exported[2]
+    for version, said in ((2, "its export wrote none"), (1, "made by an older export")):
+        model = onnx.load(decoder)
+        kept = [p for p in model.metadata_props if p.key != "hiera.probe"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        next(p for p in model.metadata_props if p.key == "hiera.format_version").value = str(version)
+        onnx.save(model, tmp_path / "bare.onnx")
+        code, lines, _ = check_command(capsys, tmp_path / "bare.onnx")
+        assert code == 0 and lines[0].startswith(f"{tmp_path / 'bare.onnx'}: no probe (metadata format {version}, "
+                                                 f"{said}): "), lines
