@@ -631,7 +631,8 @@ def sam2_layout(artifacts: Mapping[str, Path], report: Path, summary: dict, chec
     `artifacts` by the report's keys: the encoder's precisions and the decoder's `decoder-<precision>`, fp32 of
     both required. Each file is a copy of the artifact with transformers.js' names (`_sam2_encoder`,
     `_sam2_decoder`), our `hiera.*` metadata kept (the encoder's probe under the new output names, so
-    `python -m runtime check` still proves it); config.json is the checkpoint's own Sam2Config where given."""
+    `python -m runtime check` still proves it; the decoder copy's probe dropped: its calls are our interface's);
+    config.json is the checkpoint's own Sam2Config where given."""
     encoder, decoder = _sam2_parts(artifacts)
     unknown = sorted(key for key in encoder if key not in ONNX_FILES)
     if unknown:
@@ -858,6 +859,11 @@ def _sam2_decoder(path: Path) -> bytes:
     graph.output.extend([
         onnx.helper.make_tensor_value_info("pred_masks", float_, [1, "point_batch", answers - 1, side, side]),
         onnx.helper.make_tensor_value_info("iou_scores", float_, [1, "point_batch", answers - 1])])
+    # The probe's calls are in our decoder's interface, which this copy no longer has: it goes, not the rest of
+    # our metadata (runtime check then says the copy has no probe; the artifact it was made from proves itself)
+    kept = [entry for entry in model.metadata_props if entry.key != "hiera.probe"]
+    model.ClearField("metadata_props")
+    model.metadata_props.extend(kept)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as error:

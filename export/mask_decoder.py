@@ -131,8 +131,10 @@ def stability_range(single: np.ndarray, delta: float, tolerance: float) -> tuple
         inner, outer = inner.sum((-1, -2)), outer.sum((-1, -2))
         return np.where(outer > 0, inner / np.maximum(outer, 1), 1.0)
 
+    # the least: what is above +delta moved down, what is below -delta moved up; the greatest the other way, at
+    # most 1 (where the tolerance exceeds delta, the two moves overlap and the bound alone would pass 1)
     return (score(single > delta + tolerance, single > -delta - tolerance),
-            score(single > delta - tolerance, single > -delta + tolerance))
+            np.minimum(score(single > delta - tolerance, single > -delta + tolerance), 1.0))
 
 
 def decisions(masks: np.ndarray) -> np.ndarray:

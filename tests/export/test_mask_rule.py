@@ -1,0 +1,83 @@
+"""Issue 26's rule for comparing masks (`export.mask_decoder.compare_masks`), on masks made by hand: which masks
+count, and which of SAM 2's decisions are taken at their threshold (left out and counted) or otherwise (an error)."""
+
+import numpy as np
+import pytest
+
+from export.mask_decoder import (DECISION_LOGIT_TOLERANCE, compare_masks, decided_at_threshold, decisions,
+                                 stability_range)
+
+STABILITY = (0.05, 0.98)  # SAM 2's delta and threshold
+
+
+def square(side: int, inside: int, value: float = 5.0) -> np.ndarray:
+    """[side, side] logits: `value` on the top-left `inside` x `inside` square, -`value` elsewhere."""
+    logits = np.full((side, side), -value, np.float32)
+    logits[:inside, :inside] = value
+    return logits
+
+
+def test_stability_range_by_hand():
+    # 100 pixels: 90 far inside (5.0), 9 at 0.08 (above +delta, within 0.1 of it), 1 at 0.0 (between -delta and +delta)
+    single = np.full(100, 5.0, np.float32)
+    single[90:99], single[99] = 0.08, 0.0
+    single = single.reshape(1, 10, 10)
+    exact_low, exact_high = stability_range(single, 0.05, 0.0)
+    assert exact_low == exact_high == pytest.approx(99 / 100)  # SAM 2's own score: above +0.05 over above -0.05
+    low, high = stability_range(single, 0.05, 0.1)
+    assert low == pytest.approx(90 / 100) and high == pytest.approx(1.0)  # 0.08 may fall below +0.05; 0.0 may rise
+    low, high = stability_range(single, 0.05, 1e-3)
+    assert low == high == pytest.approx(99 / 100)  # nothing within 1e-3 of +-0.05
+
+
+def test_decisions_read_which_mask_answers():
+    masks = np.stack([square(8, 4), square(8, 3), square(8, 5), square(8, 6)])[None].repeat(3, axis=0)
+    masks[1, 0] = masks[1, 2]  # the fallback copied multimask mask 2
+    masks[2, 0] = masks[2, 3]
+    assert decisions(masks).tolist() == [0, 2, 3]
+
+
+def test_a_decision_at_its_threshold_and_one_that_is_not():
+    near = np.full((1, 10, 10), 5.0, np.float32)
+    near[0, 0, :3] = 0.08  # stability 1.0 now; as low as 0.97 within fp16's tolerance: it straddles 0.98
+    far = np.full((1, 10, 10), 5.0, np.float32)  # stability 1.0, nothing near +-delta: no rounding changes it
+    gap_small, gap_big = np.array([0.001]), np.array([0.2])
+    fp16, fp32 = DECISION_LOGIT_TOLERANCE["fp16"], DECISION_LOGIT_TOLERANCE["fp32"]
+    one, zero, two = np.array([1]), np.array([0]), np.array([2])
+    assert decided_at_threshold(zero, one, near, gap_big, STABILITY, fp16).tolist() == [True]
+    assert decided_at_threshold(zero, one, near, gap_big, STABILITY, fp32).tolist() == [False]
+    assert decided_at_threshold(zero, one, far, gap_small, STABILITY, fp16).tolist() == [False]
+    assert decided_at_threshold(zero, zero, near, gap_small, STABILITY, fp16).tolist() == [False]  # the same decision
+    assert decided_at_threshold(one, two, far, gap_small, STABILITY, fp16).tolist() == [True]  # best of three: a tie
+    assert decided_at_threshold(one, two, far, gap_big, STABILITY, fp16).tolist() == [False]
+
+
+def answers(masks: list[np.ndarray], scores=(0.9, 0.5, 0.6, 0.7)) -> dict[str, np.ndarray]:
+    return {"masks": np.stack(masks)[None].astype(np.float32), "iou_scores": np.array([scores], np.float32)}
+
+
+def test_which_masks_count():
+    big, small, full = square(20, 10), square(20, 2), square(20, 20)  # 25%, 1% and 100% of the mask
+    reference = answers([big, big * 0.5, small, full])
+    moved = answers([square(20, 9), big * 0.5, square(20, 1), square(20, 19)])
+    row = compare_masks(reference, moved, None, "fp32")
+    assert row["masks"] == 4 and row["masks_counted"] == 2, row  # the 1% and the 100% masks do not count
+    assert row["min_mask_iou"] == pytest.approx(81 / 100), row  # the 9 x 9 square in the 10 x 10 one
+    assert compare_masks(answers([small] * 4), answers([square(20, 1)] * 4), None, "fp32")["min_mask_iou"] is None
+
+
+def test_an_answer_from_a_decision_at_its_threshold_is_left_out_and_counted():
+    single = square(20, 10)
+    single[0, :3] = 0.08  # 3 pixels within fp16's tolerance of +delta: the stability can fall below 0.98
+    other = square(20, 14)  # multimask mask 1: another of SAM 2's answers, IoU 100/196 with the single mask
+    reference = answers([single, other, square(20, 12), square(20, 13)])
+    fell_back = answers([other, other, square(20, 12), square(20, 13)])  # the artifact took mask 1 instead
+    row = compare_masks(reference, fell_back, STABILITY, "fp16")
+    assert row["decisions_at_threshold"] == 1 and row["masks_counted"] == 3 and row["min_mask_iou"] == 1.0, row
+    # fp32's tolerance (1e-3) cannot move those pixels across +delta: the same answer is an error there
+    row = compare_masks(reference, fell_back, STABILITY, "fp32")
+    assert row["decisions_at_threshold"] == 0 and row["min_mask_iou"] == pytest.approx(100 / 196), row
+    # a decision that no rounding within fp16's tolerance takes either way counts, whatever the precision
+    reference = answers([square(20, 10), other, square(20, 12), square(20, 13)])
+    row = compare_masks(reference, fell_back, STABILITY, "fp16")
+    assert row["decisions_at_threshold"] == 0 and row["min_mask_iou"] == pytest.approx(100 / 196), row
