@@ -54,9 +54,9 @@ def main():
           f"{report['graphs']['exported']['nodes']}, max rank {report['graphs']['exported']['max_rank']}")
     for precision, entry in report["artifacts"].items():
         masks, scores = entry["parity"]["masks"], entry["parity"]["iou_scores"]
-        print(f"{precision}: masks max abs {masks['max_abs']:.2e}, cosine {masks['cosine']:.6f}, min mask IoU "
-              f"{masks['min_mask_iou']:.4f} ({masks['pixels_left_out']} of {masks['pixels']} pixels left out); "
-              f"iou_scores max abs {scores['max_abs']:.2e}; TensorRT check: {entry['tensorrt_check']['findings']}")
+        print(f"{precision}: masks max abs {masks['max_abs']:.2e}, cosine {masks['cosine']:.6f}, "
+              f"{mask_decoder.describe_mask_row(masks)}; iou_scores max abs {scores['max_abs']:.2e}; "
+              f"TensorRT check: {entry['tensorrt_check']['findings']}")
     timing(a, checkpoint, a.out / report["artifacts"]["fp32"]["file"])
 
 
@@ -71,8 +71,7 @@ def family(a, checkpoint: Path, started: float) -> None:
         first = next(iter(entry["parity"].values()))
         verdict = "passed" if entry["passed"] else "FAILED: " + "; ".join(entry["failures"])
         print(f"{entry['file']}: {next(iter(entry['parity']))} max abs {first['max_abs']:.2e}, cosine "
-              f"{first['cosine']:.6f}, min mask IoU {row['min_mask_iou']:.4f} ({row['pixels_left_out']} of "
-              f"{row['pixels']} pixels left out), {verdict}")
+              f"{first['cosine']:.6f}, {mask_decoder.describe_mask_row(row)}, {verdict}")
 
 
 def timing(a, checkpoint: Path, artifact: Path) -> None:

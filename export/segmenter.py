@@ -95,9 +95,7 @@ def encoder_mask_row(prepared: mask_decoder.Prepared, embeddings: dict[str, np.n
     computes = FORMATS[precision].computes
     row = mask_decoder.compare_masks(reference, mask_decoder.run_decoder(prepared.decoder, calls), prepared.stability,
                                      computes)
-    iou = row["min_mask_iou"]
     bound = parity.ENCODER_MASK_IOU_BOUNDS[computes]
     row.update(bound=bound, through="the fp32 decoder (PyTorch), on the decoder's validation prompts")
-    row["failures"] = [] if iou is not None and iou >= bound else [
-        f"masks through the fp32 decoder: min IoU {'n/a (no mask counts)' if iou is None else f'{iou:.4f}'} < {bound}"]
+    row["failures"] = mask_decoder.mask_row_failures(row, bound, "masks through the fp32 decoder:")
     return row

@@ -184,9 +184,9 @@ def _mask_iou_failures(precision: str, row) -> list[str]:
     if row is None:
         return []
     bound = parity.ENCODER_MASK_IOU_BOUNDS.get(computes_or_none(precision))
-    iou = row.get("min_mask_iou") if isinstance(row, dict) else None
-    holds = isinstance(iou, (int, float)) and bound is not None and iou >= bound  # NaN never holds
-    return [] if holds else [f"masks through the fp32 decoder: min IoU {iou} < {bound}"]
+    if bound is None:
+        return ["masks through the fp32 decoder: an unknown precision"]
+    return mask_decoder.mask_row_failures(row, bound, "masks through the fp32 decoder:")
 
 
 def computes_or_none(precision: str) -> str | None:
@@ -322,8 +322,8 @@ def _decoder_parity(result: VerifyResult, folder: Path, names: list[str], report
                 result.add(path, "parity", False, str(error))
                 continue
             row = segmenter.encoder_mask_row(prepared, embeddings, precision)
-            result.add(path, "parity", not row["failures"], f"masks through the fp32 decoder: min IoU "
-                       f"{row['min_mask_iou']:.4f} >= {row['bound']}" if not row["failures"] else
+            result.add(path, "parity", not row["failures"], f"masks through the fp32 decoder: "
+                       f"{mask_decoder.describe_mask_row(row)}, bound {row['bound']}" if not row["failures"] else
                        "; ".join(row["failures"]))
 
 
@@ -340,11 +340,10 @@ def _decoder_failures(path: Path, prepared, precision: str) -> list[str]:
         return [str(error)]
     got = {name: np.concatenate([call[name] for call in calls]) for name in calls[0]}
     failed = parity.failures(precision, parity.compare(prepared.reference, got))
-    iou = mask_decoder.compare_masks(prepared.reference, got, prepared.stability, precision)["min_mask_iou"] \
+    row = mask_decoder.compare_masks(prepared.reference, got, prepared.stability, precision) \
         if "masks" in got and "iou_scores" in got else None
     bound = mask_decoder.MASK_IOU_BOUNDS.get(precision)
-    if iou is None or bound is None or not iou >= bound:
-        failed.append(f"masks min IoU {iou if iou is None else f'{iou:.4f}'} < {bound}")
+    failed += mask_decoder.mask_row_failures(row, bound, "masks") if bound is not None else ["an unknown precision"]
     return failed
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from export.mask_decoder import (DECISION_LOGIT_TOLERANCE, compare_masks, decided_at_threshold, decisions,
-                                 stability_range)
+                                 mask_row_failures, stability_range)
 
 STABILITY = (0.05, 0.98)  # SAM 2's delta and threshold
 
@@ -81,3 +81,14 @@ def test_an_answer_from_a_decision_at_its_threshold_is_left_out_and_counted():
     reference = answers([square(20, 10), other, square(20, 12), square(20, 13)])
     row = compare_masks(reference, fell_back, STABILITY, "fp16")
     assert row["decisions_at_threshold"] == 0 and row["min_mask_iou"] == pytest.approx(100 / 196), row
+
+
+def test_a_row_fails_its_bound_unless_no_mask_of_pytorchs_counted():
+    assert mask_row_failures({"min_mask_iou": 0.985, "masks_counted": 3}, 0.98, "masks") == []
+    assert mask_row_failures({"min_mask_iou": 0.975, "masks_counted": 3}, 0.98, "masks") == [
+        "masks min IoU 0.9750 < 0.98"]
+    # no mask of PyTorch's counted: the validation shows no edge to compare, and the row says so
+    assert mask_row_failures({"min_mask_iou": None, "masks_counted": 0}, 0.98, "masks") == []
+    for row in (None, {"min_mask_iou": None, "masks_counted": 2}, {"min_mask_iou": float("nan"), "masks_counted": 2},
+                {"min_mask_iou": "1.0", "masks_counted": 2}, {"min_mask_iou": True, "masks_counted": 2}):
+        assert mask_row_failures(row, 0.98, "masks"), row  # a report's row that is not a figure never holds

@@ -102,7 +102,7 @@ def test_verify_holds_the_mask_iou_row_to_todays_bound(family, tmp_path):
     report_file.write_text(json.dumps(artifact.seal(report)))
     failed = failed_checks(verify([report_file]))
     assert failed == [f"report {report_file}: fp16: its figures fail today's bounds: masks through the fp32 "
-                      "decoder: min IoU 0.97 < 0.98"], failed
+                      "decoder: min IoU 0.9700 < 0.98"], failed
 
 
 def test_a_spoiled_encoder_output_fails_its_row(family, sam2_checkpoint):  # noqa: F811
