@@ -40,6 +40,8 @@ def open_session(path, provider: str = "auto", threads: int | None = None, cache
     and the file holds only standard operators (`openvino.runs_best_here`), and whenever `inference_precision`
     is "bf16", which only OpenVINO offers."""
     path = Path(path)
+    if path.suffix in probe.NOT_RUN_HERE:  # a Core ML package: no engine here runs it
+        raise HieraRuntimeError(f"{path}: {probe.NOT_RUN_HERE[path.suffix]}")
     if path.suffix == litert.SUFFIX or provider == "litert":  # LiteRT runs .tflite files, and only it does
         if path.suffix != litert.SUFFIX:
             raise HieraRuntimeError(f"{path}: provider litert runs .tflite artifacts only")

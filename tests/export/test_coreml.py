@@ -64,6 +64,10 @@ def test_the_package_carries_pytorchs_probe_and_check_says_it_is_not_run_here(ex
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err == f"error: {package}: not run: Core ML runs only on Apple systems " \
                                                 "(macOS, iOS)\n", printed
+    for command in (["predict", "--model", str(package), str(package)], ["info", "--model", str(package)]):
+        assert main(command) == 2, command  # every command that would run it says why not, in one line
+        printed = capsys.readouterr()
+        assert printed.err == f"error: {package}: not run: Core ML runs only on Apple systems (macOS, iOS)\n", printed
 
 
 def test_a_package_is_hashed_as_its_files(exported):
