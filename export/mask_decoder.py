@@ -163,18 +163,41 @@ def top_two_gap(scores: np.ndarray) -> np.ndarray:
     return top[:, -1] - top[:, -2]
 
 
+def answers_at_threshold(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
+                         stability: tuple[float, float] | None, computes: str) -> np.ndarray:
+    """[P] bool: the prompts whose single-mask answers (mask 0 of the decoder's [P, 4, h, w]) come from decisions
+    taken at their threshold (`decided_at_threshold` under `decision_tolerance(computes)`; `stability`: the
+    decoder's (delta, threshold), None where it has no fallback, so never)."""
+    ref, out = reference["masks"], got["masks"]
+    if stability is None or ref.shape[1] < 2:
+        return np.zeros(len(ref), bool)
+    ref_decision, got_decision = decisions(ref), decisions(out)
+    kept = np.where((ref_decision == 0)[:, None, None], ref[:, 0], out[:, 0])
+    return decided_at_threshold(ref_decision, got_decision, kept, top_two_gap(reference["iou_scores"]), stability,
+                                decision_tolerance(computes))
+
+
+def without_answers(outputs: dict[str, np.ndarray], prompts: np.ndarray) -> dict[str, np.ndarray]:
+    """The decoder's outputs with the single-mask answers (mask 0 and its score) of `prompts` [P] bool zeroed: left
+    out of the logits' parity (`parity.compare`) on both sides, as `compare_masks` leaves them out of the IoU."""
+    left = dict(outputs)
+    for name in ("masks", "iou_scores"):
+        if name in left:
+            left[name] = left[name].copy()
+            left[name][prompts, 0] = 0
+    return left
+
+
 def compare_masks(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
                   stability: tuple[float, float] | None, computes: str) -> dict:
     """The decoder's masks [P, 4, h, w] against PyTorch's (`reference`, with its `iou_scores`) by issue 26's rule:
     each mask's IoU thresholded at 0, pixels whose PyTorch logit lies within `MASK_LOGIT_TOLERANCE` of 0 left out; a
     mask counts where PyTorch's covers `MASK_COVERAGE` of it and at most `MAX_LEFT_OUT` of its pixels are left out,
     and a single-mask answer does not count where it and PyTorch's come from decisions taken at their threshold
-    (`decided_at_threshold` under `decision_tolerance(computes)`; `stability`: the decoder's (delta, threshold),
-    None where it has no fallback). The row:
-    the smallest IoU over the masks that count (None where none does: `mask_row_failures`), and what was left
-    out."""
+    (`answers_at_threshold`). The row: the smallest IoU over the masks that count (None where none does:
+    `mask_row_failures`), and what was left out."""
     ref, out = reference["masks"], got["masks"]
-    prompts, count, side = ref.shape[0], ref.shape[1], ref.shape[-2] * ref.shape[-1]
+    side = ref.shape[-2] * ref.shape[-1]
     decided = np.abs(ref) > MASK_LOGIT_TOLERANCE
     a, b = (ref > 0) & decided, (out > 0) & decided
     union = (a | b).sum((-1, -2))
@@ -182,24 +205,40 @@ def compare_masks(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
     left_out = (~decided).sum((-1, -2))
     coverage = (ref > 0).mean((-1, -2))
     counts = (left_out <= MAX_LEFT_OUT * side) & (coverage >= MASK_COVERAGE[0]) & (coverage <= MASK_COVERAGE[1])
-    at_threshold = np.zeros(prompts, bool)
-    if stability is not None and count > 1:
-        ref_decision, got_decision = decisions(ref), decisions(out)
-        kept = np.where((ref_decision == 0)[:, None, None], ref[:, 0], out[:, 0])
-        at_threshold = decided_at_threshold(ref_decision, got_decision, kept, top_two_gap(reference["iou_scores"]),
-                                            stability, decision_tolerance(computes))
-        counts[:, 0] &= ~at_threshold
+    at_threshold = answers_at_threshold(reference, got, stability, computes)
+    counts[:, 0] &= ~at_threshold
     return {"min_mask_iou": float(iou[counts].min()) if counts.any() else None,
             "masks_counted": int(counts.sum()), "masks": int(counts.size),
             "decisions_at_threshold": int(at_threshold.sum()), "pixels_left_out": int(left_out.sum()),
             "pixels": int(ref.size)}
 
 
-def mask_row_failures(row, bound: float, what: str) -> list[str]:
+def judge(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], stability: tuple[float, float] | None,
+          precision: str) -> tuple[dict, list[str]]:
+    """A decoder artifact's outputs on the validation calls against PyTorch's (`reference`), as its export and
+    `verify` hold them: the precision's bounds on `masks` and `iou_scores` (`parity`), with the single-mask answers
+    that come from decisions at their threshold left out on both sides (`answers_at_threshold`, `without_answers`),
+    and the mask-IoU row (`compare_masks`) against `MASK_IOU_BOUNDS`. (the parity rows with the mask-IoU row in
+    `masks`, why it fails)."""
+    bound = MASK_IOU_BOUNDS.get(precision)
+    if bound is None or "masks" not in got or "iou_scores" not in got:
+        result = parity.compare(reference, got)
+        return result, [*parity.failures(precision, result), *mask_row_failures(None, bound, "masks")]
+    left = answers_at_threshold(reference, got, stability, precision)
+    result = parity.compare(without_answers(reference, left), without_answers(got, left))
+    failed = parity.failures(precision, result)
+    row = compare_masks(reference, got, stability, precision)
+    result["masks"].update(row)
+    return result, failed + mask_row_failures(row, bound, "masks")
+
+
+def mask_row_failures(row, bound: float | None, what: str) -> list[str]:
     """Why a mask-IoU row (`compare_masks`, or read from a report) fails `bound`: nothing where it holds, or where
     no mask of PyTorch's counted (masks_counted 0: the validation showed no mask edge to compare, and the row says
     so; PyTorch's masks alone decide what counts, so an artifact cannot escape by its own answers)."""
     iou = row.get("min_mask_iou") if isinstance(row, dict) else None
+    if bound is None:
+        return [f"{what}: no mask-IoU bound for this precision"]
     if iou is None and isinstance(row, dict) and row.get("masks_counted") == 0:
         return []
     if isinstance(iou, (int, float)) and not isinstance(iou, bool) and iou >= bound:  # NaN never holds
@@ -361,13 +400,7 @@ def build(p: Prepared, staging: Path, stem: str, o: Options, progress) -> None:
         got = _concatenate([session.run(feed["image_embeddings"], **{k: v for k, v in feed.items()
                                                                        if k != "image_embeddings"})
                             for feed in feeds])
-        result = parity.compare(reference, got)
-        failed = parity.failures(precision, result)
-        row = compare_masks(reference, got, p.stability, artifact.computes(precision)) \
-            if "masks" in got and "iou_scores" in got else None
-        if row is not None:
-            result["masks"].update(row)
-        failed += mask_row_failures(row, MASK_IOU_BOUNDS[precision], "masks")
+        result, failed = judge(reference, got, p.stability, precision)
         _attach_probe(target, session, probed, probe_reference, precision)
         sha = files.sha256(target)  # after the probe: the report's sha256 covers it
         entry.update(parity=result, passed=not failed, failures=failed, bytes=target.stat().st_size, sha256=sha)

@@ -329,7 +329,7 @@ def _decoder_parity(result: VerifyResult, folder: Path, names: list[str], report
 
 def _decoder_failures(path: Path, prepared, precision: str) -> list[str]:
     """A decoder artifact on the validation calls against PyTorch's answers, as its export held it: the precision's
-    bounds on `masks` and `iou_scores`, and the masks' IoU (`mask_decoder.compare_masks`, `MASK_IOU_BOUNDS`)."""
+    bounds on `masks` and `iou_scores`, and the masks' IoU (`mask_decoder.judge`)."""
     from runtime.session import OnnxSession
 
     try:
@@ -339,12 +339,7 @@ def _decoder_failures(path: Path, prepared, precision: str) -> list[str]:
     except HieraRuntimeError as error:
         return [str(error)]
     got = {name: np.concatenate([call[name] for call in calls]) for name in calls[0]}
-    failed = parity.failures(precision, parity.compare(prepared.reference, got))
-    row = mask_decoder.compare_masks(prepared.reference, got, prepared.stability, precision) \
-        if "masks" in got and "iou_scores" in got else None
-    bound = mask_decoder.MASK_IOU_BOUNDS.get(precision)
-    failed += mask_decoder.mask_row_failures(row, bound, "masks") if bound is not None else ["an unknown precision"]
-    return failed
+    return mask_decoder.judge(prepared.reference, got, prepared.stability, precision)[1]
 
 
 def _info(path: Path):

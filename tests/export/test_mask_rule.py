@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from export.mask_decoder import (DECISION_LOGIT_TOLERANCE, compare_masks, decided_at_threshold, decisions,
-                                 mask_row_failures, stability_range)
+                                 judge, mask_row_failures, stability_range)
 
 STABILITY = (0.05, 0.98)  # SAM 2's delta and threshold
 
@@ -92,3 +92,17 @@ def test_a_row_fails_its_bound_unless_no_mask_of_pytorchs_counted():
     for row in (None, {"min_mask_iou": None, "masks_counted": 2}, {"min_mask_iou": float("nan"), "masks_counted": 2},
                 {"min_mask_iou": "1.0", "masks_counted": 2}, {"min_mask_iou": True, "masks_counted": 2}):
         assert mask_row_failures(row, 0.98, "masks"), row  # a report's row that is not a figure never holds
+
+
+def test_an_answer_at_its_threshold_is_left_out_of_the_logits_parity_too():
+    """The decoder's parity on `masks` and `iou_scores` (fp16: cosine 0.999) leaves out the same single-mask answers:
+    one answer from the other decision would otherwise fail the cosine of every mask of the prompt."""
+    single = square(20, 10)
+    single[0, :3] = 0.08
+    other = square(20, 14)
+    reference = answers([single, other, square(20, 12), square(20, 13)])
+    fell_back = answers([other, other, square(20, 12), square(20, 13)], scores=(0.5, 0.5, 0.6, 0.7))
+    result, failed = judge(reference, fell_back, STABILITY, "fp16")
+    assert failed == [] and result["masks"]["decisions_at_threshold"] == 1, (failed, result)
+    result, failed = judge(reference, fell_back, STABILITY, "fp32")  # not at fp32's threshold: every row says so
+    assert any(f.startswith("masks max abs") for f in failed) and "masks min IoU 0.5102 < 0.99" in failed, failed
