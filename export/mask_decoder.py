@@ -198,14 +198,19 @@ def compare_masks(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
 def mask_row_failures(row, bound: float, what: str) -> list[str]:
     """Why a mask-IoU row (`compare_masks`, or read from a report) fails `bound`: nothing where it holds, or where
     no mask of PyTorch's counted (masks_counted 0: the validation showed no mask edge to compare, and the row says
-    so; PyTorch's masks alone decide what counts, so an artifact cannot escape by its own answers)."""
-    iou = row.get("min_mask_iou") if isinstance(row, dict) else None
-    if iou is None and isinstance(row, dict) and row.get("masks_counted") == 0:
-        return []
-    if isinstance(iou, (int, float)) and not isinstance(iou, bool) and iou >= bound:  # NaN never holds
-        return []
-    shown = f"{iou:.4f}" if isinstance(iou, float) else "n/a (no row)" if row is None else iou
-    return [f"{what} min IoU {shown} < {bound}"]
+    so; PyTorch's masks alone decide what counts, so an artifact cannot escape by its own answers). A row read from
+    a report holds only what `compare_masks` writes: masks_counted a count (rows made before the whole rule have
+    none), an IoU between 0 and 1 where a mask counted and none where none did."""
+    if not isinstance(row, dict):
+        return [f"{what} min IoU n/a (no row) < {bound}"]
+    iou, counted = row.get("min_mask_iou"), row.get("masks_counted")
+    if "masks_counted" in row and (not isinstance(counted, int) or isinstance(counted, bool) or counted < 0):
+        return [f"{what} masks_counted {counted!r} is not a count of masks"]
+    if counted == 0:
+        return [] if iou is None else [f"{what} min IoU {iou!r} where no mask counted"]
+    if not isinstance(iou, (int, float)) or isinstance(iou, bool) or not iou <= 1:  # NaN is no IoU either
+        return [f"{what} min IoU {iou!r} is not an IoU (0 to 1)"]
+    return [] if iou >= bound else [f"{what} min IoU {iou:.4f} < {bound}"]
 
 
 def describe_mask_row(row: dict) -> str:

@@ -92,3 +92,20 @@ def test_a_row_fails_its_bound_unless_no_mask_of_pytorchs_counted():
     for row in (None, {"min_mask_iou": None, "masks_counted": 2}, {"min_mask_iou": float("nan"), "masks_counted": 2},
                 {"min_mask_iou": "1.0", "masks_counted": 2}, {"min_mask_iou": True, "masks_counted": 2}):
         assert mask_row_failures(row, 0.98, "masks"), row  # a report's row that is not a figure never holds
+
+
+@pytest.mark.parametrize("row, said", [
+    ({"min_mask_iou": None, "masks_counted": False}, "masks_counted False is not a count"),
+    ({"min_mask_iou": None, "masks_counted": 0.0}, "masks_counted 0.0 is not a count"),
+    ({"min_mask_iou": 0.995, "masks_counted": -4}, "masks_counted -4 is not a count"),
+    ({"min_mask_iou": 0.995, "masks_counted": "3"}, "masks_counted '3' is not a count"),
+    ({"min_mask_iou": 0.995, "masks_counted": 0}, "min IoU 0.995 where no mask counted"),
+    ({"min_mask_iou": 1.5, "masks_counted": 3}, "min IoU 1.5 is not an IoU"),
+    ({"min_mask_iou": float("inf"), "masks_counted": 3}, "min IoU inf is not an IoU"),
+    ({"min_mask_iou": 2}, "min IoU 2 is not an IoU")])
+def test_a_report_row_edited_by_hand_fails(row, said):
+    """A row read from a report holds what compare_masks writes: a count, and an IoU in [0, 1] where one counted."""
+    failures = mask_row_failures(row, 0.98, "masks")
+    assert len(failures) == 1 and failures[0].startswith(f"masks {said}"), (row, failures)
+    # rows made before the whole rule hold no masks_counted: their IoU alone is judged, as it was
+    assert mask_row_failures({"min_mask_iou": 0.985}, 0.98, "masks") == []
