@@ -149,11 +149,16 @@ def decided_at_threshold(reference: np.ndarray, got: np.ndarray, kept_single: np
     """[P] bool: where two answers come from different decisions (`decisions`, or the best of three) that logits
     moved by `tolerance` can take either way: one kept the single mask, and that mask's (`kept_single` [P, h, w],
     of the side that kept it) stability range (`stability_range`) straddles the threshold; or both took a multimask
-    mask, and PyTorch's two best predicted IoUs lie within `SCORE_TOLERANCE` (`score_gap`)."""
+    mask, and PyTorch's two best predicted IoUs lie within `SCORE_TOLERANCE` (`score_gap`). A side that kept a
+    single mask whose own score is below the threshold (within fp32's tolerance: summation order) took no decision
+    of SAM 2's (its fallback is missing or broken): that answer counts, however wide the tolerance (fp16's is wider
+    than delta, so the range of every unstable mask reaches 1)."""
     delta, threshold = stability
     low, high = stability_range(kept_single, delta, tolerance)
+    own_high = stability_range(kept_single, delta, MASK_LOGIT_TOLERANCE)[1]
     kept = (reference == 0) | (got == 0)
-    near = np.where(kept, (low < threshold) & (high >= threshold), score_gap <= SCORE_TOLERANCE)
+    near = np.where(kept, (low < threshold) & (high >= threshold) & (own_high >= threshold),
+                    score_gap <= SCORE_TOLERANCE)
     return (reference != got) & near
 
 
