@@ -285,6 +285,9 @@ def _check(model, probe: dict) -> list[Row]:
         got = model.run(**inputs(pixels, info.preprocessing, info.input_size, info.mae))
     engine = engine_name(session)
     reference = _part(probe, "reference")
+    if info.task == "mask-decoder" and sorted(reference["outputs"]) != sorted(got):  # each output is compared
+        raise HieraRuntimeError(f"damaged probe: reference holds outputs {', '.join(sorted(reference['outputs']))}; "
+                                f"the decoder gives {', '.join(sorted(got))}")
     bound = reference["bound"]
     if session.inference_precision == "bf16":
         bound = {"cosine": 0.999}

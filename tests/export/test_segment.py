@@ -310,7 +310,9 @@ def test_runtime_check_runs_the_decoders_probe_and_refuses_a_tampered_one(export
     (lambda d: d["inputs"]["calls"][1].update(point_coords=probe.encode(np.zeros((65, 1, 2), np.float32)),
                                               point_labels=probe.encode(np.ones((65, 1), np.float32)),
                                               has_mask_input=probe.encode(np.zeros(65, np.float32))), "P <= 64"),
-    (lambda d: d["inputs"]["mask_input"].update(std=True), "inputs.mask_input has no side and std")])
+    (lambda d: d["inputs"]["mask_input"].update(std=True), "inputs.mask_input has no side and std"),
+    # a stored output lost: the decoder's masks would go unchecked
+    (lambda d: d["reference"]["outputs"].pop("masks"), "reference holds outputs iou_scores; the decoder gives")])
 def test_a_damaged_decoder_probe_is_one_line(exported, tmp_path, capsys, damage, expected):
     decoder = exported[2]
     document = stored_probe(decoder)
