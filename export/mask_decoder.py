@@ -149,11 +149,16 @@ def decided_at_threshold(reference: np.ndarray, got: np.ndarray, kept_single: np
     """[P] bool: where two answers come from different decisions (`decisions`, or the best of three) that logits
     moved by `tolerance` can take either way: one kept the single mask, and that mask's (`kept_single` [P, h, w],
     of the side that kept it) stability range (`stability_range`) straddles the threshold; or both took a multimask
-    mask, and PyTorch's two best predicted IoUs lie within `SCORE_TOLERANCE` (`score_gap`)."""
+    mask, and PyTorch's two best predicted IoUs lie within `SCORE_TOLERANCE` (`score_gap`). A side that kept a
+    single mask whose own score is below the threshold (within fp32's tolerance: summation order) took no decision
+    of SAM 2's (its fallback is missing or broken): that answer counts, however wide the tolerance (fp16's is wider
+    than delta, so the range of every unstable mask reaches 1)."""
     delta, threshold = stability
     low, high = stability_range(kept_single, delta, tolerance)
+    own_high = stability_range(kept_single, delta, MASK_LOGIT_TOLERANCE)[1]
     kept = (reference == 0) | (got == 0)
-    near = np.where(kept, (low < threshold) & (high >= threshold), score_gap <= SCORE_TOLERANCE)
+    near = np.where(kept, (low < threshold) & (high >= threshold) & (own_high >= threshold),
+                    score_gap <= SCORE_TOLERANCE)
     return (reference != got) & near
 
 
@@ -235,16 +240,21 @@ def judge(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], stabilit
 def mask_row_failures(row, bound: float | None, what: str) -> list[str]:
     """Why a mask-IoU row (`compare_masks`, or read from a report) fails `bound`: nothing where it holds, or where
     no mask of PyTorch's counted (masks_counted 0: the validation showed no mask edge to compare, and the row says
-    so; PyTorch's masks alone decide what counts, so an artifact cannot escape by its own answers)."""
-    iou = row.get("min_mask_iou") if isinstance(row, dict) else None
+    so; which masks count is PyTorch's to decide, but for a single-mask answer from a decision at its threshold).
+    A row read from a report holds only what `compare_masks` writes: masks_counted a count (rows made before the
+    whole rule have none), an IoU between 0 and 1 where a mask counted and none where none did."""
     if bound is None:
         return [f"{what}: no mask-IoU bound for this precision"]
-    if iou is None and isinstance(row, dict) and row.get("masks_counted") == 0:
-        return []
-    if isinstance(iou, (int, float)) and not isinstance(iou, bool) and iou >= bound:  # NaN never holds
-        return []
-    shown = f"{iou:.4f}" if isinstance(iou, float) else "n/a (no row)" if row is None else iou
-    return [f"{what} min IoU {shown} < {bound}"]
+    if not isinstance(row, dict):
+        return [f"{what} min IoU n/a (no row) < {bound}"]
+    iou, counted = row.get("min_mask_iou"), row.get("masks_counted")
+    if "masks_counted" in row and (not isinstance(counted, int) or isinstance(counted, bool) or counted < 0):
+        return [f"{what} masks_counted {counted!r} is not a count of masks"]
+    if counted == 0:
+        return [] if iou is None else [f"{what} min IoU {iou!r} where no mask counted"]
+    if not isinstance(iou, (int, float)) or isinstance(iou, bool) or not 0 <= iou <= 1:  # NaN is no IoU either
+        return [f"{what} min IoU {iou!r} is not an IoU (0 to 1)"]
+    return [] if iou >= bound else [f"{what} min IoU {iou:.4f} < {bound}"]
 
 
 def describe_mask_row(row: dict) -> str:

@@ -51,6 +51,9 @@ EMBEDDINGS = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")  # a d
 GOLDEN = (5 ** 0.5 - 1) / 2
 SEQUENCE_STRIDE = MAX_VALUES  # each generated input's run of the sequence starts this far after the last one's
 MAX_CALLS = 16  # decoder calls in one probe
+# A generated value stays this close to 0 (mean + sqrt(3) std): an encoder's outputs and a mask's logits are far
+# smaller, and a larger one (up to float64's 1e308) is no statistic of them: it overflows float32 or fp16 inside
+MAX_MAGNITUDE = 1e6
 
 
 def encode(array: np.ndarray) -> dict:
@@ -183,18 +186,22 @@ def decoder_calls(inputs) -> list[dict[str, np.ndarray]]:
                 or np.prod(shape, dtype=np.int64) > MAX_VALUES:
             raise HieraRuntimeError(f"damaged probe: inputs.embeddings.{name} has no shape [1, C, H, W]")
         mean, std = (decode(entry.get(key), f"inputs.embeddings.{name}.{key}") for key in ("mean", "std"))
-        if any(v.shape != (shape[1],) or not np.isfinite(v).all() for v in (mean, std)) or (std < 0).any():
+        if any(v.shape != (shape[1],) or not np.isfinite(v).all() for v in (mean, std)) or (std < 0).any() \
+                or (np.abs(mean) + np.sqrt(3) * std > MAX_MAGNITUDE).any():
             raise HieraRuntimeError(f"damaged probe: inputs.embeddings.{name}: mean and std are not {shape[1]} "
-                                    "finite values each (std >= 0)")
+                                    f"finite values each (std >= 0, |mean| + sqrt(3) std <= {MAX_MAGNITUDE:g})")
         embeddings[name] = generated(shape, mean, std, place * SEQUENCE_STRIDE)
     mask = inputs.get("mask_input")
     side, mask_std = (mask.get("side"), mask.get("std")) if isinstance(mask, dict) else (None, None)
     if not isinstance(side, int) or isinstance(side, bool) or not 0 < side <= 4096 \
-            or not isinstance(mask_std, (int, float)) or not 0 <= mask_std < 1e6:
+            or not isinstance(mask_std, (int, float)) or isinstance(mask_std, bool) \
+            or not 0 <= np.sqrt(3) * mask_std <= MAX_MAGNITUDE:
         raise HieraRuntimeError("damaged probe: inputs.mask_input has no side and std")
     calls = inputs.get("calls")
     if not isinstance(calls, list) or not 0 < len(calls) <= MAX_CALLS:
         raise HieraRuntimeError(f"damaged probe: inputs.calls is not a list of 1 to {MAX_CALLS} calls")
+    from .segment import MAX_POINTS, MAX_PROMPTS  # the decoder's bounds on a call (not at the top: segment loads us)
+
     feeds = []
     for number, call in enumerate(calls):
         call = call if isinstance(call, dict) else {}
@@ -203,10 +210,12 @@ def decoder_calls(inputs) -> list[dict[str, np.ndarray]]:
                                     for key in ("point_coords", "point_labels", "has_mask_input"))
         prompts = len(has_mask)
         if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2] or has_mask.ndim != 1 \
-                or not 0 < prompts == len(coords) or prompts * side * side > MAX_VALUES \
+                or not 0 < prompts == len(coords) <= MAX_PROMPTS or not 0 < coords.shape[1] <= MAX_POINTS \
+                or prompts * side * side > MAX_VALUES \
                 or not all(v.dtype == np.float32 and np.isfinite(v).all() for v in (coords, labels, has_mask)):
             raise HieraRuntimeError(f"damaged probe: {what}: point_coords [P, N, 2], point_labels [P, N] and "
-                                    "has_mask_input [P] are not of one P (finite float32)")
+                                    f"has_mask_input [P] are not of one P (finite float32, P <= {MAX_PROMPTS}, "
+                                    f"N <= {MAX_POINTS})")
         start = (len(EMBEDDINGS) + number) * SEQUENCE_STRIDE
         mask_input = generated((prompts, 1, side, side), [0.0], [mask_std], start) * has_mask[:, None, None, None]
         feeds.append({**embeddings, "point_coords": coords, "point_labels": labels, "mask_input": mask_input,
@@ -276,6 +285,9 @@ def _check(model, probe: dict) -> list[Row]:
         got = model.run(**inputs(pixels, info.preprocessing, info.input_size, info.mae))
     engine = engine_name(session)
     reference = _part(probe, "reference")
+    if info.task == "mask-decoder" and sorted(reference["outputs"]) != sorted(got):  # each output is compared
+        raise HieraRuntimeError(f"damaged probe: reference holds outputs {', '.join(sorted(reference['outputs']))}; "
+                                f"the decoder gives {', '.join(sorted(got))}")
     bound = reference["bound"]
     if session.inference_precision == "bf16":
         bound = {"cosine": 0.999}

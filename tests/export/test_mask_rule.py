@@ -106,3 +106,42 @@ def test_an_answer_at_its_threshold_is_left_out_of_the_logits_parity_too():
     assert failed == [] and result["masks"]["decisions_at_threshold"] == 1, (failed, result)
     result, failed = judge(reference, fell_back, STABILITY, "fp32")  # not at fp32's threshold: every row says so
     assert any(f.startswith("masks max abs") for f in failed) and "masks min IoU 0.5102 < 0.99" in failed, failed
+
+
+@pytest.mark.parametrize("row, said", [
+    ({"min_mask_iou": None, "masks_counted": False}, "masks_counted False is not a count"),
+    ({"min_mask_iou": None, "masks_counted": 0.0}, "masks_counted 0.0 is not a count"),
+    ({"min_mask_iou": 0.995, "masks_counted": -4}, "masks_counted -4 is not a count"),
+    ({"min_mask_iou": 0.995, "masks_counted": "3"}, "masks_counted '3' is not a count"),
+    ({"min_mask_iou": 0.995, "masks_counted": 0}, "min IoU 0.995 where no mask counted"),
+    ({"min_mask_iou": 1.5, "masks_counted": 3}, "min IoU 1.5 is not an IoU"),
+    ({"min_mask_iou": float("inf"), "masks_counted": 3}, "min IoU inf is not an IoU"),
+    ({"min_mask_iou": 2}, "min IoU 2 is not an IoU")])
+def test_a_report_row_edited_by_hand_fails(row, said):
+    """A row read from a report holds what compare_masks writes: a count, and an IoU in [0, 1] where one counted."""
+    failures = mask_row_failures(row, 0.98, "masks")
+    assert len(failures) == 1 and failures[0].startswith(f"masks {said}"), (row, failures)
+    # rows made before the whole rule hold no masks_counted: their IoU alone is judged, as it was
+    assert mask_row_failures({"min_mask_iou": 0.985}, 0.98, "masks") == []
+
+
+def test_an_artifact_that_keeps_a_single_mask_its_own_score_rejects_took_no_decision():
+    """A decoder without SAM 2's fallback (or with a broken one) answers with its single mask where PyTorch fell
+    back: its own stability score (by hand below) is under the threshold, so no rounding took that decision."""
+    single = np.zeros((20, 20), np.float32)  # every logit between -delta and +delta: stability 0 / 400 = 0
+    single[:10, :10] = 0.02
+    reference = answers([square(20, 12), square(20, 6), square(20, 9), square(20, 12)], scores=(0.1, 0.2, 0.5, 0.9))
+    no_fallback = answers([single, square(20, 6), square(20, 9), square(20, 12)], scores=(0.1, 0.2, 0.5, 0.9))
+    for computes in ("fp16", "fp32"):
+        row = compare_masks(reference, no_fallback, STABILITY, computes)
+        # mask 0 counts: its 10 x 10 square above 0 in PyTorch's 12 x 12 one
+        assert row["decisions_at_threshold"] == 0 and row["masks_counted"] == 4, row
+        assert row["min_mask_iou"] == pytest.approx(100 / 144), row
+    # the same single mask where its own score reaches the threshold (all 100 pixels far above +delta, the rest far
+    # below -delta: 100 / 100) is a decision fp16 may take either way when PyTorch's stood at 0.97
+    stable = square(20, 10)
+    assert decided_at_threshold(np.array([1]), np.array([0]), stable[None], np.array([0.4]), STABILITY,
+                                DECISION_LOGIT_TOLERANCE["fp16"]).tolist() == [False]  # no pixel within 0.1 of delta
+    stable[0, :3] = 0.08  # 3 pixels within fp16's tolerance of +delta: as low as 97 / 100
+    assert decided_at_threshold(np.array([1]), np.array([0]), stable[None], np.array([0.4]), STABILITY,
+                                DECISION_LOGIT_TOLERANCE["fp16"]).tolist() == [True]
