@@ -92,10 +92,8 @@ def encoder_mask_row(prepared: mask_decoder.Prepared, embeddings: dict[str, np.n
     The row's `failures` says why it fails (empty when it passes)."""
     reference = prepared.reference
     calls = mask_decoder.prompt_calls(embeddings, prepared.report["input_size"][0], reference["masks"].shape[-1])
-    computes = FORMATS[precision].computes
-    row = mask_decoder.compare_masks(reference, mask_decoder.run_decoder(prepared.decoder, calls), prepared.stability,
-                                     computes)
-    bound = parity.ENCODER_MASK_IOU_BOUNDS[computes]
+    row = mask_decoder.compare_masks(reference, mask_decoder.run_decoder(prepared.decoder, calls), prepared.stability)
+    bound = parity.ENCODER_MASK_IOU_BOUNDS[FORMATS[precision].computes]
     row.update(bound=bound, through="the fp32 decoder (PyTorch), on the decoder's validation prompts")
     row["failures"] = mask_decoder.mask_row_failures(row, bound, "masks through the fp32 decoder:")
     return row

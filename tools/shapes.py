@@ -9,7 +9,7 @@ positive or negative point), with SAM's loss (focal and dice on the masks, the o
 for a single point; mean squared error on the predicted IoU). It saves it with `save_pretrained`, and evaluates the
 exported family (each encoder precision through each decoder precision) on held-out images against it.
 
-    python -m tools.shapes train                      # ~14 min on 2 shared cores; writes models/shapes/
+    python -m tools.shapes train                      # stage 0 of 4 (models/shapes/README.md); writes models/shapes/
     python -m tools.shapes evaluate --out /tmp/shapes # exports the family, prints mask IoU per precision
     python -m tools.shapes images heldout/            # held-out images as PNGs
 """
@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from hiera_model import HieraModelError  # noqa: E402
 from runtime.errors import HieraRuntimeError  # noqa: E402
-from runtime.formats import FORMATS  # noqa: E402
 from runtime.preprocess import Preprocessing  # noqa: E402
 from runtime.shell import Parser, Whole, run_command  # noqa: E402
 
@@ -337,13 +336,13 @@ def answers(masks: np.ndarray, scores: np.ndarray, kind: str, resize) -> dict[st
     """Each prompt's answer from the decoder's four low-resolution masks [P, 4, h, w] and scores [P, 4]: its logits
     resized to the image by `resize` ([P, h, w] -> [P, H, W]); and for `mask_decoder.decided_at_threshold`, the
     decision of SAM 2 that chose it (0: the single mask; k: the multimask mask k, by the stability fallback or as
-    the best of three), the low-resolution single-mask answer and the gap between the two best multimask scores."""
-    from export.mask_decoder import decisions, top_two_gap
+    the best of three), and the low-resolution masks and scores themselves."""
+    from export.mask_decoder import decisions
 
     chosen = choose(masks, scores, kind)
     return {"logits": resize(masks[np.arange(len(masks)), chosen]),
-            "decision": chosen if kind == "point, best of 3" else decisions(masks), "single": masks[:, 0],
-            "top_two_gap": top_two_gap(scores)}
+            "decision": chosen if kind == "point, best of 3" else decisions(masks), "masks": masks,
+            "iou_scores": scores}
 
 
 def resize(logits: np.ndarray, size) -> np.ndarray:
@@ -418,26 +417,26 @@ def artifact_logits(embeddings: list[dict], decoder_path: Path, cases: list[dict
     return results
 
 
-def compare_masks(reference: list[dict], got: list[dict], cases: list[dict], computes: str = "fp32") -> dict:
+def compare_masks(reference: list[dict], got: list[dict], cases: list[dict]) -> dict:
     """Mask IoU of `got` against `reference` (per case and prompt kind, `answers`) by issue 26's rule, as the export
     applies it (`export.mask_decoder.compare_masks`): pixels whose reference logit is within 1e-3 of 0 left out, and
     counted; a prompt counts where at most 1% is left out and the reference mask covers 5% to 95% of the image, and
     where its answer and the reference's do not come from decisions of SAM 2 taken at their threshold
-    (`decided_at_threshold`, under the tolerance of what the pair `computes`); and against the true shapes. The mean
+    (`decided_at_threshold` within each prompt's own `prompt_errors`); and against the true shapes. The mean
     over every prompt, the smallest over those that count (overall and per kind), over those that count by the
     first two rules alone (`min_iou_any_decision`), and over all; and each prompt of those whose answer came from
     another decision than the reference's (`decisions_differ`, with `at_threshold` where it does not count)."""
-    from export.mask_decoder import (MASK_COVERAGE, MAX_LEFT_OUT, decided_at_threshold, decision_tolerance, mask_iou,
-                                     stability_range)
+    from export.mask_decoder import (MASK_COVERAGE, MAX_LEFT_OUT, decided_at_threshold, mask_iou, prompt_errors,
+                                     stability_range, top_two_gap)
 
     per_kind = {kind: [] for kind in KINDS}
     every, any_decision, differ, truth, left_out, pixels = [], [], [], [], 0, 0
     for index, (ref, out, case) in enumerate(zip(reference, got, cases)):
         for kind in KINDS:
             r, o = ref[kind], out[kind]
-            kept = np.where((r["decision"] == 0)[:, None, None], r["single"], o["single"])
-            near = decided_at_threshold(r["decision"], o["decision"], kept, r["top_two_gap"], STABILITY,
-                                        decision_tolerance(computes))
+            kept = np.where((r["decision"] == 0)[:, None, None], r["masks"][:, 0], o["masks"][:, 0])
+            gap = top_two_gap(r["iou_scores"])
+            near = decided_at_threshold(r["decision"], o["decision"], kept, gap, STABILITY, *prompt_errors(r, o))
             for prompt, (r_logits, o_logits) in enumerate(zip(r["logits"], o["logits"])):
                 value, skipped = mask_iou(r_logits, o_logits)
                 every.append(value)
@@ -451,7 +450,7 @@ def compare_masks(reference: list[dict], got: list[dict], cases: list[dict], com
                                        "decisions": [int(r["decision"][prompt]), int(o["decision"][prompt])],
                                        "kept_stability": float(stability_range(kept[prompt:prompt + 1], STABILITY[0],
                                                                                0.0)[0][0]),
-                                       "top_two_gap": float(r["top_two_gap"][prompt]),
+                                       "top_two_gap": float(gap[prompt]),
                                        "at_threshold": bool(near[prompt])})
                 left_out, pixels = left_out + skipped, pixels + r_logits.size
             truth.extend(iou(o["logits"] > 0, case["targets"]))
@@ -503,9 +502,8 @@ def evaluate(args) -> None:
     rows = {"PyTorch (transformers) fp32": compare_masks(reference, reference, cases)}
     embeddings = {p: encoder_outputs(path, cases) for p, path in encoders.items()}
     for encoder, decoder in pairs(encoders, decoders):
-        computes = FORMATS[encoder if encoder != "fp32" else decoder].computes  # the pair's lower precision
         rows[f"encoder {encoder}, decoder {decoder}"] = compare_masks(
-            reference, artifact_logits(embeddings[encoder], decoders[decoder], cases), cases, computes)
+            reference, artifact_logits(embeddings[encoder], decoders[decoder], cases), cases)
     width = max(map(len, rows))
     first = rows[next(iter(rows))]
     print(f"{len(cases)} held-out images, {first['prompts']} prompts ({', '.join(KINDS)}), {first['counted']} of them "

@@ -24,7 +24,7 @@ IMAGES = 6
 # (mean IoU over every prompt, smallest IoU over the prompts that count): issue 26's 0.99 (fp32) and 0.98 (fp16)
 MASK_IOU_BOUNDS = {"fp32": (0.999, 0.99), "fp16": (0.99, 0.98)}
 AT_THRESHOLD = 0.05  # at most this share of the counted prompts answered from a decision at its threshold
-TRUE_SHAPES_IOU = 0.3  # the trained model: 0.40 (models/shapes/README.md); untrained 0.0, half-trained 0.15
+TRUE_SHAPES_IOU = 0.6  # the trained model: 0.75 to 0.79 (models/shapes/README.md); after 1,800 steps 0.4; untrained 0.0
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,7 @@ def measured(tmp_path_factory):
     rows = {"PyTorch": shapes.compare_masks(reference, reference, cases)}
     for encoder, decoder in shapes.pairs(encoders, decoders):
         rows[f"encoder {encoder}, decoder {decoder}"] = shapes.compare_masks(
-            reference, shapes.artifact_logits(encoders[encoder], decoders[decoder], cases), cases,
-            "fp16" if "fp16" in (encoder, decoder) else "fp32")
+            reference, shapes.artifact_logits(encoders[encoder], decoders[decoder], cases), cases)
     return rows
 
 
