@@ -228,8 +228,8 @@ def judge(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], stabilit
     """A decoder artifact's outputs on the validation calls against PyTorch's (`reference`), as its export and
     `verify` hold them: the precision's bounds on `masks` and `iou_scores` (`parity`), with the single-mask answers
     that come from decisions at their threshold left out on both sides (`answers_at_threshold`, `without_answers`),
-    and the mask-IoU row (`compare_masks`) against `MASK_IOU_BOUNDS`. (the parity rows with the mask-IoU row in
-    `masks`, why it fails)."""
+    and the mask-IoU row (`compare_masks`) against `MASK_IOU_BOUNDS`. Returns the parity rows (the mask-IoU row
+    under `masks`) and why the artifact fails (empty: it passes)."""
     bound = MASK_IOU_BOUNDS.get(precision)
     if bound is None or "masks" not in got or "iou_scores" not in got:
         result = parity.compare(reference, got)

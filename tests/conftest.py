@@ -2,6 +2,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,12 @@ from hiera_model.testing import transformers_mae_model
 from runtime.device import cpu_isa
 
 transformers.logging.set_verbosity_error()
+
+# A shell without job control starts a background job with SIGINT ignored, and an ignored signal stays ignored in
+# every process it starts: the tests that press Ctrl-C on a command, or on themselves, would see it ignored. Python's
+# own handler again (a handled signal is reset to its default in the commands these tests start).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
