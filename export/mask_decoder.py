@@ -392,7 +392,7 @@ def build(p: Prepared, staging: Path, stem: str, o: Options, progress) -> None:
     report, reference, feeds = p.report, p.reference, p.feeds
     started = time.perf_counter()
     probed = probe_inputs(p)
-    probe_reference = run_decoder(p.decoder, probe.decoder_calls(probed))
+    probe_reference = probe.multimask(run_decoder(p.decoder, probe.decoder_calls(probed)))
     traced = staging / f".traced.{stem}.onnx"
     progress("export", f"tracing SAM 2's mask decoder to ONNX opset {o.opset}")
     _trace(p.decoder, o.opset, traced)

@@ -225,10 +225,19 @@ def decoder_calls(inputs) -> list[dict[str, np.ndarray]]:
 
 def decoder_outputs(session, inputs) -> dict[str, np.ndarray]:
     """`session` (a mask decoder's) on the calls of its probe's `inputs`, the outputs concatenated along the
-    prompts: what the probe stores and compares."""
+    prompts, as the probe stores and compares them (`multimask`)."""
     outputs = [session.run(call["image_embeddings"], **{k: v for k, v in call.items() if k != "image_embeddings"})
                for call in decoder_calls(inputs)]
-    return {name: np.concatenate([output[name] for output in outputs]) for name in outputs[0]}
+    return multimask({name: np.concatenate([output[name] for output in outputs]) for name in outputs[0]})
+
+
+def multimask(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A mask decoder's outputs as its probe holds them: the multimask masks and scores (1..3 of `masks` [P, 4, h, w]
+    and `iou_scores` [P, 4]), other outputs whole. The single-mask answer (0) is one of SAM 2's decisions (its
+    stability fallback may copy a multimask mask there), which a device whose rounding differs may take the other way
+    at its threshold: a sound artifact would fail its probe. The multimask outputs are the same arithmetic without
+    the decision; the export's validation holds the decision (`export.mask_decoder.judge`)."""
+    return {name: value[:, 1:] if name in ("masks", "iou_scores") else value for name, value in outputs.items()}
 
 
 @dataclass(frozen=True)
