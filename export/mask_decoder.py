@@ -104,15 +104,21 @@ def prompt_feeds(size: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return feeds
 
 
+def mask_ious(reference: np.ndarray, got: np.ndarray,
+              tolerance: float = MASK_LOGIT_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
+    """Per mask (the last two axes): the IoU of `got > 0` with `reference > 0`, pixels whose reference logit lies
+    within `tolerance` of 0 left out (a mask empty in both counts as 1), and how many pixels were left out."""
+    counted = np.abs(reference) > tolerance
+    a, b = (reference > 0) & counted, (got > 0) & counted
+    union = (a | b).sum(axis=(-1, -2))
+    return (np.where(union > 0, (a & b).sum(axis=(-1, -2)) / np.maximum(union, 1), 1.0),
+            (~counted).sum(axis=(-1, -2)))
+
+
 def mask_iou(reference: np.ndarray, got: np.ndarray, tolerance: float = MASK_LOGIT_TOLERANCE) -> tuple[float, int]:
-    """The smallest IoU over masks (the last two axes) of `got > 0` with `reference > 0`, pixels whose reference
-    logit lies within `tolerance` of 0 left out; and how many were left out. A mask empty in both counts as 1."""
-    ref, out = reference.reshape(-1, *reference.shape[-2:]), got.reshape(-1, *got.shape[-2:])
-    counted = np.abs(ref) > tolerance
-    a, b = (ref > 0) & counted, (out > 0) & counted
-    union = (a | b).sum(axis=(1, 2))
-    iou = np.where(union > 0, (a & b).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
-    return float(iou.min()), int((~counted).sum())
+    """The smallest IoU over masks of `mask_ious`, and how many pixels were left out in all."""
+    iou, left_out = mask_ious(reference, got, tolerance)
+    return float(iou.min()), int(left_out.sum())
 
 
 def stability_range(single: np.ndarray, delta: float, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -204,13 +210,9 @@ def compare_masks(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
     and a single-mask answer does not count where it and PyTorch's come from decisions taken at their threshold
     (`answers_at_threshold`). The row: the smallest IoU over the masks that count (None where none does:
     `mask_row_failures`), and what was left out."""
-    ref, out = reference["masks"], got["masks"]
+    ref = reference["masks"]
     side = ref.shape[-2] * ref.shape[-1]
-    decided = np.abs(ref) > MASK_LOGIT_TOLERANCE
-    a, b = (ref > 0) & decided, (out > 0) & decided
-    union = (a | b).sum((-1, -2))
-    iou = np.where(union > 0, (a & b).sum((-1, -2)) / np.maximum(union, 1), 1.0)
-    left_out = (~decided).sum((-1, -2))
+    iou, left_out = mask_ious(ref, got["masks"])
     coverage = (ref > 0).mean((-1, -2))
     counts = (left_out <= MAX_LEFT_OUT * side) & (coverage >= MASK_COVERAGE[0]) & (coverage <= MASK_COVERAGE[1])
     at_threshold = answers_at_threshold(reference, got, stability)
